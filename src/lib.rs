@@ -1,0 +1,10 @@
+//! pullahead: an event-driven, autoscaler-aware, predictive container-image
+//! prefetcher for Kubernetes.
+//!
+//! The modules follow the data flow: sources produce [`event::Event`]s, a
+//! [`policy::Policy`] turns them into [`policy::PullOrder`]s, and the
+//! [`replay`] simulator scores policies on recorded or generated streams.
+
+pub mod clock;
+pub mod event;
+pub mod policy;

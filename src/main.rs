@@ -1,0 +1,30 @@
+//! The `pullahead` command: parses the command line and wires the library's
+//! parts together. Nothing else lives here.
+
+use clap::{Parser, Subcommand};
+
+/// Event-driven, autoscaler-aware, predictive image prefetcher for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "pullahead", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {}
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,348 @@
+//! The `Policy` trait that every planner implements, the `PullOrder` it
+//! emits, and the causal baselines (`none`, `static`, `popular`).
+//!
+//! A policy sees events in time order and nothing else: it cannot look ahead,
+//! so what it decided before time T never depends on what happens after T.
+//! The same trait is driven by the replay simulator and by the live
+//! controller.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::event::{Body, Event, NodePhase, PodPhase};
+
+/// Where a pull is to go.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// An existing (or registering) node, by name.
+    Node(String),
+    /// A Karpenter NodeClaim whose node does not exist yet; the order waits
+    /// until the claim's node registers.
+    NodeClaim(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Node(n) => f.write_str(n),
+            Target::NodeClaim(c) => write!(f, "nodeclaim/{c}"),
+        }
+    }
+}
+
+/// Why a pull was ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// On the fixed list of the `static` policy.
+    Static,
+    /// Among the pool's most demanded images.
+    Popular,
+    /// The oracle knows it will be needed.
+    Oracle,
+    /// A pod is nominated to the node or its NodeClaim.
+    Nominated,
+    /// A pod is listed in the scale-up that made the node.
+    ScaleUp,
+    /// A DaemonSet will run on the node.
+    Daemonset,
+    /// A pending pod fits the node.
+    Pending,
+    /// An HPA wants more replicas than it has.
+    HpaPressure,
+    /// An HPA's trend forecast says it will scale out.
+    HpaTrend,
+    /// New nodes of this pool needed it before.
+    History,
+}
+
+impl Reason {
+    /// The reason as written in decision files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Static => "static",
+            Reason::Popular => "popular",
+            Reason::Oracle => "oracle",
+            Reason::Nominated => "nominated",
+            Reason::ScaleUp => "scale-up",
+            Reason::Daemonset => "daemonset",
+            Reason::Pending => "pending",
+            Reason::HpaPressure => "hpa-pressure",
+            Reason::HpaTrend => "hpa-trend",
+            Reason::History => "history",
+        }
+    }
+}
+
+/// One decision: pull `image` onto `target`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PullOrder {
+    /// Where to pull.
+    pub target: Target,
+    /// The full image reference.
+    pub image: String,
+    /// Higher goes first.
+    pub priority: u32,
+    /// Why.
+    pub reason: Reason,
+    /// The planner's P(needed within horizon), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
+}
+
+/// A planner: events in, pull orders out.
+///
+/// Implementations must be deterministic and causal: their output may depend
+/// only on the events given so far and on `clock`, which the driver sets to
+/// the time of the event (or tick) being handled.
+pub trait Policy: Send {
+    /// The name used in reports and decision files.
+    fn name(&self) -> &str;
+
+    /// Takes one event, in time order, and appends the orders it causes.
+    fn on_event(&mut self, event: &Event, clock: &dyn Clock, out: &mut Vec<PullOrder>);
+
+    /// How often [`Policy::on_tick`] wants to be called, in seconds. `None`
+    /// (the default) means never.
+    fn tick_interval(&self) -> Option<f64> {
+        None
+    }
+
+    /// Called every [`Policy::tick_interval`] seconds of (simulated) time,
+    /// for plans driven by time rather than by an event.
+    fn on_tick(&mut self, _clock: &dyn Clock, _out: &mut Vec<PullOrder>) {}
+}
+
+/// Does nothing: kubelet pulls everything when the pod is bound.
+#[derive(Debug, Default)]
+pub struct NonePolicy;
+
+impl Policy for NonePolicy {
+    fn name(&self) -> &str {
+        "none"
+    }
+
+    fn on_event(&mut self, _: &Event, _: &dyn Clock, _: &mut Vec<PullOrder>) {}
+}
+
+/// Orders `images` onto `node`, first image at the highest priority.
+fn order_list<'a>(
+    node: &str,
+    images: impl ExactSizeIterator<Item = &'a String>,
+    reason: Reason,
+    out: &mut Vec<PullOrder>,
+) {
+    let n = images.len() as u32;
+    out.extend(images.enumerate().map(|(i, image)| PullOrder {
+        target: Target::Node(node.to_string()),
+        image: image.clone(),
+        priority: n - i as u32,
+        reason,
+        probability: None,
+    }));
+}
+
+/// A fixed list on every new node, as kube-fledged and warm-image do.
+#[derive(Debug, Default)]
+pub struct StaticPolicy {
+    images: Vec<String>,
+    seen: HashSet<String>,
+    fixed: bool,
+}
+
+impl StaticPolicy {
+    /// Pulls exactly `images` onto every node.
+    pub fn fixed(images: Vec<String>) -> Self {
+        Self {
+            images,
+            seen: HashSet::new(),
+            fixed: true,
+        }
+    }
+
+    /// Pulls every image of every `workload` event seen so far.
+    pub fn from_workloads() -> Self {
+        Self::default()
+    }
+}
+
+impl Policy for StaticPolicy {
+    fn name(&self) -> &str {
+        "static"
+    }
+
+    fn on_event(&mut self, event: &Event, _: &dyn Clock, out: &mut Vec<PullOrder>) {
+        match &event.body {
+            Body::Workload(w) if !self.fixed => {
+                for image in &w.images {
+                    if self.seen.insert(image.clone()) {
+                        self.images.push(image.clone());
+                    }
+                }
+            }
+            Body::Node(n) if n.phase == NodePhase::Registered => {
+                order_list(&n.node, self.images.iter(), Reason::Static, out);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The top `k` images by past pod demand in the new node's pool.
+#[derive(Debug)]
+pub struct PopularPolicy {
+    k: usize,
+    node_pool: HashMap<String, String>,
+    /// pool → image → pods that needed it.
+    demand: HashMap<String, HashMap<String, u64>>,
+}
+
+impl PopularPolicy {
+    /// Pulls the `k` most demanded images of the pool.
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            node_pool: HashMap::new(),
+            demand: HashMap::new(),
+        }
+    }
+
+    fn top(&self, pool: &str) -> Vec<String> {
+        let Some(counts) = self.demand.get(pool) else {
+            return Vec::new();
+        };
+        let mut ranked: Vec<(&String, &u64)> = counts.iter().collect();
+        // Ties break by name so that the result does not depend on hashing.
+        ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        ranked
+            .into_iter()
+            .take(self.k)
+            .map(|(i, _)| i.clone())
+            .collect()
+    }
+}
+
+impl Policy for PopularPolicy {
+    fn name(&self) -> &str {
+        "popular"
+    }
+
+    fn on_event(&mut self, event: &Event, _: &dyn Clock, out: &mut Vec<PullOrder>) {
+        match &event.body {
+            Body::Node(n) => match n.phase {
+                NodePhase::Registered => {
+                    let pool = n.pool_name().to_string();
+                    let top = self.top(&pool);
+                    order_list(&n.node, top.iter(), Reason::Popular, out);
+                    self.node_pool.insert(n.node.clone(), pool);
+                }
+                NodePhase::Deleted => {
+                    self.node_pool.remove(&n.node);
+                }
+                NodePhase::Ready => {}
+            },
+            Body::Pod(p) if p.phase == PodPhase::Scheduled => {
+                let pool = p
+                    .node
+                    .as_ref()
+                    .and_then(|n| self.node_pool.get(n))
+                    .map_or(crate::event::DEFAULT_POOL, String::as_str);
+                let counts = self.demand.entry(pool.to_string()).or_default();
+                for image in &p.images {
+                    *counts.entry(image.clone()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SimClock;
+    use crate::event::{Node, Pod, Workload};
+
+    fn node(name: &str, pool: &str, phase: NodePhase) -> Event {
+        Event::new(
+            0.0,
+            Node {
+                node: name.into(),
+                phase,
+                pool: Some(pool.into()),
+                labels: Default::default(),
+                taints: None,
+                images: None,
+            },
+        )
+    }
+
+    fn scheduled(pod: &str, node: &str, images: &[&str]) -> Event {
+        Event::new(
+            0.0,
+            Pod {
+                pod: pod.into(),
+                workload: None,
+                images: images.iter().map(|s| s.to_string()).collect(),
+                phase: PodPhase::Scheduled,
+                node: Some(node.into()),
+                node_claim: None,
+            },
+        )
+    }
+
+    fn run(p: &mut dyn Policy, events: &[Event]) -> Vec<PullOrder> {
+        let clock = SimClock::new(0.0);
+        let mut out = Vec::new();
+        for e in events {
+            p.on_event(e, &clock, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn static_pulls_workload_images_seen_so_far() {
+        let w = Event::new(
+            0.0,
+            Workload {
+                workload: "a/web".into(),
+                kind: "Deployment".into(),
+                images: vec!["x:1".into(), "y:1".into(), "x:1".into()],
+                node_selector: Default::default(),
+                tolerations: None,
+                replicas: None,
+            },
+        );
+        let orders = run(
+            &mut StaticPolicy::from_workloads(),
+            &[node("n0", "p", NodePhase::Registered), w, node("n1", "p", NodePhase::Registered)],
+        );
+        let got: Vec<_> = orders.iter().map(|o| (o.target.to_string(), o.image.as_str(), o.priority)).collect();
+        assert_eq!(got, vec![("n1".into(), "x:1", 2), ("n1".into(), "y:1", 1)]);
+    }
+
+    #[test]
+    fn popular_ranks_by_demand_per_pool() {
+        let orders = run(
+            &mut PopularPolicy::new(1),
+            &[
+                node("a", "gpu", NodePhase::Registered),
+                node("b", "cpu", NodePhase::Registered),
+                scheduled("ns/1", "a", &["cuda:1"]),
+                scheduled("ns/2", "b", &["web:1", "sidecar:1"]),
+                scheduled("ns/3", "b", &["web:1"]),
+                node("c", "cpu", NodePhase::Registered),
+                node("d", "gpu", NodePhase::Registered),
+                node("e", "empty", NodePhase::Registered),
+            ],
+        );
+        let got: Vec<_> = orders.iter().map(|o| (o.target.to_string(), o.image.clone())).collect();
+        assert_eq!(
+            got,
+            vec![("c".to_string(), "web:1".to_string()), ("d".to_string(), "cuda:1".to_string())]
+        );
+    }
+}
