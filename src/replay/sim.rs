@@ -1,0 +1,652 @@
+//! The simulated data plane that one policy's orders run against.
+//!
+//! Each node shares its bandwidth equally among the pulls transferring on it
+//! (processor sharing), and every pull first pays a fixed latency. Kubelet
+//! pulls one image at a time per node (`serializeImagePulls: true`); prefetch
+//! pulls run beside it, up to a per-node limit, highest priority first.
+//! Layers already on the node, or in flight, are not fetched again.
+//!
+//! Nothing that happens on one node affects another, and policies never see
+//! the simulator's outcomes, so each node is advanced lazily: only when an
+//! event touches it, and once more at the end of the trace.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use super::catalog::{Catalog, ImageId, LayerId};
+use crate::event::{Body, ClaimPhase, Event, NodePhase, PodPhase};
+use crate::policy::{PullOrder, Target};
+
+/// The data-plane model's parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimConfig {
+    /// Bandwidth of each node, in bytes per second.
+    pub bandwidth_bytes_per_second: f64,
+    /// Fixed latency each pull pays before its bytes flow, in seconds.
+    pub pull_latency_seconds: f64,
+    /// Prefetch pulls that may run at once on one node.
+    pub max_parallel_pulls: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            bandwidth_bytes_per_second: 1000.0 * 1e6 / 8.0,
+            pull_latency_seconds: 0.5,
+            max_parallel_pulls: 4,
+        }
+    }
+}
+
+/// Orders held for a node or NodeClaim that does not exist yet; past this
+/// many, further ones are dropped and counted.
+const MAX_HELD_ORDERS: usize = 100_000;
+
+/// Fraction of a byte treated as done, against float round-off.
+const EPS_BYTES: f64 = 1e-6;
+
+/// What the simulator measured for one policy.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Pods bound to a node.
+    pub pods: u64,
+    /// Seconds each pod waited for its images after binding.
+    pub waits: Vec<f64>,
+    /// (pod, image) needs whose image was present at binding.
+    pub hits: u64,
+    /// Needs whose image was being prefetched at binding.
+    pub inflight: u64,
+    /// Needs whose image nobody had fetched.
+    pub misses: u64,
+    /// Bytes moved by prefetch pulls.
+    pub prefetched_bytes: u64,
+    /// Prefetched bytes of images no pod on that node used before it left
+    /// or the trace ended.
+    pub wasted_bytes: u64,
+    /// Bytes moved by kubelet's own pulls.
+    pub kubelet_bytes: u64,
+    /// Seconds between a prefetched image landing and its first pod binding.
+    pub lead_times: Vec<f64>,
+    /// Orders taken.
+    pub orders: u64,
+    /// Orders for images already present, in flight or queued on the node.
+    pub orders_duplicate: u64,
+    /// Orders for a node that never appeared or had gone, or past the hold
+    /// limit.
+    pub orders_dropped: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ImgState {
+    PrefetchQueued,
+    KubeletQueued,
+    /// A pull of it is transferring or waiting on layers another pull owns.
+    Pulling,
+    Present { at: f64 },
+}
+
+#[derive(Debug)]
+struct ImgEntry {
+    state: ImgState,
+    /// The bytes on the node came (or are coming) from a prefetch.
+    prefetched: bool,
+    /// Bytes the prefetch of this image moved.
+    prefetch_bytes: u64,
+    /// A pod on this node needed it.
+    used: bool,
+}
+
+#[derive(Debug)]
+struct ActivePull {
+    image: ImageId,
+    kubelet: bool,
+    latency_until: f64,
+    remaining: f64,
+    bytes: u64,
+    layers: Vec<LayerId>,
+}
+
+#[derive(Debug)]
+struct PodWait {
+    bind: f64,
+    outstanding: u32,
+    node: usize,
+    open: bool,
+}
+
+#[derive(Debug, Default)]
+struct NodeSim {
+    alive: bool,
+    now: f64,
+    /// Layer → present (`true`) or in flight (`false`).
+    layers: HashMap<LayerId, bool>,
+    images: HashMap<ImageId, ImgEntry>,
+    active: Vec<ActivePull>,
+    /// Images whose own bytes arrived but that wait on layers in flight in
+    /// another pull.
+    finishing: Vec<ImageId>,
+    prefetch_queue: BinaryHeap<(u32, Reverse<u64>, ImageId)>,
+    kubelet_queue: VecDeque<ImageId>,
+    kubelet_on: Option<ImageId>,
+    waiters: HashMap<ImageId, Vec<usize>>,
+}
+
+impl NodeSim {
+    fn prefetch_active(&self) -> usize {
+        self.active.iter().filter(|p| !p.kubelet).count()
+    }
+}
+
+/// One policy's simulated cluster.
+#[derive(Debug)]
+pub struct Sim {
+    cfg: SimConfig,
+    nodes: Vec<NodeSim>,
+    node_ids: HashMap<String, usize>,
+    claim_nodes: HashMap<String, String>,
+    held_for_node: HashMap<String, Vec<PullOrder>>,
+    held_for_claim: HashMap<String, Vec<PullOrder>>,
+    held: usize,
+    pods: Vec<PodWait>,
+    pod_ids: HashMap<String, usize>,
+    seq: u64,
+    out: Outcome,
+}
+
+impl Sim {
+    /// An empty cluster.
+    pub fn new(cfg: SimConfig) -> Self {
+        Self {
+            cfg,
+            nodes: Vec::new(),
+            node_ids: HashMap::new(),
+            claim_nodes: HashMap::new(),
+            held_for_node: HashMap::new(),
+            held_for_claim: HashMap::new(),
+            held: 0,
+            pods: Vec::new(),
+            pod_ids: HashMap::new(),
+            seq: 0,
+            out: Outcome::default(),
+        }
+    }
+
+    /// Applies one input event at its time. Outcomes (`pull`, pod
+    /// `started`) are ignored: the simulator computes its own.
+    pub fn on_event(&mut self, event: &Event, catalog: &mut Catalog) {
+        let t = event.ts;
+        match &event.body {
+            Body::Node(n) => match n.phase {
+                NodePhase::Registered | NodePhase::Ready => {
+                    let (idx, new) = self.node_at(&n.node, t, catalog);
+                    if new {
+                        for image in n.images.iter().flatten() {
+                            let id = catalog.intern(image);
+                            self.mark_present(idx, id, t, catalog);
+                        }
+                        self.release_held_for_node(&n.node, t, catalog);
+                    }
+                }
+                NodePhase::Deleted => self.delete_node(&n.node, t, catalog),
+            },
+            Body::NodeClaim(c) => {
+                if let Some(node) = &c.node {
+                    self.claim_nodes.insert(c.node_claim.clone(), node.clone());
+                    if self.node_ids.contains_key(node) {
+                        self.release_held_for_claim(&c.node_claim, t, catalog);
+                    }
+                }
+                if c.phase == ClaimPhase::Deleted {
+                    self.claim_nodes.remove(&c.node_claim);
+                    self.drop_held(true, &c.node_claim);
+                }
+            }
+            Body::Pod(p) => match p.phase {
+                PodPhase::Scheduled => {
+                    if let Some(node) = &p.node {
+                        self.bind(&p.pod, node, &p.images, t, catalog);
+                    }
+                }
+                PodPhase::Deleted => {
+                    if let Some(pid) = self.pod_ids.remove(&p.pod) {
+                        let node = self.pods[pid].node;
+                        self.advance(node, t, catalog);
+                        self.close_pod(pid, t);
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// Takes one order from the policy at time `t`.
+    pub fn order(&mut self, order: PullOrder, t: f64, catalog: &mut Catalog) {
+        self.out.orders += 1;
+        let node = match &order.target {
+            Target::Node(n) => n.clone(),
+            Target::NodeClaim(c) => match self.claim_nodes.get(c) {
+                Some(n) if self.node_ids.contains_key(n) => n.clone(),
+                _ => {
+                    let c = c.clone();
+                    self.hold(true, c, order);
+                    return;
+                }
+            },
+        };
+        match self.node_ids.get(&node) {
+            Some(&idx) => self.enqueue_prefetch(idx, &order, t, catalog),
+            None => self.hold(false, node, order),
+        }
+    }
+
+    /// Runs every node until its queues are empty, settles the waste, and
+    /// returns the measurements.
+    pub fn finish(mut self, catalog: &mut Catalog) -> Outcome {
+        for idx in 0..self.nodes.len() {
+            if self.nodes[idx].alive {
+                self.advance(idx, f64::INFINITY, catalog);
+                let end = self.nodes[idx].now;
+                self.retire_node(idx, end);
+            }
+        }
+        self.out.orders_dropped += self.held as u64;
+        self.out
+    }
+
+    fn hold(&mut self, claim: bool, key: String, order: PullOrder) {
+        if self.held >= MAX_HELD_ORDERS {
+            self.out.orders_dropped += 1;
+            return;
+        }
+        self.held += 1;
+        let map = if claim {
+            &mut self.held_for_claim
+        } else {
+            &mut self.held_for_node
+        };
+        map.entry(key).or_default().push(order);
+    }
+
+    fn drop_held(&mut self, claim: bool, key: &str) {
+        let map = if claim {
+            &mut self.held_for_claim
+        } else {
+            &mut self.held_for_node
+        };
+        if let Some(v) = map.remove(key) {
+            self.held -= v.len();
+            self.out.orders_dropped += v.len() as u64;
+        }
+    }
+
+    fn release_held_for_node(&mut self, node: &str, t: f64, catalog: &mut Catalog) {
+        if let Some(orders) = self.held_for_node.remove(node) {
+            self.held -= orders.len();
+            let idx = self.node_ids[node];
+            for o in orders {
+                self.enqueue_prefetch(idx, &o, t, catalog);
+            }
+        }
+        let claims: Vec<String> = self
+            .claim_nodes
+            .iter()
+            .filter(|(c, n)| n.as_str() == node && self.held_for_claim.contains_key(*c))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in claims {
+            self.release_held_for_claim(&c, t, catalog);
+        }
+    }
+
+    fn release_held_for_claim(&mut self, claim: &str, t: f64, catalog: &mut Catalog) {
+        let Some(orders) = self.held_for_claim.remove(claim) else {
+            return;
+        };
+        self.held -= orders.len();
+        let idx = self.node_ids[&self.claim_nodes[claim]];
+        for o in orders {
+            self.enqueue_prefetch(idx, &o, t, catalog);
+        }
+    }
+
+    /// The node called `name`, created if it is new; a node seen first in a
+    /// binding existed before the trace began.
+    fn node_at(&mut self, name: &str, t: f64, catalog: &mut Catalog) -> (usize, bool) {
+        if let Some(&idx) = self.node_ids.get(name) {
+            self.advance(idx, t, catalog);
+            return (idx, false);
+        }
+        let idx = self.nodes.len();
+        self.nodes.push(NodeSim {
+            alive: true,
+            now: t,
+            ..NodeSim::default()
+        });
+        self.node_ids.insert(name.to_string(), idx);
+        (idx, true)
+    }
+
+    fn delete_node(&mut self, name: &str, t: f64, catalog: &mut Catalog) {
+        self.drop_held(false, name);
+        let Some(idx) = self.node_ids.remove(name) else {
+            return;
+        };
+        self.advance(idx, t, catalog);
+        // Pulls cut short still moved bytes; a prefetch's count as waste.
+        let node = &mut self.nodes[idx];
+        for p in std::mem::take(&mut node.active) {
+            let moved = (p.bytes as f64 - p.remaining.max(0.0)).round() as u64;
+            if p.kubelet {
+                self.out.kubelet_bytes += moved;
+            } else {
+                self.out.prefetched_bytes += moved;
+                if let Some(e) = node.images.get_mut(&p.image) {
+                    e.prefetch_bytes += moved;
+                }
+            }
+        }
+        self.retire_node(idx, t);
+    }
+
+    /// Closes a node's books: pods still waiting stop at `t`, unused
+    /// prefetched bytes become waste.
+    fn retire_node(&mut self, idx: usize, t: f64) {
+        let node = &mut self.nodes[idx];
+        node.alive = false;
+        for e in node.images.values() {
+            if e.prefetched && !e.used {
+                self.out.wasted_bytes += e.prefetch_bytes;
+            }
+        }
+        let waiting: Vec<usize> = node.waiters.drain().flat_map(|(_, v)| v).collect();
+        *node = NodeSim::default();
+        for pid in waiting {
+            self.close_pod(pid, t);
+        }
+    }
+
+    fn close_pod(&mut self, pid: usize, t: f64) {
+        let pod = &mut self.pods[pid];
+        if pod.open {
+            pod.open = false;
+            self.out.waits.push(t - pod.bind);
+        }
+    }
+
+    fn bind(&mut self, pod: &str, node: &str, images: &[String], t: f64, catalog: &mut Catalog) {
+        if let Some(&pid) = self.pod_ids.get(pod)
+            && self.pods[pid].node < self.nodes.len()
+            && self.nodes[self.pods[pid].node].alive
+        {
+            return; // already bound; a repeated event
+        }
+        let (idx, _) = self.node_at(node, t, catalog);
+        let pid = self.pods.len();
+        self.pods.push(PodWait {
+            bind: t,
+            outstanding: 0,
+            node: idx,
+            open: true,
+        });
+        self.pod_ids.insert(pod.to_string(), pid);
+        self.out.pods += 1;
+        let mut outstanding = 0;
+        for image in images {
+            let id = catalog.intern(image);
+            let n = &mut self.nodes[idx];
+            let entry = n.images.entry(id).or_insert(ImgEntry {
+                state: ImgState::KubeletQueued,
+                prefetched: false,
+                prefetch_bytes: 0,
+                used: false,
+            });
+            let fresh = !entry.used;
+            entry.used = true;
+            match entry.state {
+                ImgState::Present { at } => {
+                    if fresh {
+                        self.out.hits += 1;
+                        if entry.prefetched {
+                            self.out.lead_times.push(t - at);
+                        }
+                    } else {
+                        self.out.hits += 1;
+                    }
+                    continue;
+                }
+                ImgState::Pulling if entry.prefetched => self.out.inflight += 1,
+                ImgState::Pulling => self.out.misses += 1,
+                ImgState::KubeletQueued => {
+                    self.out.misses += 1;
+                    if fresh {
+                        n.kubelet_queue.push_back(id);
+                    }
+                }
+                ImgState::PrefetchQueued => {
+                    // Kubelet does not know about queued prefetches: it pulls
+                    // the image itself, and the queued order lapses.
+                    self.out.misses += 1;
+                    entry.state = ImgState::KubeletQueued;
+                    entry.prefetched = false;
+                    n.kubelet_queue.push_back(id);
+                }
+            }
+            let waiters = n.waiters.entry(id).or_default();
+            if !waiters.contains(&pid) {
+                waiters.push(pid);
+                outstanding += 1;
+            }
+        }
+        if outstanding == 0 {
+            self.close_pod(pid, t);
+        } else {
+            self.pods[pid].outstanding = outstanding;
+            self.start_pulls(idx, catalog);
+        }
+    }
+
+    fn enqueue_prefetch(&mut self, idx: usize, order: &PullOrder, t: f64, catalog: &mut Catalog) {
+        self.advance(idx, t, catalog);
+        let id = catalog.intern(&order.image);
+        let node = &mut self.nodes[idx];
+        if node.images.contains_key(&id) {
+            self.out.orders_duplicate += 1;
+            return;
+        }
+        node.images.insert(
+            id,
+            ImgEntry {
+                state: ImgState::PrefetchQueued,
+                prefetched: true,
+                prefetch_bytes: 0,
+                used: false,
+            },
+        );
+        self.seq += 1;
+        node.prefetch_queue
+            .push((order.priority, Reverse(self.seq), id));
+        self.start_pulls(idx, catalog);
+    }
+
+    fn mark_present(&mut self, idx: usize, id: ImageId, t: f64, catalog: &Catalog) {
+        let node = &mut self.nodes[idx];
+        for &l in catalog.layers(id) {
+            node.layers.insert(l, true);
+        }
+        node.images.insert(
+            id,
+            ImgEntry {
+                state: ImgState::Present { at: t },
+                prefetched: false,
+                prefetch_bytes: 0,
+                used: false,
+            },
+        );
+    }
+
+    /// Starts whatever the node's free slots allow.
+    fn start_pulls(&mut self, idx: usize, catalog: &mut Catalog) {
+        let max_parallel = self.cfg.max_parallel_pulls;
+        let latency = self.cfg.pull_latency_seconds;
+        let node = &mut self.nodes[idx];
+        while node.kubelet_on.is_none() {
+            let Some(id) = node.kubelet_queue.pop_front() else {
+                break;
+            };
+            let Some(e) = node.images.get(&id) else {
+                continue;
+            };
+            match e.state {
+                ImgState::Present { .. } => continue,
+                // Kubelet's pull joins the one in flight and blocks on it.
+                ImgState::Pulling => node.kubelet_on = Some(id),
+                ImgState::KubeletQueued | ImgState::PrefetchQueued => {
+                    node.kubelet_on = Some(id);
+                    start_pull(node, id, true, latency, catalog);
+                }
+            }
+        }
+        while node.prefetch_active() < max_parallel {
+            let Some((_, _, id)) = node.prefetch_queue.pop() else {
+                break;
+            };
+            if node.images.get(&id).map(|e| e.state) == Some(ImgState::PrefetchQueued) {
+                start_pull(node, id, false, latency, catalog);
+            }
+        }
+    }
+
+    /// Moves node `idx` forward to time `t`, completing pulls on the way.
+    fn advance(&mut self, idx: usize, t: f64, catalog: &mut Catalog) {
+        let bw = self.cfg.bandwidth_bytes_per_second;
+        loop {
+            let node = &mut self.nodes[idx];
+            if !node.alive || node.active.is_empty() {
+                if t.is_finite() && t > node.now {
+                    node.now = t;
+                }
+                return;
+            }
+            let now = node.now;
+            let flowing = node
+                .active
+                .iter()
+                .filter(|p| p.latency_until <= now && p.remaining > EPS_BYTES)
+                .count();
+            let rate = if flowing > 0 { bw / flowing as f64 } else { 0.0 };
+            let mut next = f64::INFINITY;
+            for p in &node.active {
+                let at = if p.latency_until > now {
+                    p.latency_until
+                } else if p.remaining > EPS_BYTES {
+                    now + p.remaining / rate
+                } else {
+                    now
+                };
+                next = next.min(at);
+            }
+            let step_to = next.min(t);
+            if step_to > now {
+                let dt = step_to - now;
+                for p in node.active.iter_mut() {
+                    if p.latency_until <= now && p.remaining > EPS_BYTES {
+                        p.remaining -= rate * dt;
+                    }
+                }
+                node.now = step_to;
+            }
+            if next > t {
+                return;
+            }
+            node.now = next;
+            self.complete_due(idx, catalog);
+        }
+    }
+
+    /// Completes every pull whose latency has passed and bytes have arrived.
+    fn complete_due(&mut self, idx: usize, catalog: &mut Catalog) {
+        let node = &mut self.nodes[idx];
+        let now = node.now;
+        let tolerance = 1e-9 * self.cfg.bandwidth_bytes_per_second.max(1.0);
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < node.active.len() {
+            let p = &node.active[i];
+            if p.latency_until <= now && p.remaining <= tolerance {
+                done.push(node.active.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for p in done {
+            for &l in &p.layers {
+                node.layers.insert(l, true);
+            }
+            if p.kubelet {
+                self.out.kubelet_bytes += p.bytes;
+            } else {
+                self.out.prefetched_bytes += p.bytes;
+                if let Some(e) = node.images.get_mut(&p.image) {
+                    e.prefetch_bytes += p.bytes;
+                }
+            }
+            node.finishing.push(p.image);
+        }
+        // An image is present once all its layers are, whichever pull brought them.
+        let mut landed = Vec::new();
+        node.finishing.retain(|&id| {
+            let ready = catalog
+                .layers(id)
+                .iter()
+                .all(|l| node.layers.get(l) == Some(&true));
+            if ready {
+                landed.push(id);
+            }
+            !ready
+        });
+        for id in landed {
+            if let Some(e) = node.images.get_mut(&id) {
+                e.state = ImgState::Present { at: now };
+            }
+            if node.kubelet_on == Some(id) {
+                node.kubelet_on = None;
+            }
+            for pid in node.waiters.remove(&id).unwrap_or_default() {
+                let pod = &mut self.pods[pid];
+                pod.outstanding = pod.outstanding.saturating_sub(1);
+                if pod.outstanding == 0 && pod.open {
+                    pod.open = false;
+                    self.out.waits.push(now - pod.bind);
+                }
+            }
+        }
+        self.start_pulls(idx, catalog);
+    }
+}
+
+/// Starts a pull of `id` on `node`: it fetches the layers nobody has, and
+/// waits on the ones another pull is fetching.
+fn start_pull(node: &mut NodeSim, id: ImageId, kubelet: bool, latency: f64, catalog: &mut Catalog) {
+    let mut bytes = 0;
+    let mut layers = Vec::new();
+    for &l in catalog.layers(id).to_vec().iter() {
+        if let std::collections::hash_map::Entry::Vacant(v) = node.layers.entry(l) {
+            v.insert(false);
+            bytes += catalog.layer_bytes(l);
+            layers.push(l);
+        }
+    }
+    if let Some(e) = node.images.get_mut(&id) {
+        e.state = ImgState::Pulling;
+        e.prefetched = !kubelet;
+    }
+    node.active.push(ActivePull {
+        image: id,
+        kubelet,
+        latency_until: node.now + latency,
+        remaining: bytes as f64,
+        bytes,
+        layers,
+    });
+}
