@@ -402,7 +402,11 @@ impl Node {
     pub fn pool_name(&self) -> &str {
         self.pool
             .as_deref()
-            .or_else(|| POOL_LABELS.iter().find_map(|l| self.labels.get(*l).map(String::as_str)))
+            .or_else(|| {
+                POOL_LABELS
+                    .iter()
+                    .find_map(|l| self.labels.get(*l).map(String::as_str))
+            })
             .unwrap_or(DEFAULT_POOL)
     }
 }
@@ -651,7 +655,11 @@ impl<R: BufRead> EventReader<R> {
             "pod" => body(line).map(Body::Pod),
             "pull" => body(line).map(Body::Pull),
             other => {
-                let count = self.stats.unknown_types.entry(other.to_string()).or_default();
+                let count = self
+                    .stats
+                    .unknown_types
+                    .entry(other.to_string())
+                    .or_default();
                 if *count == 0 {
                     tracing::warn!(path = %self.path, line = self.stats.lines, r#type = other,
                         "skipping events of unknown type");
@@ -790,4 +798,192 @@ impl<W: Write> EventWriter<W> {
 /// replay itself streams.
 pub fn read_all(path: &Path) -> Result<Vec<Event>> {
     EventReader::open(path)?.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> (Vec<Result<Event>>, ReadStats) {
+        let mut r = EventReader::new(text.as_bytes(), "t.jsonl");
+        let v: Vec<_> = (&mut r).collect();
+        (v, r.stats().clone())
+    }
+
+    fn pod(ts: f64, name: &str) -> Event {
+        Event::new(
+            ts,
+            Pod {
+                pod: name.into(),
+                workload: Some("ns/w".into()),
+                images: vec!["r/i:1".into()],
+                phase: PodPhase::Scheduled,
+                node: Some("n1".into()),
+                node_claim: None,
+            },
+        )
+    }
+
+    #[test]
+    fn writer_output_reads_back_equal() {
+        let events = vec![
+            Event::new(
+                1.0,
+                Image {
+                    image: "r/i:1".into(),
+                    bytes: 5,
+                    layers: Some(vec![Layer {
+                        digest: "sha256:a".into(),
+                        bytes: 5,
+                    }]),
+                },
+            ),
+            pod(2.0, "ns/p"),
+            Event::new(
+                3.0,
+                ScaleUp {
+                    source: Autoscaler::ClusterAutoscaler,
+                    group: "g".into(),
+                    from: 3,
+                    to: 6,
+                    pods: Some(vec!["ns/p".into()]),
+                },
+            ),
+        ];
+        let mut w = EventWriter::new(Vec::new(), "mem", &Header::new(0.0, "test")).unwrap();
+        for e in &events {
+            w.write(e).unwrap();
+        }
+        let bytes = w.into_inner().unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with(r#"{"type":"trace","version":1,"ts":0.0,"source":"test"}"#));
+        assert!(text.contains(r#""source":"cluster-autoscaler""#));
+        let (got, stats) = read(&text);
+        let got: Vec<Event> = got.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(got, events);
+        assert_eq!(stats.header.unwrap().source, "test");
+    }
+
+    #[test]
+    fn writer_refuses_time_going_backwards() {
+        let mut w = EventWriter::new(Vec::new(), "mem", &Header::new(0.0, "test")).unwrap();
+        w.write(&pod(5.0, "a")).unwrap();
+        let err = w.write(&pod(4.0, "b")).unwrap_err();
+        assert!(matches!(err, Error::TimeBackwards { line: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn unknown_types_are_counted_and_skipped() {
+        let text = "{\"ts\":1,\"type\":\"future_thing\",\"x\":1}\n\n{\"ts\":2,\"type\":\"future_thing\"}\n{\"ts\":3,\"type\":\"pull\",\"node\":\"n\",\"image\":\"i\",\"cached\":true}\n";
+        let (got, stats) = read(text);
+        assert_eq!(got.len(), 1);
+        assert!(matches!(got[0].as_ref().unwrap().body, Body::Pull(_)));
+        assert_eq!(stats.unknown_types.get("future_thing"), Some(&2));
+        assert_eq!(stats.lines, 4);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let cases = [
+            (
+                "{\"ts\":1,\"type\":\"pull\",\"node\":\"n\",\"image\":\"i\",\"cached\":true}\n{\"ts\":2,\"type\":\"pu",
+                "t.jsonl:2: malformed event",
+            ),
+            (
+                "{\"ts\":1,\"type\":\"pod\",\"pod\":5,\"images\":[],\"phase\":\"pending\"}\n",
+                "t.jsonl:1: malformed event: invalid type",
+            ),
+            (
+                "{\"ts\":5,\"type\":\"pull\",\"node\":\"n\",\"image\":\"i\",\"cached\":true}\n{\"ts\":4,\"type\":\"pull\",\"node\":\"n\",\"image\":\"i\",\"cached\":true}\n",
+                "t.jsonl:2: time goes backwards",
+            ),
+            (
+                "{\"type\":\"trace\",\"version\":2,\"ts\":0,\"source\":\"x\"}\n",
+                "t.jsonl:1: unsupported schema version 2",
+            ),
+            ("", "t.jsonl: the file is empty"),
+            ("\n  \n", "t.jsonl: the file is empty"),
+            (
+                "{\"ts\":1,\"type\":\"pod\",\"pod\":\"a\",\"images\":[],\"phase\":\"flying\"}\n",
+                "t.jsonl:1: malformed event: unknown variant `flying`",
+            ),
+            (
+                "{\"ts\":1,\"type\":\"pull\",\"node\":\"n\",\"image\":\"i\",\"cached\":true}\n{\"type\":\"trace\",\"version\":1,\"ts\":2,\"source\":\"x\"}\n",
+                "t.jsonl:2: malformed event: a trace header may only be the first",
+            ),
+            (
+                "{\"type\":\"pull\",\"node\":\"n\",\"image\":\"i\",\"cached\":true}\n",
+                "t.jsonl:1: malformed event: missing field `ts`",
+            ),
+        ];
+        for (text, want) in cases {
+            let (got, _) = read(text);
+            let err = got.into_iter().find_map(|r| r.err()).expect(want);
+            let msg = err.to_string();
+            assert!(msg.starts_with(want), "{msg:?} should start with {want:?}");
+            assert!(!msg.contains('\n'), "one line: {msg:?}");
+        }
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_refused_without_reading_it_all() {
+        let mut text = String::from(
+            "{\"ts\":1,\"type\":\"pull\",\"node\":\"n\",\"image\":\"i\",\"cached\":true}\n",
+        );
+        text.push_str(&"x".repeat(MAX_LINE_BYTES + 10));
+        let (got, _) = read(&text);
+        let err = got.into_iter().find_map(|r| r.err()).unwrap();
+        assert!(matches!(err, Error::LineTooLong { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_a_header_is_version_1_and_a_header_only_file_is_not_empty() {
+        let (got, stats) =
+            read("{\"ts\":1,\"type\":\"pull\",\"node\":\"n\",\"image\":\"i\",\"cached\":false}");
+        assert_eq!(got.len(), 1);
+        assert!(got[0].is_ok());
+        assert!(stats.header.is_none());
+        let (got, stats) = read("{\"type\":\"trace\",\"version\":1,\"ts\":0,\"source\":\"x\"}\n");
+        assert!(got.is_empty());
+        assert!(stats.header.is_some());
+    }
+
+    #[test]
+    fn tolerations_follow_kubernetes_rules() {
+        let taint = Taint {
+            key: "gpu".into(),
+            value: Some("true".into()),
+            effect: "NoSchedule".into(),
+        };
+        let exists_all = Toleration {
+            operator: Some("Exists".into()),
+            ..Default::default()
+        };
+        let equal = Toleration {
+            key: Some("gpu".into()),
+            value: Some("true".into()),
+            ..Default::default()
+        };
+        let wrong_value = Toleration {
+            key: Some("gpu".into()),
+            value: Some("false".into()),
+            ..Default::default()
+        };
+        let wrong_effect = Toleration {
+            key: Some("gpu".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            ..Default::default()
+        };
+        assert!(exists_all.tolerates(&taint));
+        assert!(equal.tolerates(&taint));
+        assert!(!wrong_value.tolerates(&taint));
+        assert!(!wrong_effect.tolerates(&taint));
+        assert!(!tolerates_all(&[], std::slice::from_ref(&taint)));
+        let soft = Taint {
+            effect: "PreferNoSchedule".into(),
+            ..taint
+        };
+        assert!(tolerates_all(&[], &[soft]));
+    }
 }

@@ -1,7 +1,12 @@
 //! The `pullahead` command: parses the command line and wires the library's
 //! parts together. Nothing else lives here.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pullahead::replay;
 
 /// Event-driven, autoscaler-aware, predictive image prefetcher for Kubernetes.
 #[derive(Debug, Parser)]
@@ -12,11 +17,55 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Replay event files through the policies and score them against each other.
+    Replay(replay::cli::Args),
+}
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {}
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Replay(args) => replay_cmd(&args),
+    }
+}
+
+fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
+    let opts = args.options()?;
+    let mut decisions = match &args.decisions {
+        Some(path) => Some(BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for file in &args.files {
+        let report =
+            replay::replay_file(file, &opts, decisions.as_mut().map(|d| d as &mut dyn Write))?;
+        if args.json {
+            serde_json::to_writer(&mut out, &report)?;
+            writeln!(out)?;
+        } else {
+            write!(out, "{}", replay::report::table(&report))?;
+        }
+    }
+    if let Some(mut d) = decisions {
+        d.flush().context("writing decisions")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -82,7 +82,9 @@ enum ImgState {
     KubeletQueued,
     /// A pull of it is transferring or waiting on layers another pull owns.
     Pulling,
-    Present { at: f64 },
+    Present {
+        at: f64,
+    },
 }
 
 #[derive(Debug)]
@@ -534,7 +536,11 @@ impl Sim {
                 .iter()
                 .filter(|p| p.latency_until <= now && p.remaining > EPS_BYTES)
                 .count();
-            let rate = if flowing > 0 { bw / flowing as f64 } else { 0.0 };
+            let rate = if flowing > 0 {
+                bw / flowing as f64
+            } else {
+                0.0
+            };
             let mut next = f64::INFINITY;
             for p in &node.active {
                 let at = if p.latency_until > now {

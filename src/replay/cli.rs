@@ -1,0 +1,90 @@
+//! The `pullahead replay` command line.
+
+use std::path::PathBuf;
+
+use super::Options;
+use super::sim::SimConfig;
+
+/// Replays event files through each policy and scores them.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Event files (schema v1 JSON Lines) to replay; each gets its own report.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Policies to compare, comma-separated: none, static, popular, oracle.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,static,popular,oracle",
+        env = "PULLAHEAD_POLICY"
+    )]
+    pub policy: Vec<String>,
+    /// Print the figures as JSON (one object per file) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every pull order of every policy to this file, as JSON lines.
+    #[arg(long, value_name = "OUT.jsonl")]
+    pub decisions: Option<PathBuf>,
+    /// Bandwidth of each node, in megabits per second.
+    #[arg(long, default_value_t = 1000.0, env = "PULLAHEAD_BANDWIDTH_MBPS")]
+    pub bandwidth_mbps: f64,
+    /// Fixed latency every pull pays before its bytes flow, in milliseconds.
+    #[arg(long, default_value_t = 500.0, env = "PULLAHEAD_PULL_LATENCY_MS")]
+    pub pull_latency_ms: f64,
+    /// Prefetch pulls that may run at once on one node (kubelet's own pulls
+    /// stay serial).
+    #[arg(long, default_value_t = 4, env = "PULLAHEAD_MAX_PARALLEL_PULLS")]
+    pub max_parallel_pulls: usize,
+    /// Size assumed for an image that no `image` event describes, in bytes.
+    #[arg(
+        long,
+        default_value_t = 200_000_000,
+        env = "PULLAHEAD_DEFAULT_IMAGE_BYTES"
+    )]
+    pub default_image_bytes: u64,
+    /// The `static` policy's list: one image a line. Default: every image of
+    /// every workload seen so far.
+    #[arg(long, value_name = "FILE")]
+    pub static_images: Option<PathBuf>,
+    /// How many of the pool's most demanded images `popular` pulls.
+    #[arg(long, default_value_t = 10)]
+    pub popular_k: usize,
+}
+
+impl Args {
+    /// The replay options these arguments describe.
+    pub fn options(&self) -> super::Result<Options> {
+        let bad = |msg: String| super::Error::InvalidOption(msg);
+        if !(self.bandwidth_mbps.is_finite() && self.bandwidth_mbps > 0.0) {
+            return Err(bad(format!(
+                "--bandwidth-mbps must be above zero, not {}",
+                self.bandwidth_mbps
+            )));
+        }
+        if !(self.pull_latency_ms.is_finite() && self.pull_latency_ms >= 0.0) {
+            return Err(bad(format!(
+                "--pull-latency-ms must be zero or more, not {}",
+                self.pull_latency_ms
+            )));
+        }
+        if self.max_parallel_pulls == 0 {
+            return Err(bad("--max-parallel-pulls must be at least 1".into()));
+        }
+        Ok(Options {
+            sim: SimConfig {
+                bandwidth_bytes_per_second: self.bandwidth_mbps * 1e6 / 8.0,
+                pull_latency_seconds: self.pull_latency_ms / 1000.0,
+                max_parallel_pulls: self.max_parallel_pulls,
+            },
+            default_image_bytes: self.default_image_bytes,
+            policies: self.policy.iter().map(|p| p.trim().to_string()).collect(),
+            static_images: self
+                .static_images
+                .as_deref()
+                .map(super::read_static_list)
+                .transpose()?,
+            popular_k: self.popular_k,
+            progress: true,
+        })
+    }
+}

@@ -1,0 +1,270 @@
+//! Replay: runs policies over a recorded or generated event stream against a
+//! simulated data plane, and scores them.
+//!
+//! Every policy sees the same events, in one streaming pass, each against its
+//! own [`sim::Sim`]. The oracle needs the future, so a file is read twice:
+//! once to learn every binding ([`oracle::Foresight`]), once to replay.
+
+pub mod catalog;
+pub mod cli;
+pub mod oracle;
+pub mod report;
+pub mod sim;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::clock::SimClock;
+use crate::event::{self, Event, EventReader};
+use crate::policy::{NonePolicy, Policy, PopularPolicy, PullOrder, StaticPolicy};
+use catalog::Catalog;
+use oracle::{Foresight, OraclePolicy};
+pub use report::{PolicyReport, Report};
+use sim::{Sim, SimConfig};
+
+/// Errors from a replay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The event stream is bad.
+    #[error(transparent)]
+    Event(#[from] event::Error),
+    /// A policy name nobody knows.
+    #[error("unknown policy {0:?}; known policies: {KNOWN_POLICIES}")]
+    UnknownPolicy(String),
+    /// A policy could not be built.
+    #[error("policy {policy}: {msg}")]
+    Policy {
+        /// The policy.
+        policy: String,
+        /// What went wrong.
+        msg: String,
+    },
+    /// An option is out of range.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// Writing decisions failed.
+    #[error("writing decisions: {0}")]
+    Decisions(#[source] std::io::Error),
+    /// The static image list could not be read.
+    #[error("{path}: {source}")]
+    StaticList {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Result with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The policies `replay` can build by name.
+pub const KNOWN_POLICIES: &str = "none, static, popular, oracle";
+
+/// How to replay.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The data-plane model.
+    pub sim: SimConfig,
+    /// Size of an image no `image` event describes.
+    pub default_image_bytes: u64,
+    /// Policies to report, by name, in report order.
+    pub policies: Vec<String>,
+    /// The `static` policy's list; `None` means every workload image seen.
+    pub static_images: Option<Vec<String>>,
+    /// How many images `popular` pulls.
+    pub popular_k: usize,
+    /// Print progress to stderr when a replay runs longer than a second.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            sim: SimConfig::default(),
+            default_image_bytes: 200_000_000,
+            policies: ["none", "static", "popular", "oracle"]
+                .map(String::from)
+                .to_vec(),
+            static_images: None,
+            popular_k: 10,
+            progress: false,
+        }
+    }
+}
+
+/// Reads a `--static-images` file: one image a line; `#` starts a comment.
+pub fn read_static_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::StaticList {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// Builds a policy by name. `foresight` is taken by the oracle.
+pub fn build_policy(
+    name: &str,
+    opts: &Options,
+    foresight: &mut Option<Foresight>,
+) -> Result<Box<dyn Policy>> {
+    Ok(match name {
+        "none" => Box::new(NonePolicy),
+        "static" => Box::new(match &opts.static_images {
+            Some(list) => StaticPolicy::fixed(list.clone()),
+            None => StaticPolicy::from_workloads(),
+        }),
+        "popular" => Box::new(PopularPolicy::new(opts.popular_k)),
+        "oracle" => Box::new(OraclePolicy::new(foresight.take().ok_or_else(|| {
+            Error::Policy {
+                policy: name.into(),
+                msg: "needs the whole trace in advance".into(),
+            }
+        })?)),
+        other => return Err(Error::UnknownPolicy(other.into())),
+    })
+}
+
+/// Where decisions go: JSON lines of every order of every policy.
+pub type Decisions<'a> = Option<&'a mut dyn Write>;
+
+/// Replays the file at `path` with every policy in `opts`.
+pub fn replay_file(path: &Path, opts: &Options, decisions: Decisions<'_>) -> Result<Report> {
+    let foresight = Foresight::scan(path)?;
+    let label = path.display().to_string();
+    replay(&label, EventReader::open(path)?, foresight, opts, decisions)
+}
+
+struct Lane {
+    policy: Box<dyn Policy>,
+    sim: Sim,
+    next_tick: Option<f64>,
+    shown: bool,
+}
+
+/// Ticks further apart than this many intervals are skipped over: nothing
+/// happened in between for a tick to react to.
+const MAX_TICKS_PER_GAP: f64 = 10_000.0;
+
+/// Replays `events` (the trace called `label`) with every policy in `opts`.
+/// `foresight` must come from the same events; `none` and `oracle` always
+/// run, because oracle capture is measured between them.
+pub fn replay(
+    label: &str,
+    events: impl IntoIterator<Item = event::Result<Event>>,
+    foresight: Foresight,
+    opts: &Options,
+    mut decisions: Decisions<'_>,
+) -> Result<Report> {
+    let mut foresight = Some(foresight);
+    let mut names: Vec<&str> = opts.policies.iter().map(String::as_str).collect();
+    names.dedup();
+    let mut lanes = Vec::new();
+    for (name, shown) in names
+        .iter()
+        .map(|n| (*n, true))
+        .chain(["none", "oracle"].into_iter().map(|n| (n, false)))
+    {
+        if !shown && names.contains(&name) {
+            continue;
+        }
+        let policy = build_policy(name, opts, &mut foresight)?;
+        lanes.push(Lane {
+            policy,
+            sim: Sim::new(opts.sim),
+            next_tick: None,
+            shown,
+        });
+    }
+
+    let clock = SimClock::new(0.0);
+    let mut catalog = Catalog::new(opts.default_image_bytes);
+    let mut orders: Vec<PullOrder> = Vec::new();
+    let mut count: u64 = 0;
+    let (mut first_ts, mut last_ts) = (None, 0.0);
+    let started = Instant::now();
+    let mut last_progress = started;
+    for event in events {
+        let event = event?;
+        count += 1;
+        if count & 0xffff == 0 && opts.progress {
+            let now = Instant::now();
+            if now.duration_since(last_progress).as_secs_f64() >= 1.0 {
+                last_progress = now;
+                let rate = count as f64 / now.duration_since(started).as_secs_f64();
+                eprintln!("replay {label}: {count} events ({rate:.0} events/s)");
+            }
+        }
+        first_ts.get_or_insert(event.ts);
+        last_ts = event.ts;
+        if let event::Body::Image(image) = &event.body {
+            catalog.learn(image);
+        }
+        for lane in &mut lanes {
+            if let Some(interval) = lane.policy.tick_interval().filter(|i| *i > 0.0) {
+                let mut tick = *lane
+                    .next_tick
+                    .get_or_insert((event.ts / interval).ceil() * interval);
+                if (event.ts - tick) / interval > MAX_TICKS_PER_GAP {
+                    tick = (event.ts / interval).floor() * interval;
+                }
+                while tick <= event.ts {
+                    clock.set(tick);
+                    lane.policy.on_tick(&clock, &mut orders);
+                    deliver(lane, &mut orders, tick, &mut catalog, &mut decisions)?;
+                    tick += interval;
+                }
+                lane.next_tick = Some(tick);
+            }
+            clock.set(event.ts);
+            lane.sim.on_event(&event, &mut catalog);
+            lane.policy.on_event(&event, &clock, &mut orders);
+            deliver(lane, &mut orders, event.ts, &mut catalog, &mut decisions)?;
+        }
+    }
+    if opts.progress && started.elapsed().as_secs_f64() >= 1.0 {
+        eprintln!(
+            "replay {label}: done, {count} events in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    let mut outcomes = Vec::new();
+    for lane in lanes {
+        let name = lane.policy.name().to_string();
+        outcomes.push((name, lane.shown, lane.sim.finish(&mut catalog)));
+    }
+    Ok(report::build(
+        label,
+        count,
+        last_ts - first_ts.unwrap_or(last_ts),
+        catalog.defaulted_images(),
+        outcomes,
+    ))
+}
+
+/// Hands a lane's new orders to its simulator, and to the decisions file.
+fn deliver(
+    lane: &mut Lane,
+    orders: &mut Vec<PullOrder>,
+    ts: f64,
+    catalog: &mut Catalog,
+    decisions: &mut Decisions<'_>,
+) -> Result<()> {
+    for order in orders.drain(..) {
+        if lane.shown
+            && let Some(out) = decisions.as_deref_mut()
+        {
+            report::write_decision(out, ts, lane.policy.name(), &order)
+                .map_err(Error::Decisions)?;
+        }
+        lane.sim.order(order, ts, catalog);
+    }
+    Ok(())
+}
