@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pullahead::replay;
+use pullahead::{event, replay};
 
 /// Event-driven, autoscaler-aware, predictive image prefetcher for Kubernetes.
 #[derive(Debug, Parser)]
@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Replay event files through the policies and score them against each other.
     Replay(replay::cli::Args),
+    /// Write a synthetic trace of any size (for benchmarks; `scenario` makes realistic ones).
+    Synth(replay::cli::SynthArgs),
 }
 
 fn main() {
@@ -39,6 +41,13 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay(args) => replay_cmd(&args),
+        Command::Synth(args) => {
+            let header = event::Header::new(0.0, format!("pullahead synth --seed {}", args.seed));
+            let mut out = event::EventWriter::create(&args.out, &header)?;
+            replay::synth::generate(args.config(), &mut out)?;
+            out.flush()?;
+            Ok(())
+        }
     }
 }
 

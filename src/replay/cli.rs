@@ -88,3 +88,39 @@ impl Args {
         })
     }
 }
+
+/// Writes a synthetic trace, for benchmarks and tests.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SynthArgs {
+    /// Stop after about this many events.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Random seed; the same seed gives the same file.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Workloads (Deployments) in the synthetic cluster.
+    #[arg(long, default_value_t = 2_000)]
+    pub workloads: usize,
+    /// Distinct application images.
+    #[arg(long, default_value_t = 1_000)]
+    pub images: usize,
+    /// Node pools.
+    #[arg(long, default_value_t = 8)]
+    pub pools: usize,
+    /// Output file (`-` for standard output).
+    #[arg(long, default_value = "-")]
+    pub out: PathBuf,
+}
+
+impl SynthArgs {
+    /// The generator settings these arguments describe.
+    pub fn config(&self) -> super::synth::SynthConfig {
+        super::synth::SynthConfig {
+            seed: self.seed,
+            events: self.events,
+            pools: self.pools.max(1),
+            workloads: self.workloads.max(1),
+            images: self.images.max(1),
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod oracle;
 pub mod report;
 pub mod sim;
+pub mod synth;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -104,6 +104,14 @@ pub fn build(
     default_sized_images: u64,
     outcomes: Vec<(String, bool, Outcome)>,
 ) -> Report {
+    // Sorted before summing, so that equal sets of waits give equal totals.
+    let outcomes: Vec<(String, bool, Outcome)> = outcomes
+        .into_iter()
+        .map(|(n, shown, mut o)| {
+            o.waits.sort_by(f64::total_cmp);
+            (n, shown, o)
+        })
+        .collect();
     let total_wait = |name: &str| {
         outcomes
             .iter()
@@ -116,7 +124,7 @@ pub fn build(
         .into_iter()
         .filter(|(_, shown, _)| *shown)
         .map(|(policy, _, o)| {
-            let waits = sorted(o.waits);
+            let waits = o.waits;
             let total: f64 = waits.iter().sum();
             let needs = o.hits + o.inflight + o.misses;
             let oracle_capture = match (w_none, w_oracle) {
