@@ -7,5 +7,7 @@
 
 pub mod clock;
 pub mod event;
+pub mod forecast;
 pub mod policy;
 pub mod replay;
+pub mod state;

@@ -57,6 +57,8 @@ pub enum Reason {
     HpaTrend,
     /// New nodes of this pool needed it before.
     History,
+    /// A workload that fits the node uses it.
+    Workload,
 }
 
 impl Reason {
@@ -73,6 +75,7 @@ impl Reason {
             Reason::HpaPressure => "hpa-pressure",
             Reason::HpaTrend => "hpa-trend",
             Reason::History => "history",
+            Reason::Workload => "workload",
         }
     }
 }

@@ -11,7 +11,8 @@ pub struct Args {
     /// Event files (schema v1 JSON Lines) to replay; each gets its own report.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Policies to compare, comma-separated: none, static, popular, oracle.
+    /// Policies to compare, comma-separated: none, static, popular,
+    /// predictive, oracle.
     #[arg(
         long,
         value_delimiter = ',',
@@ -49,6 +50,13 @@ pub struct Args {
     /// How many of the pool's most demanded images `popular` pulls.
     #[arg(long, default_value_t = 10)]
     pub popular_k: usize,
+    /// Model for the `predictive` policy (default: the built-in
+    /// models/default.json).
+    #[arg(long, value_name = "FILE", env = "PULLAHEAD_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Most gigabytes (10^9 bytes) `predictive` plans onto one node.
+    #[arg(long, default_value_t = 20.0, env = "PULLAHEAD_NODE_BUDGET_GB")]
+    pub node_budget_gb: f64,
 }
 
 impl Args {
@@ -65,6 +73,12 @@ impl Args {
             return Err(bad(format!(
                 "--pull-latency-ms must be zero or more, not {}",
                 self.pull_latency_ms
+            )));
+        }
+        if !(self.node_budget_gb.is_finite() && self.node_budget_gb >= 0.0) {
+            return Err(bad(format!(
+                "--node-budget-gb must be zero or more, not {}",
+                self.node_budget_gb
             )));
         }
         if self.max_parallel_pulls == 0 {
@@ -85,6 +99,16 @@ impl Args {
                 .transpose()?,
             popular_k: self.popular_k,
             progress: true,
+            model: self
+                .model
+                .as_deref()
+                .map(crate::forecast::model::Model::load)
+                .transpose()
+                .map_err(|e| super::Error::Policy {
+                    policy: "predictive".into(),
+                    msg: e.to_string(),
+                })?,
+            node_budget_bytes: (self.node_budget_gb * 1e9) as u64,
         })
     }
 }

@@ -18,6 +18,8 @@ use std::time::Instant;
 
 use crate::clock::SimClock;
 use crate::event::{self, Event, EventReader};
+use crate::forecast::model::Model;
+use crate::forecast::planner::{Planner, PlannerConfig};
 use crate::policy::{NonePolicy, Policy, PopularPolicy, PullOrder, StaticPolicy};
 use catalog::Catalog;
 use oracle::{Foresight, OraclePolicy};
@@ -61,7 +63,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The policies `replay` can build by name.
-pub const KNOWN_POLICIES: &str = "none, static, popular, oracle";
+pub const KNOWN_POLICIES: &str = "none, static, popular, predictive, oracle";
 
 /// How to replay.
 #[derive(Clone, Debug)]
@@ -78,6 +80,11 @@ pub struct Options {
     pub popular_k: usize,
     /// Print progress to stderr when a replay runs longer than a second.
     pub progress: bool,
+    /// The `predictive` policy's model; `None` is the built-in
+    /// `models/default.json`.
+    pub model: Option<Model>,
+    /// Most bytes `predictive` plans onto one node.
+    pub node_budget_bytes: u64,
 }
 
 impl Default for Options {
@@ -91,6 +98,8 @@ impl Default for Options {
             static_images: None,
             popular_k: 10,
             progress: false,
+            model: None,
+            node_budget_bytes: 20_000_000_000,
         }
     }
 }
@@ -122,6 +131,25 @@ pub fn build_policy(
             None => StaticPolicy::from_workloads(),
         }),
         "popular" => Box::new(PopularPolicy::new(opts.popular_k)),
+        "predictive" => {
+            let model = match &opts.model {
+                Some(m) => m.clone(),
+                None => Model::from_json(DEFAULT_MODEL).map_err(|msg| Error::Policy {
+                    policy: name.into(),
+                    msg: format!("built-in models/default.json: {msg}"),
+                })?,
+            };
+            Box::new(Planner::new(
+                model,
+                PlannerConfig {
+                    node_budget_bytes: opts.node_budget_bytes,
+                    bandwidth_bytes_per_second: opts.sim.bandwidth_bytes_per_second,
+                    pull_latency_seconds: opts.sim.pull_latency_seconds,
+                    default_image_bytes: opts.default_image_bytes,
+                    ..PlannerConfig::default()
+                },
+            ))
+        }
         "oracle" => Box::new(OraclePolicy::new(foresight.take().ok_or_else(|| {
             Error::Policy {
                 policy: name.into(),
@@ -131,6 +159,10 @@ pub fn build_policy(
         other => return Err(Error::UnknownPolicy(other.into())),
     })
 }
+
+/// The committed default model, built in so that the binary works from any
+/// directory.
+pub const DEFAULT_MODEL: &str = include_str!("../../models/default.json");
 
 /// Where decisions go: JSON lines of every order of every policy.
 pub type Decisions<'a> = Option<&'a mut dyn Write>;

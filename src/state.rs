@@ -1,0 +1,379 @@
+//! The incremental cluster view the planner reads: a fold over events.
+//!
+//! Each event updates a few maps and indexes in O(size of the event), so the
+//! planner never rescans history. Images are interned to small integers to
+//! keep 100,000 pods in a few tens of megabytes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::event::{
+    Body, ClaimPhase, Event, NodePhase, PodPhase, Taint, Toleration, tolerates_all,
+};
+
+/// An interned image.
+pub type ImageId = u32;
+
+/// Image names ↔ ids.
+#[derive(Debug, Default)]
+pub struct Images {
+    ids: HashMap<String, ImageId>,
+    names: Vec<String>,
+}
+
+impl Images {
+    /// The id of `name`, interning it on first sight.
+    pub fn intern(&mut self, name: &str) -> ImageId {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as ImageId;
+        self.ids.insert(name.to_string(), id);
+        self.names.push(name.to_string());
+        id
+    }
+
+    /// The name of `id`.
+    pub fn name(&self, id: ImageId) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// How many images are known.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether no image is known.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// A workload's pod template, as far as placement and images go.
+#[derive(Debug, Clone)]
+pub struct WorkloadInfo {
+    /// `Deployment`, `DaemonSet`, ….
+    pub kind: String,
+    /// Its images.
+    pub images: Box<[ImageId]>,
+    /// Its node selector.
+    pub node_selector: BTreeMap<String, String>,
+    /// Its tolerations.
+    pub tolerations: Vec<Toleration>,
+    /// Desired replicas, where known.
+    pub replicas: Option<u32>,
+}
+
+impl WorkloadInfo {
+    /// Whether pods of this workload can run on a node with `labels` and
+    /// `taints`.
+    pub fn fits(&self, labels: &BTreeMap<String, String>, taints: &[Taint]) -> bool {
+        self.node_selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && tolerates_all(&self.tolerations, taints)
+    }
+
+    /// Whether this is a DaemonSet.
+    pub fn is_daemonset(&self) -> bool {
+        self.kind == "DaemonSet"
+    }
+}
+
+/// A pod not yet gone.
+#[derive(Debug, Clone)]
+pub struct PodInfo {
+    /// Owning workload, interned in [`ClusterState::workload_names`].
+    pub workload: Option<u32>,
+    /// Its images.
+    pub images: Box<[ImageId]>,
+    /// Last phase seen.
+    pub phase: PodPhase,
+    /// Node it is bound to.
+    pub node: Option<u32>,
+    /// NodeClaim it is nominated to.
+    pub claim: Option<u32>,
+}
+
+/// A node (or the node a NodeClaim will become).
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    /// Pool name.
+    pub pool: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Taints.
+    pub taints: Vec<Taint>,
+    /// When it registered (or the claim was created).
+    pub since: f64,
+    /// Images bound pods or the planner put there.
+    pub images: HashSet<ImageId>,
+}
+
+/// An HPA's recent history.
+#[derive(Debug, Clone)]
+pub struct HpaInfo {
+    /// The workload it scales, interned.
+    pub workload: u32,
+    /// Replicas now.
+    pub current: u32,
+    /// Replicas wanted.
+    pub desired: u32,
+    /// Upper bound.
+    pub max: Option<u32>,
+    /// (time, desired replicas), oldest first, bounded.
+    pub series: std::collections::VecDeque<(f64, f64)>,
+}
+
+/// How many HPA observations are kept for the trend.
+pub const HPA_SERIES_LEN: usize = 64;
+
+/// A `scale_up` whose nodes have not all appeared.
+#[derive(Debug, Clone)]
+pub struct PendingScaleUp {
+    /// When it happened.
+    pub at: f64,
+    /// Nodes still to come.
+    pub remaining: u32,
+    /// Pods that triggered it.
+    pub pods: Vec<u32>,
+}
+
+/// Names ↔ small ids for one kind of object.
+#[derive(Debug, Default)]
+pub struct Names {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    /// The id of `name`, interning it.
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(name.to_string(), id);
+        self.names.push(name.to_string());
+        id
+    }
+
+    /// The id of `name`, if known.
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// The name of `id`.
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+/// The cluster as the events so far describe it.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// Interned images.
+    pub images: Images,
+    /// Interned workload names.
+    pub workload_names: Names,
+    /// Interned pod names.
+    pub pod_names: Names,
+    /// Interned node names.
+    pub node_names: Names,
+    /// Interned NodeClaim names.
+    pub claim_names: Names,
+    /// Workloads by id.
+    pub workloads: HashMap<u32, WorkloadInfo>,
+    /// DaemonSet workload ids.
+    pub daemonsets: HashSet<u32>,
+    /// Live pods by id.
+    pub pods: HashMap<u32, PodInfo>,
+    /// Pending (unbound) pods by workload: workload → pods.
+    pub pending: HashMap<u32, HashSet<u32>>,
+    /// Pods nominated to each claim.
+    pub nominated_to_claim: HashMap<u32, HashSet<u32>>,
+    /// Live nodes by id.
+    pub nodes: HashMap<u32, NodeInfo>,
+    /// Live NodeClaims by id, with the node they will become.
+    pub claims: HashMap<u32, NodeInfo>,
+    /// Claim → node, once registered.
+    pub claim_node: HashMap<u32, u32>,
+    /// HPAs by workload id.
+    pub hpas: HashMap<u32, HpaInfo>,
+    /// Scale-ups by group whose nodes are still coming.
+    pub scale_ups: HashMap<String, Vec<PendingScaleUp>>,
+}
+
+impl ClusterState {
+    /// Folds one event into the view.
+    pub fn apply(&mut self, event: &Event) {
+        let t = event.ts;
+        match &event.body {
+            Body::Workload(w) => {
+                let id = self.workload_names.intern(&w.workload);
+                let images = w.images.iter().map(|i| self.images.intern(i)).collect();
+                let info = WorkloadInfo {
+                    kind: w.kind.clone(),
+                    images,
+                    node_selector: w.node_selector.clone(),
+                    tolerations: w.tolerations.clone().unwrap_or_default(),
+                    replicas: w.replicas,
+                };
+                if info.is_daemonset() {
+                    self.daemonsets.insert(id);
+                }
+                self.workloads.insert(id, info);
+            }
+            Body::Hpa(h) => {
+                let w = self.workload_names.intern(&h.workload);
+                let e = self.hpas.entry(w).or_insert_with(|| HpaInfo {
+                    workload: w,
+                    current: h.current_replicas,
+                    desired: h.desired_replicas,
+                    max: h.max_replicas,
+                    series: Default::default(),
+                });
+                e.current = h.current_replicas;
+                e.desired = h.desired_replicas;
+                e.max = h.max_replicas;
+                if e.series.len() == HPA_SERIES_LEN {
+                    e.series.pop_front();
+                }
+                e.series.push_back((t, h.desired_replicas as f64));
+            }
+            Body::ScaleUp(s) => {
+                let pods = s
+                    .pods
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| self.pod_names.get(p))
+                    .collect();
+                self.scale_ups
+                    .entry(s.group.clone())
+                    .or_default()
+                    .push(PendingScaleUp {
+                        at: t,
+                        remaining: s.to.saturating_sub(s.from).max(1),
+                        pods,
+                    });
+            }
+            Body::NodeClaim(c) => {
+                let id = self.claim_names.intern(&c.node_claim);
+                match c.phase {
+                    ClaimPhase::Deleted => {
+                        self.claims.remove(&id);
+                        self.claim_node.remove(&id);
+                        self.nominated_to_claim.remove(&id);
+                    }
+                    _ => {
+                        let info = self.claims.entry(id).or_insert_with(|| NodeInfo {
+                            since: t,
+                            ..Default::default()
+                        });
+                        info.pool.clone_from(&c.pool);
+                        info.labels.clone_from(&c.labels);
+                        info.taints = c.taints.clone().unwrap_or_default();
+                        if let Some(node) = &c.node {
+                            let n = self.node_names.intern(node);
+                            self.claim_node.insert(id, n);
+                        }
+                    }
+                }
+            }
+            Body::Node(n) => {
+                let id = self.node_names.intern(&n.node);
+                match n.phase {
+                    NodePhase::Deleted => {
+                        self.nodes.remove(&id);
+                    }
+                    NodePhase::Registered | NodePhase::Ready => {
+                        let pool = n.pool_name().to_string();
+                        let info = self.nodes.entry(id).or_insert_with(|| NodeInfo {
+                            since: t,
+                            ..Default::default()
+                        });
+                        info.pool = pool;
+                        info.labels.clone_from(&n.labels);
+                        info.taints = n.taints.clone().unwrap_or_default();
+                        for image in n.images.iter().flatten() {
+                            let i = self.images.intern(image);
+                            if let Some(info) = self.nodes.get_mut(&id) {
+                                info.images.insert(i);
+                            }
+                        }
+                    }
+                }
+            }
+            Body::Pod(p) => self.apply_pod(p),
+            Body::Image(_) | Body::Pull(_) => {}
+        }
+    }
+
+    /// Counts one node of `group`'s oldest pending scale-up as arrived. The
+    /// planner calls this after planning the node, so that the node still
+    /// sees the scale-up that made it.
+    pub fn consume_scale_up(&mut self, group: &str) {
+        if let Some(list) = self.scale_ups.get_mut(group) {
+            if let Some(first) = list.first_mut() {
+                first.remaining = first.remaining.saturating_sub(1);
+            }
+            list.retain(|s| s.remaining > 0);
+        }
+    }
+
+    fn apply_pod(&mut self, p: &crate::event::Pod) {
+        let id = self.pod_names.intern(&p.pod);
+        if p.phase == PodPhase::Deleted {
+            if let Some(old) = self.pods.remove(&id) {
+                self.unindex(id, &old);
+            }
+            return;
+        }
+        let workload = p.workload.as_deref().map(|w| self.workload_names.intern(w));
+        let images: Box<[ImageId]> = p.images.iter().map(|i| self.images.intern(i)).collect();
+        let node = p.node.as_deref().map(|n| self.node_names.intern(n));
+        let claim = p.node_claim.as_deref().map(|c| self.claim_names.intern(c));
+        if let Some(old) = self.pods.remove(&id) {
+            self.unindex(id, &old);
+        }
+        let info = PodInfo {
+            workload,
+            images,
+            phase: p.phase,
+            node,
+            claim,
+        };
+        match info.phase {
+            PodPhase::Pending | PodPhase::Nominated => {
+                if let Some(w) = workload {
+                    self.pending.entry(w).or_default().insert(id);
+                }
+                if let Some(c) = claim {
+                    self.nominated_to_claim.entry(c).or_default().insert(id);
+                }
+            }
+            PodPhase::Scheduled | PodPhase::Started => {
+                if let Some(n) = node.and_then(|n| self.nodes.get_mut(&n)) {
+                    n.images.extend(info.images.iter().copied());
+                }
+            }
+            PodPhase::Deleted => {}
+        }
+        self.pods.insert(id, info);
+    }
+
+    fn unindex(&mut self, id: u32, old: &PodInfo) {
+        if let Some(w) = old.workload
+            && let Some(set) = self.pending.get_mut(&w)
+        {
+            set.remove(&id);
+            if set.is_empty() {
+                self.pending.remove(&w);
+            }
+        }
+        if let Some(c) = old.claim
+            && let Some(set) = self.nominated_to_claim.get_mut(&c)
+        {
+            set.remove(&id);
+        }
+    }
+}
