@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pullahead::{event, replay};
+use pullahead::{event, forecast, replay};
 
 /// Event-driven, autoscaler-aware, predictive image prefetcher for Kubernetes.
 #[derive(Debug, Parser)]
@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Replay event files through the policies and score them against each other.
     Replay(replay::cli::Args),
+    /// Fit the predictive model on the first part of traces; score it on the rest.
+    Tune(forecast::tune::Args),
     /// Write a synthetic trace of any size (for benchmarks; `scenario` makes realistic ones).
     Synth(replay::cli::SynthArgs),
 }
@@ -41,6 +43,7 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Replay(args) => replay_cmd(&args),
+        Command::Tune(args) => tune_cmd(&args),
         Command::Synth(args) => {
             let header = event::Header::new(0.0, format!("pullahead synth --seed {}", args.seed));
             let mut out = event::EventWriter::create(&args.out, &header)?;
@@ -73,6 +76,41 @@ fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
     }
     if let Some(mut d) = decisions {
         d.flush().context("writing decisions")?;
+    }
+    Ok(())
+}
+
+fn tune_cmd(args: &forecast::tune::Args) -> anyhow::Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let tuned = forecast::tune::tune(&args.options(command)?)?;
+    let text = serde_json::to_string_pretty(&tuned.model)?;
+    std::fs::write(&args.out, text + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        for r in &tuned.held_back {
+            serde_json::to_writer(&mut out, r)?;
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "training part: threshold → capture, waste share")?;
+    for t in &tuned.thresholds {
+        let mark = if t.threshold == tuned.model.threshold {
+            "  <- chosen"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "  {:>5.2}  {:>6.3}  {:>6.3}{mark}",
+            t.threshold, t.capture, t.waste_share
+        )?;
+    }
+    writeln!(out, "model written to {}\n", args.out.display())?;
+    for r in &tuned.held_back {
+        write!(out, "{}", replay::report::table(r))?;
     }
     Ok(())
 }

@@ -6,8 +6,7 @@
 //! The same trait is driven by the replay simulator and by the live
 //! controller.
 
-use std::collections::{HashMap, HashSet};
-
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
@@ -161,7 +160,7 @@ impl StaticPolicy {
     pub fn fixed(images: Vec<String>) -> Self {
         Self {
             images,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             fixed: true,
         }
     }
@@ -208,8 +207,8 @@ impl PopularPolicy {
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            node_pool: HashMap::new(),
-            demand: HashMap::new(),
+            node_pool: HashMap::default(),
+            demand: HashMap::default(),
         }
     }
 
@@ -219,7 +218,13 @@ impl PopularPolicy {
         };
         let mut ranked: Vec<(&String, &u64)> = counts.iter().collect();
         // Ties break by name so that the result does not depend on hashing.
-        ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let order =
+            |a: &(&String, &u64), b: &(&String, &u64)| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0));
+        if ranked.len() > self.k && self.k > 0 {
+            ranked.select_nth_unstable_by(self.k - 1, order);
+            ranked.truncate(self.k);
+        }
+        ranked.sort_by(order);
         ranked
             .into_iter()
             .take(self.k)

@@ -4,7 +4,8 @@
 //! planner never rescans history. Images are interned to small integers to
 //! keep 100,000 pods in a few tens of megabytes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::BTreeMap;
 
 use crate::event::{
     Body, ClaimPhase, Event, NodePhase, PodPhase, Taint, Toleration, tolerates_all,

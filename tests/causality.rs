@@ -1,5 +1,5 @@
 //! Causality: cutting a trace at time T changes no decision a causal policy
-//! made before T.
+//! made before T, nor its reason or probability.
 
 use pullahead::event::{EventReader, EventWriter, Header};
 use pullahead::replay::{self, oracle::Foresight, synth};
@@ -50,7 +50,7 @@ fn decisions(trace: &[u8], cut: f64, policies: &[&str]) -> Vec<(f64, String)> {
 #[test]
 fn causal_policies_decide_the_same_before_any_cut() {
     let trace = trace();
-    let causal = ["none", "static", "popular"];
+    let causal = ["none", "static", "popular", "predictive"];
     let full = decisions(&trace, f64::INFINITY, &causal);
     assert!(
         full.len() > 1_000,

@@ -4,6 +4,7 @@
 pub mod model;
 pub mod planner;
 pub mod trend;
+pub mod tune;
 
 /// Errors from the forecaster.
 #[derive(Debug, thiserror::Error)]

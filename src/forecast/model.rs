@@ -255,7 +255,8 @@ mod tests {
 
     #[test]
     fn bad_models_are_refused_with_a_clear_message() {
-        let cases: [(&str, Box<dyn FnOnce(&mut serde_json::Value)>); 5] = [
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: [(&str, Edit); 5] = [
             (
                 "missing feature \"history\"",
                 Box::new(|v| {

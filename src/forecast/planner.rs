@@ -6,14 +6,13 @@
 //! It reads only the events given so far (through [`ClusterState`]) and the
 //! clock, so it is causal and deterministic: ties are broken by image name.
 
-use std::collections::{HashMap, HashSet};
-
 use super::model::{Features, Model, N_FEATURES};
 use super::trend::{Holt, HoltState};
 use crate::clock::Clock;
 use crate::event::{Body, ClaimPhase, Event, NodePhase, PodPhase};
 use crate::policy::{Policy, PullOrder, Reason, Target};
 use crate::state::{ClusterState, ImageId, NodeInfo};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// Planner settings that are not part of the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -96,15 +95,15 @@ impl Planner {
             cfg,
             model,
             state: ClusterState::default(),
-            sizes: HashMap::new(),
-            history: HashMap::new(),
-            fresh: HashMap::new(),
-            planned: HashMap::new(),
-            node_claim: HashMap::new(),
+            sizes: HashMap::default(),
+            history: HashMap::default(),
+            fresh: HashMap::default(),
+            planned: HashMap::default(),
+            node_claim: HashMap::default(),
             holt: Holt::default(),
-            trends: HashMap::new(),
-            fits_cache: HashMap::new(),
-            ds_cache: HashMap::new(),
+            trends: HashMap::default(),
+            fits_cache: HashMap::default(),
+            ds_cache: HashMap::default(),
             collect: None,
         }
     }
@@ -171,7 +170,7 @@ impl Planner {
         claim: Option<u32>,
         now: f64,
     ) -> HashMap<ImageId, Features> {
-        let mut c: HashMap<ImageId, Features> = HashMap::new();
+        let mut c: HashMap<ImageId, Features> = HashMap::default();
         let add = |c: &mut HashMap<ImageId, Features>, images: &[ImageId], f: usize, v: f64| {
             for &i in images {
                 c.entry(i).or_insert([0.0; N_FEATURES])[f] += v;
@@ -432,7 +431,7 @@ impl Policy for Planner {
                         }
                         self.history.entry(info.pool.clone()).or_default().new_nodes += 1;
                         self.fresh
-                            .insert(id, (info.pool.clone(), now, HashSet::new()));
+                            .insert(id, (info.pool.clone(), now, HashSet::default()));
                         self.plan(Key::Node(id), &info, claim, now, out);
                         self.state.consume_scale_up(&info.pool);
                     }

@@ -3,9 +3,8 @@
 //! Images and layers are interned to small integers so that the simulator's
 //! per-node sets stay compact and cheap to look up.
 
-use std::collections::HashMap;
-
 use crate::event::Image;
+use rustc_hash::FxHashMap as HashMap;
 
 /// An interned image.
 pub type ImageId = u32;
@@ -41,10 +40,10 @@ impl Catalog {
     pub fn new(default_bytes: u64) -> Self {
         Self {
             default_bytes,
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             names: Vec::new(),
             images: Vec::new(),
-            layer_ids: HashMap::new(),
+            layer_ids: HashMap::default(),
             layer_bytes: Vec::new(),
             pseudo_owner: Vec::new(),
         }

@@ -26,6 +26,15 @@ pub struct Args {
     /// Write every pull order of every policy to this file, as JSON lines.
     #[arg(long, value_name = "OUT.jsonl")]
     pub decisions: Option<PathBuf>,
+    /// The data-plane model and policy settings.
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+/// Settings of the simulated data plane and of the policies, shared by
+/// `replay` and `tune`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimArgs {
     /// Bandwidth of each node, in megabits per second.
     #[arg(long, default_value_t = 1000.0, env = "PULLAHEAD_BANDWIDTH_MBPS")]
     pub bandwidth_mbps: f64,
@@ -62,6 +71,14 @@ pub struct Args {
 impl Args {
     /// The replay options these arguments describe.
     pub fn options(&self) -> super::Result<Options> {
+        self.sim
+            .options(self.policy.iter().map(|p| p.trim().to_string()).collect())
+    }
+}
+
+impl SimArgs {
+    /// Replay options with these settings and `policies`.
+    pub fn options(&self, policies: Vec<String>) -> super::Result<Options> {
         let bad = |msg: String| super::Error::InvalidOption(msg);
         if !(self.bandwidth_mbps.is_finite() && self.bandwidth_mbps > 0.0) {
             return Err(bad(format!(
@@ -89,9 +106,10 @@ impl Args {
                 bandwidth_bytes_per_second: self.bandwidth_mbps * 1e6 / 8.0,
                 pull_latency_seconds: self.pull_latency_ms / 1000.0,
                 max_parallel_pulls: self.max_parallel_pulls,
+                ..SimConfig::default()
             },
             default_image_bytes: self.default_image_bytes,
-            policies: self.policy.iter().map(|p| p.trim().to_string()).collect(),
+            policies,
             static_images: self
                 .static_images
                 .as_deref()

@@ -193,12 +193,12 @@ pub fn replay(
     events: impl IntoIterator<Item = event::Result<Event>>,
     foresight: Foresight,
     opts: &Options,
-    mut decisions: Decisions<'_>,
+    decisions: Decisions<'_>,
 ) -> Result<Report> {
     let mut foresight = Some(foresight);
     let mut names: Vec<&str> = opts.policies.iter().map(String::as_str).collect();
     names.dedup();
-    let mut lanes = Vec::new();
+    let mut policies = Vec::new();
     for (name, shown) in names
         .iter()
         .map(|n| (*n, true))
@@ -207,14 +207,30 @@ pub fn replay(
         if !shown && names.contains(&name) {
             continue;
         }
-        let policy = build_policy(name, opts, &mut foresight)?;
-        lanes.push(Lane {
+        policies.push((build_policy(name, opts, &mut foresight)?, shown));
+    }
+    replay_policies(label, events, policies, opts, decisions)
+}
+
+/// Replays `events` with ready-made policies; each comes with whether it is
+/// reported. Oracle capture needs policies named `none` and `oracle` among
+/// them.
+pub fn replay_policies(
+    label: &str,
+    events: impl IntoIterator<Item = event::Result<Event>>,
+    policies: Vec<(Box<dyn Policy>, bool)>,
+    opts: &Options,
+    mut decisions: Decisions<'_>,
+) -> Result<Report> {
+    let mut lanes: Vec<Lane> = policies
+        .into_iter()
+        .map(|(policy, shown)| Lane {
             policy,
             sim: Sim::new(opts.sim),
             next_tick: None,
             shown,
-        });
-    }
+        })
+        .collect();
 
     let clock = SimClock::new(0.0);
     let mut catalog = Catalog::new(opts.default_image_bytes);

@@ -3,7 +3,7 @@
 //! upper bound that oracle capture is measured against, and the only policy
 //! allowed to see the future.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::Path;
 
 use crate::clock::Clock;
@@ -19,17 +19,25 @@ pub struct Foresight {
 }
 
 impl Foresight {
-    /// Reads `path` once to learn every binding.
+    /// Reads `path` once to learn every binding. Lines that cannot be a
+    /// registration or a binding are skipped unparsed; the replay pass that
+    /// follows checks every line.
     pub fn scan(path: &Path) -> event::Result<Self> {
-        Self::from_events(EventReader::open(path)?)
+        let mut reader = EventReader::open(path)?;
+        reader.set_filter(|line| {
+            memchr::memmem::find(line, b"scheduled").is_some()
+                || memchr::memmem::find(line, b"registered").is_some()
+                || memchr::memmem::find(line, b"\"trace\"").is_some()
+        });
+        Self::from_events(reader)
     }
 
     /// Learns every binding from `events`.
     pub fn from_events(
         events: impl IntoIterator<Item = event::Result<Event>>,
     ) -> event::Result<Self> {
-        let mut incarnation: HashMap<String, u32> = HashMap::new();
-        let mut needs: HashMap<(String, u32), Vec<String>> = HashMap::new();
+        let mut incarnation: HashMap<String, u32> = HashMap::default();
+        let mut needs: HashMap<(String, u32), Vec<String>> = HashMap::default();
         for e in events {
             let e = e?;
             match &e.body {
@@ -65,7 +73,7 @@ impl OraclePolicy {
     pub fn new(foresight: Foresight) -> Self {
         Self {
             foresight,
-            incarnation: HashMap::new(),
+            incarnation: HashMap::default(),
         }
     }
 }

@@ -10,8 +10,9 @@
 //! the simulator's outcomes, so each node is advanced lazily: only when an
 //! event touches it, and once more at the end of the trace.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 use super::catalog::{Catalog, ImageId, LayerId};
 use crate::event::{Body, ClaimPhase, Event, NodePhase, PodPhase};
@@ -26,6 +27,9 @@ pub struct SimConfig {
     pub pull_latency_seconds: f64,
     /// Prefetch pulls that may run at once on one node.
     pub max_parallel_pulls: usize,
+    /// Only pods bound and prefetches ordered from this time on are scored;
+    /// earlier events only warm the cluster up (held-back evaluation).
+    pub score_from: f64,
 }
 
 impl Default for SimConfig {
@@ -34,6 +38,7 @@ impl Default for SimConfig {
             bandwidth_bytes_per_second: 1000.0 * 1e6 / 8.0,
             pull_latency_seconds: 0.5,
             max_parallel_pulls: 4,
+            score_from: f64::NEG_INFINITY,
         }
     }
 }
@@ -96,6 +101,8 @@ struct ImgEntry {
     prefetch_bytes: u64,
     /// A pod on this node needed it.
     used: bool,
+    /// Ordered inside the scored window.
+    scored: bool,
 }
 
 #[derive(Debug)]
@@ -114,6 +121,7 @@ struct PodWait {
     outstanding: u32,
     node: usize,
     open: bool,
+    scored: bool,
 }
 
 #[derive(Debug, Default)]
@@ -161,13 +169,13 @@ impl Sim {
         Self {
             cfg,
             nodes: Vec::new(),
-            node_ids: HashMap::new(),
-            claim_nodes: HashMap::new(),
-            held_for_node: HashMap::new(),
-            held_for_claim: HashMap::new(),
+            node_ids: HashMap::default(),
+            claim_nodes: HashMap::default(),
+            held_for_node: HashMap::default(),
+            held_for_claim: HashMap::default(),
             held: 0,
             pods: Vec::new(),
-            pod_ids: HashMap::new(),
+            pod_ids: HashMap::default(),
             seq: 0,
             out: Outcome::default(),
         }
@@ -224,7 +232,9 @@ impl Sim {
 
     /// Takes one order from the policy at time `t`.
     pub fn order(&mut self, order: PullOrder, t: f64, catalog: &mut Catalog) {
-        self.out.orders += 1;
+        if t >= self.cfg.score_from {
+            self.out.orders += 1;
+        }
         let node = match &order.target {
             Target::Node(n) => n.clone(),
             Target::NodeClaim(c) => match self.claim_nodes.get(c) {
@@ -290,6 +300,9 @@ impl Sim {
                 self.enqueue_prefetch(idx, &o, t, catalog);
             }
         }
+        if self.held_for_claim.is_empty() {
+            return;
+        }
         let claims: Vec<String> = self
             .claim_nodes
             .iter()
@@ -341,11 +354,11 @@ impl Sim {
             let moved = (p.bytes as f64 - p.remaining.max(0.0)).round() as u64;
             if p.kubelet {
                 self.out.kubelet_bytes += moved;
-            } else {
+            } else if let Some(e) = node.images.get_mut(&p.image)
+                && e.scored
+            {
                 self.out.prefetched_bytes += moved;
-                if let Some(e) = node.images.get_mut(&p.image) {
-                    e.prefetch_bytes += moved;
-                }
+                e.prefetch_bytes += moved;
             }
         }
         self.retire_node(idx, t);
@@ -357,7 +370,7 @@ impl Sim {
         let node = &mut self.nodes[idx];
         node.alive = false;
         for e in node.images.values() {
-            if e.prefetched && !e.used {
+            if e.prefetched && !e.used && e.scored {
                 self.out.wasted_bytes += e.prefetch_bytes;
             }
         }
@@ -372,7 +385,9 @@ impl Sim {
         let pod = &mut self.pods[pid];
         if pod.open {
             pod.open = false;
-            self.out.waits.push(t - pod.bind);
+            if pod.scored {
+                self.out.waits.push(t - pod.bind);
+            }
         }
     }
 
@@ -385,14 +400,23 @@ impl Sim {
         }
         let (idx, _) = self.node_at(node, t, catalog);
         let pid = self.pods.len();
+        let scored = t >= self.cfg.score_from;
         self.pods.push(PodWait {
             bind: t,
             outstanding: 0,
             node: idx,
             open: true,
+            scored,
         });
         self.pod_ids.insert(pod.to_string(), pid);
-        self.out.pods += 1;
+        // Counters of an unscored binding go to a scratch copy.
+        let mut scratch = Outcome::default();
+        let out = if scored {
+            self.out.pods += 1;
+            &mut self.out
+        } else {
+            &mut scratch
+        };
         let mut outstanding = 0;
         for image in images {
             let id = catalog.intern(image);
@@ -402,25 +426,26 @@ impl Sim {
                 prefetched: false,
                 prefetch_bytes: 0,
                 used: false,
+                scored: false,
             });
             let fresh = !entry.used;
             entry.used = true;
             match entry.state {
                 ImgState::Present { at } => {
                     if fresh {
-                        self.out.hits += 1;
+                        out.hits += 1;
                         if entry.prefetched {
-                            self.out.lead_times.push(t - at);
+                            out.lead_times.push(t - at);
                         }
                     } else {
-                        self.out.hits += 1;
+                        out.hits += 1;
                     }
                     continue;
                 }
-                ImgState::Pulling if entry.prefetched => self.out.inflight += 1,
-                ImgState::Pulling => self.out.misses += 1,
+                ImgState::Pulling if entry.prefetched => out.inflight += 1,
+                ImgState::Pulling => out.misses += 1,
                 ImgState::KubeletQueued => {
-                    self.out.misses += 1;
+                    out.misses += 1;
                     if fresh {
                         n.kubelet_queue.push_back(id);
                     }
@@ -428,7 +453,7 @@ impl Sim {
                 ImgState::PrefetchQueued => {
                     // Kubelet does not know about queued prefetches: it pulls
                     // the image itself, and the queued order lapses.
-                    self.out.misses += 1;
+                    out.misses += 1;
                     entry.state = ImgState::KubeletQueued;
                     entry.prefetched = false;
                     n.kubelet_queue.push_back(id);
@@ -463,6 +488,7 @@ impl Sim {
                 prefetched: true,
                 prefetch_bytes: 0,
                 used: false,
+                scored: t >= self.cfg.score_from,
             },
         );
         self.seq += 1;
@@ -483,6 +509,7 @@ impl Sim {
                 prefetched: false,
                 prefetch_bytes: 0,
                 used: false,
+                scored: false,
             },
         );
     }
@@ -591,11 +618,11 @@ impl Sim {
             }
             if p.kubelet {
                 self.out.kubelet_bytes += p.bytes;
-            } else {
+            } else if let Some(e) = node.images.get_mut(&p.image)
+                && e.scored
+            {
                 self.out.prefetched_bytes += p.bytes;
-                if let Some(e) = node.images.get_mut(&p.image) {
-                    e.prefetch_bytes += p.bytes;
-                }
+                e.prefetch_bytes += p.bytes;
             }
             node.finishing.push(p.image);
         }
@@ -623,7 +650,9 @@ impl Sim {
                 pod.outstanding = pod.outstanding.saturating_sub(1);
                 if pod.outstanding == 0 && pod.open {
                     pod.open = false;
-                    self.out.waits.push(now - pod.bind);
+                    if pod.scored {
+                        self.out.waits.push(now - pod.bind);
+                    }
                 }
             }
         }

@@ -1,0 +1,386 @@
+//! `pullahead tune`: fits the model on the first part of each trace (by
+//! time) and scores it, beside the baselines, on the part held back.
+//!
+//! 1. Replay the training part with a collecting planner: every candidate
+//!    (node, image) it scores at a node's registration, with its features.
+//! 2. Label each candidate: did a pod bound to that node within the horizon
+//!    need the image? (Training data may look ahead; the planner never does.)
+//! 3. Fit logistic regression.
+//! 4. Pick the threshold with the best oracle capture on the training part
+//!    whose waste stays within the bound.
+//! 5. Replay each whole trace, scoring only what happens after the split.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ndarray::{Array1, Array2};
+
+use super::model::{Features, Model, N_FEATURES, Provenance, fit_logistic};
+use super::planner::{Candidate, Planner, PlannerConfig};
+use crate::clock::Clock;
+use crate::event::{self, Body, Event, EventReader, NodePhase, PodPhase};
+use crate::policy::{Policy, PullOrder};
+use crate::replay::{self, Report, oracle::Foresight};
+
+/// What to tune.
+#[derive(Clone, Debug)]
+pub struct TuneOptions {
+    /// Traces to fit and score on.
+    pub files: Vec<PathBuf>,
+    /// Share of each trace's time span used for fitting.
+    pub train_fraction: f64,
+    /// The horizon H of "needed within H".
+    pub horizon_seconds: f64,
+    /// Largest share of prefetched bytes that may be wasted.
+    pub max_waste_share: f64,
+    /// Replay settings (data-plane model, budget, baselines).
+    pub replay: replay::Options,
+    /// The command line, recorded in the model.
+    pub command: String,
+}
+
+/// Figures of one threshold on the training part.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ThresholdScore {
+    /// The threshold.
+    pub threshold: f64,
+    /// Oracle capture over all training parts.
+    pub capture: f64,
+    /// Wasted over prefetched bytes.
+    pub waste_share: f64,
+}
+
+/// What tuning produced.
+#[derive(Debug)]
+pub struct Tuned {
+    /// The fitted model.
+    pub model: Model,
+    /// Each threshold tried on the training parts.
+    pub thresholds: Vec<ThresholdScore>,
+    /// Held-back reports, one per file: only pods bound after the split
+    /// are scored.
+    pub held_back: Vec<Report>,
+}
+
+/// The planner, with its candidates sent to a shared list.
+struct Collector {
+    planner: Planner,
+    sink: Arc<Mutex<Vec<Candidate>>>,
+}
+
+impl Policy for Collector {
+    fn name(&self) -> &str {
+        "collector"
+    }
+
+    fn on_event(&mut self, event: &Event, clock: &dyn Clock, out: &mut Vec<PullOrder>) {
+        self.planner.on_event(event, clock, out);
+        let rows = self.planner.take_candidates();
+        if !rows.is_empty()
+            && let Ok(mut sink) = self.sink.lock()
+        {
+            sink.extend(rows);
+        }
+    }
+
+    fn tick_interval(&self) -> Option<f64> {
+        self.planner.tick_interval()
+    }
+
+    fn on_tick(&mut self, clock: &dyn Clock, out: &mut Vec<PullOrder>) {
+        self.planner.on_tick(clock, out);
+    }
+}
+
+struct Trace {
+    label: String,
+    events: Vec<Event>,
+    split: f64,
+}
+
+impl Trace {
+    fn train(&self) -> impl Iterator<Item = event::Result<Event>> + '_ {
+        self.events
+            .iter()
+            .take_while(|e| e.ts < self.split)
+            .cloned()
+            .map(Ok)
+    }
+}
+
+/// Images each node needed within `horizon` of its registration, keyed by
+/// (node, registration time in milliseconds).
+fn labels(
+    events: impl Iterator<Item = event::Result<Event>>,
+    horizon: f64,
+) -> event::Result<HashSet<(String, i64, String)>> {
+    let mut since: HashMap<String, f64> = HashMap::new();
+    let mut out = HashSet::new();
+    for e in events {
+        let e = e?;
+        match &e.body {
+            Body::Node(n) if n.phase == NodePhase::Registered => {
+                since.insert(n.node.clone(), e.ts);
+            }
+            Body::Node(n) if n.phase == NodePhase::Deleted => {
+                since.remove(&n.node);
+            }
+            Body::Pod(p) if p.phase == PodPhase::Scheduled => {
+                if let Some(node) = &p.node
+                    && let Some(&t0) = since.get(node)
+                    && e.ts - t0 <= horizon
+                {
+                    for i in &p.images {
+                        out.insert((node.clone(), (t0 * 1000.0).round() as i64, i.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn planner_config(opts: &replay::Options) -> PlannerConfig {
+    PlannerConfig {
+        node_budget_bytes: opts.node_budget_bytes,
+        bandwidth_bytes_per_second: opts.sim.bandwidth_bytes_per_second,
+        pull_latency_seconds: opts.sim.pull_latency_seconds,
+        default_image_bytes: opts.default_image_bytes,
+        ..PlannerConfig::default()
+    }
+}
+
+fn load(opts: &TuneOptions) -> replay::Result<Vec<Trace>> {
+    let mut traces = Vec::new();
+    for path in &opts.files {
+        let events: Vec<Event> = EventReader::open(path)?.collect::<event::Result<_>>()?;
+        let (first, last) = match (events.first(), events.last()) {
+            (Some(f), Some(l)) => (f.ts, l.ts),
+            _ => continue,
+        };
+        traces.push(Trace {
+            label: path.display().to_string(),
+            split: first + opts.train_fraction * (last - first),
+            events,
+        });
+    }
+    Ok(traces)
+}
+
+/// Runs the whole tuning procedure.
+pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
+    let traces = load(opts)?;
+    let start = Model::from_json(replay::DEFAULT_MODEL).map_err(replay::Error::InvalidOption)?;
+    let mut start = start;
+    start.horizon_seconds = opts.horizon_seconds;
+    let cfg = planner_config(&opts.replay);
+
+    // 1–2: candidates and labels from the training parts.
+    let mut rows: Vec<(Features, f64)> = Vec::new();
+    for t in &traces {
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        let collector = Collector {
+            planner: Planner::new(start.clone(), cfg).collecting(),
+            sink: sink.clone(),
+        };
+        let none: Box<dyn Policy> = Box::new(crate::policy::NonePolicy);
+        replay::replay_policies(
+            &t.label,
+            t.train(),
+            vec![(Box::new(collector), false), (none, false)],
+            &opts.replay,
+            None,
+        )?;
+        let truth = labels(t.train(), opts.horizon_seconds)?;
+        let candidates = std::mem::take(
+            &mut *sink
+                .lock()
+                .map_err(|_| replay::Error::InvalidOption("candidate list poisoned".into()))?,
+        );
+        rows.extend(candidates.into_iter().map(|c| {
+            let key = (c.node, (c.ts * 1000.0).round() as i64, c.image);
+            (c.features, if truth.contains(&key) { 1.0 } else { 0.0 })
+        }));
+    }
+    if rows.is_empty() {
+        return Err(replay::Error::InvalidOption(
+            "the training parts hold no node registrations to learn from".into(),
+        ));
+    }
+
+    // 3: fit.
+    let mut x = Array2::<f64>::zeros((rows.len(), N_FEATURES));
+    let mut y = Array1::<f64>::zeros(rows.len());
+    for (i, (f, label)) in rows.iter().enumerate() {
+        for (j, v) in f.iter().enumerate() {
+            x[[i, j]] = *v;
+        }
+        y[i] = *label;
+    }
+    let (weights, bias) = fit_logistic(&x, y.view(), 1e-2);
+    let positive_share = y.sum() / rows.len() as f64;
+
+    // 4: threshold by replaying the training parts.
+    let mut thresholds = Vec::new();
+    for th in [
+        0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+    ] {
+        let model = Model::new(weights, bias, opts.horizon_seconds, th);
+        let (mut saved, mut possible, mut wasted, mut prefetched) = (0.0, 0.0, 0.0, 0.0);
+        for t in &traces {
+            let train: Vec<Event> = t.train().collect::<event::Result<_>>()?;
+            let r = score(&t.label, &train, &model, &opts.replay, &["predictive"])?;
+            let (none, pred, oracle) = (total(&r, "none"), &r.policies[0], total(&r, "oracle"));
+            saved += none - pred.pull_wait_seconds.total;
+            possible += none - oracle;
+            wasted += pred.wasted_bytes as f64;
+            prefetched += pred.prefetched_bytes as f64;
+        }
+        thresholds.push(ThresholdScore {
+            threshold: th,
+            capture: if possible > 0.0 {
+                saved / possible
+            } else {
+                0.0
+            },
+            waste_share: if prefetched > 0.0 {
+                wasted / prefetched
+            } else {
+                0.0
+            },
+        });
+    }
+    let best = thresholds
+        .iter()
+        .filter(|s| s.waste_share <= opts.max_waste_share)
+        .max_by(|a, b| a.capture.total_cmp(&b.capture))
+        .or_else(|| {
+            thresholds
+                .iter()
+                .min_by(|a, b| a.waste_share.total_cmp(&b.waste_share))
+        })
+        .map_or(0.5, |s| s.threshold);
+    let mut model = Model::new(weights, bias, opts.horizon_seconds, best);
+    model.provenance = Provenance {
+        command: opts.command.clone(),
+        data: opts.files.iter().map(|p| p.display().to_string()).collect(),
+        rows: rows.len() as u64,
+        positive_share,
+    };
+
+    // 5: held-back scores.
+    let mut held_back = Vec::new();
+    for t in &traces {
+        let mut ro = opts.replay.clone();
+        ro.sim.score_from = t.split;
+        let mut r = score(
+            &t.label,
+            &t.events,
+            &model,
+            &ro,
+            &["none", "static", "popular", "predictive", "oracle"],
+        )?;
+        r.file = format!("{} (held back: after t={:.0})", t.label, t.split);
+        held_back.push(r);
+    }
+    Ok(Tuned {
+        model,
+        thresholds,
+        held_back,
+    })
+}
+
+fn total(r: &Report, policy: &str) -> f64 {
+    r.policies
+        .iter()
+        .find(|p| p.policy == policy)
+        .map_or(0.0, |p| p.pull_wait_seconds.total)
+}
+
+/// Replays `events` with `model` as the predictive policy.
+fn score(
+    label: &str,
+    events: &[Event],
+    model: &Model,
+    opts: &replay::Options,
+    policies: &[&str],
+) -> replay::Result<Report> {
+    let mut ro = opts.clone();
+    ro.model = Some(model.clone());
+    ro.policies = policies.iter().map(|s| s.to_string()).collect();
+    ro.progress = false;
+    // `none` and `oracle` are reported too, so that capture can be read off.
+    for extra in ["none", "oracle"] {
+        if !ro.policies.iter().any(|p| p == extra) {
+            ro.policies.push(extra.to_string());
+        }
+    }
+    let foresight = Foresight::from_events(events.iter().cloned().map(Ok))?;
+    let mut r = replay::replay(label, events.iter().cloned().map(Ok), foresight, &ro, None)?;
+    r.policies.retain(|p| {
+        policies.contains(&p.policy.as_str()) || p.policy == "none" || p.policy == "oracle"
+    });
+    r.policies.sort_by_key(|p| {
+        policies
+            .iter()
+            .position(|q| *q == p.policy)
+            .unwrap_or(usize::MAX)
+    });
+    Ok(r)
+}
+
+/// Fits a model on the first part of each trace and scores it on the rest.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Traces (schema v1 JSON Lines) to fit and score on.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Where to write the model.
+    #[arg(long, value_name = "models/NAME.json")]
+    pub out: PathBuf,
+    /// Share of each trace's time span to fit on; the rest is held back and
+    /// only scored.
+    #[arg(long, default_value_t = 0.7)]
+    pub train_fraction: f64,
+    /// Horizon H of "the node needs this image within H", in seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    pub horizon_seconds: f64,
+    /// Largest share of prefetched bytes the chosen threshold may waste on
+    /// the training part.
+    #[arg(long, default_value_t = 0.15)]
+    pub max_waste: f64,
+    /// Print the held-back figures as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// The data-plane model and baselines, as for `replay`.
+    #[command(flatten)]
+    pub replay: crate::replay::cli::SimArgs,
+}
+
+impl Args {
+    /// The tuning options these arguments describe.
+    pub fn options(&self, command: String) -> replay::Result<TuneOptions> {
+        if !(self.train_fraction > 0.0 && self.train_fraction < 1.0) {
+            return Err(replay::Error::InvalidOption(format!(
+                "--train-fraction must be between 0 and 1, not {}",
+                self.train_fraction
+            )));
+        }
+        if !(self.horizon_seconds.is_finite() && self.horizon_seconds > 0.0) {
+            return Err(replay::Error::InvalidOption(format!(
+                "--horizon-seconds must be above zero, not {}",
+                self.horizon_seconds
+            )));
+        }
+        Ok(TuneOptions {
+            files: self.files.clone(),
+            train_fraction: self.train_fraction,
+            horizon_seconds: self.horizon_seconds,
+            max_waste_share: self.max_waste,
+            replay: self.replay.options(Vec::new())?,
+            command,
+        })
+    }
+}
