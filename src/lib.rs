@@ -7,4 +7,5 @@
 
 pub mod clock;
 pub mod event;
+pub mod normalize;
 pub mod policy;
