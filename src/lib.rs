@@ -7,5 +7,7 @@
 
 pub mod clock;
 pub mod event;
+pub mod import;
 pub mod normalize;
 pub mod policy;
+pub mod scenario;

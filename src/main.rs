@@ -12,11 +12,30 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Simulate a cluster under a load trace and write its events.
+    Scenario(pullahead::scenario::Args),
+    /// Convert a SimKube trace or a kubectl watch stream to events.
+    Import(pullahead::import::Args),
+}
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Scenario(args) => {
+            let s = pullahead::scenario::run(&args)?;
+            eprintln!("{s:?}");
+        }
+        Command::Import(args) => {
+            let s = pullahead::import::run(&args)?;
+            eprintln!("{s:?}");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
