@@ -127,9 +127,10 @@ pub fn run(args: &Args) -> Result<Summary> {
         start_hour: args.start_hour,
     };
     let out = args.out.clone();
-    generate(&spec, dir, &name, &load, &opts, |t0| {
+    let (summary, _) = generate(&spec, dir, &name, &load, &opts, |t0| {
         EventWriter::create(&out, &Header::new(t0, source.clone()))
-    })
+    })?;
+    Ok(summary)
 }
 
 /// Options of one run.
@@ -144,7 +145,8 @@ pub struct Options {
 }
 
 /// Simulates `spec` under `load` and writes the events to the writer that
-/// `open` makes for the start time.
+/// `open` makes for the start time; returns the summary and the flushed
+/// underlying writer.
 pub fn generate<W: Write>(
     spec: &spec::Spec,
     spec_dir: &Path,
@@ -152,7 +154,7 @@ pub fn generate<W: Write>(
     load: &load::Load,
     opts: &Options,
     open: impl FnOnce(f64) -> crate::event::Result<EventWriter<W>>,
-) -> Result<Summary> {
+) -> Result<(Summary, W)> {
     if !is_nonneg(opts.start_hour) {
         return Err(Error::Option(format!(
             "--start-hour must not be negative, got {}",
@@ -214,8 +216,7 @@ pub fn generate<W: Write>(
     for e in sim.drain() {
         writer.write(&e)?;
     }
-    writer.flush()?;
     let summary = sim.summary().clone();
     tracing::info!(?summary, "scenario written");
-    Ok(summary)
+    Ok((summary, writer.into_inner()?))
 }

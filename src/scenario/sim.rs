@@ -52,6 +52,8 @@ pub struct PoolCfg {
     pub max_nodes: usize,
     /// Idle time before a node is removed.
     pub idle_seconds: f64,
+    /// Prefer the most allocated node instead of the least.
+    pub binpack: bool,
 }
 
 /// One workload as the simulator runs it.
@@ -935,6 +937,7 @@ impl Sim {
                 }
                 let score = ((node.free_cpu - cfg.cpu) as f64 / pool.cpu as f64)
                     .min((node.free_mem - cfg.mem) as f64 / pool.mem as f64);
+                let score = if pool.binpack { -score } else { score };
                 if best.is_none_or(|(s, _)| score > s) {
                     best = Some((score, n));
                 }
@@ -1202,6 +1205,10 @@ pub fn resolve(
             min_nodes: p.min_nodes as usize,
             max_nodes: p.max_nodes as usize,
             idle_seconds: p.idle_seconds,
+            binpack: match p.packing {
+                Some(k) => k == super::spec::Packing::Binpack,
+                None => p.autoscaler == "karpenter",
+            },
         });
     }
     let pool_index = |name: &str| spec.pools.iter().position(|p| p.name == name);

@@ -139,6 +139,21 @@ pub struct PoolSpec {
     /// A node with no workload pods for this long is removed.
     #[serde(default = "default_idle")]
     pub idle_seconds: f64,
+    /// How the scheduler scores nodes: `spread` (kube-scheduler's default
+    /// LeastAllocated) or `binpack` (MostAllocated). Default: `binpack` for
+    /// Karpenter pools, standing in for its consolidation, else `spread`.
+    #[serde(default)]
+    pub packing: Option<Packing>,
+}
+
+/// Node scoring of the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Packing {
+    /// Prefer the node left least allocated.
+    Spread,
+    /// Prefer the node left most allocated.
+    Binpack,
 }
 
 fn default_register() -> [f64; 2] {
