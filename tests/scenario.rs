@@ -523,3 +523,89 @@ fn load_csv_forms() {
         (3, 50.0, 9.0, 3.0)
     );
 }
+
+#[test]
+fn recorded_replicas_drive_the_cluster() {
+    use pullahead::event::Workload;
+    use pullahead::scenario::generate_from_replicas;
+    let spec = format!(
+        "pools:\n{}imported: {{pool: default, pod: {{cpu_millis: 400, memory_mib: 10}}}}\n",
+        pool("karpenter", 1000, 1, "")
+    );
+    let spec = Spec::parse(&spec, "spec.yaml").expect("parses");
+    spec.validate("spec.yaml").expect("valid");
+    let w = |ts: f64, name: &str, replicas: u32| {
+        Event::new(
+            ts,
+            Workload {
+                workload: name.into(),
+                kind: "Deployment".into(),
+                images: vec!["docker.io/library/redis:6.2.4".into()],
+                node_selector: Default::default(),
+                tolerations: None,
+                replicas: Some(replicas),
+            },
+        )
+    };
+    let input = vec![
+        w(100.0, "dsb/a", 2),
+        w(200.0, "dsb/a", 5),
+        w(230.0, "dsb/b", 1),
+        w(400.0, "dsb/a", 1),
+    ];
+    let opts = Options {
+        seed: 1,
+        hours: Some(0.1),
+        start_hour: 0.0,
+    };
+    let (summary, bytes) =
+        generate_from_replicas(&spec, Path::new("."), "spec.yaml", &input, &opts, |t0| {
+            EventWriter::new(Vec::new(), "mem", &Header::new(t0, "test"))
+        })
+        .expect("runs");
+    let evs: Vec<Event> = EventReader::new(&bytes[..], "mem")
+        .collect::<Result<_, _>>()
+        .expect("valid file");
+    let reps: Vec<(f64, String, u32)> = evs
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Workload(w) => Some((e.ts, w.workload.clone(), w.replicas?)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reps,
+        vec![
+            (100.0, "dsb/a".into(), 2),
+            (200.0, "dsb/a".into(), 5),
+            (230.0, "dsb/b".into(), 1),
+            (400.0, "dsb/a".into(), 1)
+        ]
+    );
+    // Warm: one node holds the first two pods; at 200 three more need
+    // two claims (two fit a 1000m node), and dsb/b joins the in-flight one.
+    let ups: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::ScaleUp(s) => Some((e.ts, s.from, s.to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ups, vec![(200.0, 1, 3)]);
+    let nominated_b = evs.iter().any(|e| {
+        matches!(&e.body, Body::Pod(p) if p.phase == PodPhase::Nominated
+            && p.workload.as_deref() == Some("dsb/b") && e.ts == 230.0)
+    });
+    assert!(
+        nominated_b,
+        "the late workload is nominated to the claim in flight"
+    );
+    assert_eq!(summary.pods, 6);
+    let deleted = evs
+        .iter()
+        .filter(
+            |e| matches!(&e.body, Body::Pod(p) if p.phase == PodPhase::Deleted && e.ts == 400.0),
+        )
+        .count();
+    assert_eq!(deleted, 4);
+}

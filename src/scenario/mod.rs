@@ -81,8 +81,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Args {
     /// Load CSV: a header, then a timestamp (ISO 8601 or seconds) and one
     /// per-minute rate per column (or the `wide` layout the spec names).
-    #[arg(long, env = "PULLAHEAD_SCENARIO_LOAD")]
-    pub load: PathBuf,
+    #[arg(
+        long,
+        env = "PULLAHEAD_SCENARIO_LOAD",
+        required_unless_present = "replicas"
+    )]
+    pub load: Option<PathBuf>,
+    /// Instead of a load: an event file whose `workload` events (e.g. an
+    /// imported SimKube trace) set the replicas; the spec's `imported`
+    /// section places their pods.
+    #[arg(long, env = "PULLAHEAD_SCENARIO_REPLICAS", conflicts_with = "load")]
+    pub replicas: Option<PathBuf>,
     /// Cluster spec YAML (see docs/scenario-spec.md).
     #[arg(long, env = "PULLAHEAD_SCENARIO_CLUSTER")]
     pub cluster: PathBuf,
@@ -113,20 +122,36 @@ pub fn run(args: &Args) -> Result<Summary> {
         })?),
         None => None,
     };
-    let load = load::Load::read(&args.load, spec.load_layout, start)?;
     let dir = args.cluster.parent().unwrap_or(Path::new("."));
     let seed = args.seed.or(spec.seed).unwrap_or(0);
-    let source = format!(
-        "pullahead scenario --load {} --cluster {} --seed {seed}",
-        args.load.display(),
-        args.cluster.display()
-    );
     let opts = Options {
         seed,
         hours: args.hours,
         start_hour: args.start_hour,
     };
     let out = args.out.clone();
+    let (input, path) = match (&args.load, &args.replicas) {
+        (Some(l), None) => ("--load", l),
+        (None, Some(r)) => ("--replicas", r),
+        _ => {
+            return Err(Error::Option(
+                "give exactly one of --load and --replicas".into(),
+            ));
+        }
+    };
+    let source = format!(
+        "pullahead scenario {input} {} --cluster {} --seed {seed}",
+        path.display(),
+        args.cluster.display()
+    );
+    if input == "--replicas" {
+        let events = crate::event::read_all(path)?;
+        let (summary, _) = generate_from_replicas(&spec, dir, &name, &events, &opts, |t0| {
+            EventWriter::create(&out, &Header::new(t0, source.clone()))
+        })?;
+        return Ok(summary);
+    }
+    let load = load::Load::read(path, spec.load_layout, start)?;
     let (summary, _) = generate(&spec, dir, &name, &load, &opts, |t0| {
         EventWriter::create(&out, &Header::new(t0, source.clone()))
     })?;
@@ -218,5 +243,124 @@ pub fn generate<W: Write>(
     }
     let summary = sim.summary().clone();
     tracing::info!(?summary, "scenario written");
+    Ok((summary, writer.into_inner()?))
+}
+
+/// Simulates `spec`'s pools under recorded scaling: every `workload` event
+/// of `events` with replicas sets that workload's pods (DaemonSets are the
+/// spec's). The workloads seen at the first timestamp start warm; later
+/// ones are added when they appear. Runs to the last event plus `hours`
+/// (default 10 minutes, so that idle nodes are seen leaving).
+pub fn generate_from_replicas<W: Write>(
+    spec: &spec::Spec,
+    spec_dir: &Path,
+    spec_name: &str,
+    events: &[crate::event::Event],
+    opts: &Options,
+    open: impl FnOnce(f64) -> crate::event::Result<EventWriter<W>>,
+) -> Result<(Summary, W)> {
+    use crate::event::Body;
+    let imported = spec.imported.as_ref().ok_or_else(|| Error::SpecField {
+        path: spec_name.to_string(),
+        field: "imported".into(),
+        msg: "--replicas needs an `imported` section naming the pool and pod size".into(),
+    })?;
+    let changes: Vec<(f64, &crate::event::Workload)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Workload(w) if w.kind != "DaemonSet" && w.replicas.is_some() => Some((e.ts, w)),
+            _ => None,
+        })
+        .collect();
+    let Some(&(t0, _)) = changes.first() else {
+        return Err(Error::Option(
+            "the --replicas file has no workload events with replicas".into(),
+        ));
+    };
+    let empty = load::Load {
+        start: t0,
+        columns: Vec::new(),
+        series: Vec::new(),
+    };
+    let mut images = spec.images(spec_dir)?;
+    let (pools, mut workloads) = sim::resolve(spec, &empty, &mut images, opts.seed, spec_name)?;
+    let pool = spec
+        .pools
+        .iter()
+        .position(|p| p.name == imported.pool)
+        .ok_or_else(|| Error::SpecField {
+            path: spec_name.to_string(),
+            field: "imported.pool".into(),
+            msg: format!("no pool named {:?}", imported.pool),
+        })?;
+    let cfg = |w: &crate::event::Workload| sim::WorkloadCfg {
+        name: w.workload.clone(),
+        images: w.images.clone(),
+        pool,
+        cpu: imported.pod.cpu_millis,
+        mem: imported.pod.memory_mib,
+        load: None,
+        capacity: 1.0,
+        hpa: None,
+        replicas: w.replicas,
+        tolerations: w.tolerations.clone().unwrap_or_default(),
+    };
+    // The state at the first timestamp is the warm cluster.
+    let mut rest = Vec::new();
+    for &(ts, w) in &changes {
+        match workloads.iter_mut().find(|c| c.name == w.workload) {
+            Some(c) if ts == t0 => c.replicas = w.replicas,
+            None if ts == t0 => workloads.push(cfg(w)),
+            _ => rest.push((ts, w)),
+        }
+    }
+    let last = changes.last().map_or(t0, |c| c.0);
+    let t_end = last + opts.hours.map_or(600.0, |h| h * 3600.0);
+    let mut writer = open(t0)?;
+    let mut sim = sim::Sim::new(
+        pools,
+        workloads,
+        spec.daemonsets.clone(),
+        images,
+        spec.hpa_controller.clone(),
+        opts.seed,
+    );
+    sim.start(t0, &[]);
+    let step = spec.hpa_controller.sync_seconds;
+    let mut next = rest.into_iter().peekable();
+    let mut k = 1u64;
+    loop {
+        let t = t0 + k as f64 * step;
+        while let Some(&(ts, w)) = next.peek() {
+            if ts > t.min(t_end) {
+                break;
+            }
+            next.next();
+            let idx = match sim.workload_index(&w.workload) {
+                Some(i) => i,
+                None => {
+                    sim.run_until(ts);
+                    sim.add_workload(cfg(w))
+                }
+            };
+            sim.set_replicas(ts, idx, w.replicas.unwrap_or(0));
+            for e in sim.drain() {
+                writer.write(&e)?;
+            }
+        }
+        if t > t_end {
+            break;
+        }
+        sim.step(t, &[]);
+        for e in sim.drain() {
+            writer.write(&e)?;
+        }
+        k += 1;
+    }
+    sim.run_until(t_end);
+    for e in sim.drain() {
+        writer.write(&e)?;
+    }
+    let summary = sim.summary().clone();
     Ok((summary, writer.into_inner()?))
 }

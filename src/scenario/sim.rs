@@ -220,6 +220,7 @@ pub struct Sim {
     queue: BinaryHeap<Queued>,
     seq: u64,
     names: HashSet<String>,
+    emitted_images: HashSet<String>,
     out: Vec<Event>,
     summary: Summary,
 }
@@ -275,6 +276,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             seq: 0,
             names: HashSet::new(),
+            emitted_images: HashSet::new(),
             out: Vec::new(),
             summary: Summary::default(),
         }
@@ -328,24 +330,14 @@ impl Sim {
     pub fn start(&mut self, t0: f64, loads: &[f64]) {
         let load_at = |w: usize| loads.get(w).copied().unwrap_or(0.0);
         self.now = t0;
-        let mut used: Vec<&str> = Vec::new();
+        let mut used: Vec<String> = Vec::new();
         for w in &self.workloads {
-            used.extend(w.images.iter().map(String::as_str));
+            used.extend(w.images.iter().cloned());
         }
         for d in &self.daemonsets {
-            used.extend(d.images.iter().map(String::as_str));
+            used.extend(d.images.iter().cloned());
         }
-        let used: HashSet<&str> = used.into_iter().collect();
-        let mut seen = HashSet::new();
-        let imgs: Vec<event::Image> = self
-            .images
-            .iter()
-            .filter(|i| used.contains(i.image.image.as_str()) && seen.insert(i.image.image.clone()))
-            .map(|i| i.image.clone())
-            .collect();
-        for i in imgs {
-            self.emit(i);
-        }
+        self.emit_images(&used);
         for d in 0..self.daemonsets.len() {
             let ds = &self.daemonsets[d];
             let w = event::Workload {
@@ -408,6 +400,72 @@ impl Sim {
         self.provision();
     }
 
+    /// `image` events for those of `images` the catalogue knows, once each.
+    fn emit_images(&mut self, images: &[String]) {
+        let mut new = Vec::new();
+        for name in images {
+            if self.emitted_images.contains(name) {
+                continue;
+            }
+            if let Some(i) = self.images.iter().find(|i| i.image.image == *name) {
+                new.push(i.image.clone());
+                self.emitted_images.insert(name.clone());
+            }
+        }
+        for i in new {
+            self.emit(i);
+        }
+    }
+
+    /// Adds a workload at the current time (from a `--replicas` file) and
+    /// returns its index.
+    pub fn add_workload(&mut self, cfg: WorkloadCfg) -> usize {
+        let hash = Self::rand_suffix(&mut self.rng, 10);
+        self.emit_images(&cfg.images.clone());
+        self.workloads.push(cfg);
+        self.wl.push(WlState {
+            replicas: 0,
+            pods: Vec::new(),
+            recs: VecDeque::new(),
+            template_hash: hash,
+            last_hpa: None,
+        });
+        self.workloads.len() - 1
+    }
+
+    /// Index of the workload named `name`.
+    pub fn workload_index(&self, name: &str) -> Option<usize> {
+        self.workloads.iter().position(|w| w.name == name)
+    }
+
+    /// Sets workload `w` to `replicas` at `t`, as a replay of recorded
+    /// scaling: delayed actions up to `t` run first, and the scheduler and
+    /// provisioners react at once.
+    pub fn set_replicas(&mut self, t: f64, w: usize, replicas: u32) {
+        self.run_until(t);
+        self.now = self.now.max(t);
+        let current = self.wl[w].replicas;
+        let fresh = self.wl[w].pods.is_empty() && current == 0;
+        if replicas == current && !fresh {
+            return;
+        }
+        self.wl[w].replicas = replicas;
+        self.emit_workload(w);
+        if replicas > current {
+            for _ in current..replicas {
+                self.create_pod(Owner::Workload(w));
+            }
+        } else {
+            for _ in replicas..current {
+                if let Some(victim) = self.scale_down_victim(w) {
+                    self.delete_pod(victim);
+                }
+            }
+        }
+        self.schedule();
+        self.provision();
+    }
+
     fn emit_workload(&mut self, w: usize) {
         let cfg = &self.workloads[w];
         let body = event::Workload {
@@ -452,6 +510,7 @@ impl Sim {
                 }
             }
         }
+        self.now = self.now.max(t);
     }
 
     fn push(&mut self, at: f64, action: Action) {

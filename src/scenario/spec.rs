@@ -46,6 +46,20 @@ pub struct Spec {
     /// Many similar workloads, one per load column (multi-tenant traces).
     #[serde(default)]
     pub tenants: Option<TenantsSpec>,
+    /// Where the workloads of a `--replicas` event file run.
+    #[serde(default)]
+    pub imported: Option<ImportedSpec>,
+}
+
+/// Placement of workloads that come from a `--replicas` event file (for
+/// example an imported SimKube trace) rather than from the spec.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportedSpec {
+    /// Pool their pods run in.
+    pub pool: String,
+    /// Requests of each pod.
+    pub pod: Resources,
 }
 
 /// Layout of the `--load` CSV.
@@ -502,10 +516,20 @@ impl Spec {
             }
             hpa(&bad, "tenants.hpa", &t.hpa)?;
         }
-        if self.workloads.is_empty() && self.tenants.is_none() {
+        if let Some(i) = &self.imported {
+            if !pools.contains(i.pool.as_str()) {
+                return Err(bad(
+                    "imported.pool".into(),
+                    format!("no pool named {:?}", i.pool),
+                ));
+            }
+            positive(&bad, "imported.pod.cpu_millis".into(), i.pod.cpu_millis)?;
+            positive(&bad, "imported.pod.memory_mib".into(), i.pod.memory_mib)?;
+        }
+        if self.workloads.is_empty() && self.tenants.is_none() && self.imported.is_none() {
             return Err(bad(
                 "workloads".into(),
-                "at least one workload or tenants is required".into(),
+                "at least one of workloads, tenants or imported is required".into(),
             ));
         }
         Ok(())
