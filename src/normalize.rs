@@ -266,7 +266,11 @@ pub struct Normalizer {
     /// Interned image lists.
     image_lists: HashMap<Arc<[Arc<str>]>, ()>,
     stats: Stats,
+    applied: u64,
 }
+
+/// How many changes pass between two prunings of the interned strings.
+const PRUNE_EVERY: u64 = 1024;
 
 /// The largest number of Kubernetes Events remembered for de-duplication;
 /// beyond it the memory is cleared (a re-sent old event may then repeat).
@@ -281,6 +285,11 @@ impl Normalizer {
     /// What has been counted so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Interned strings and image lists currently retained (for memory tests).
+    pub fn retained_strings(&self) -> usize {
+        self.strings.len() + self.image_lists.len()
     }
 
     /// Pods currently tracked.
@@ -338,6 +347,13 @@ impl Normalizer {
         for e in &out[start..] {
             *self.stats.emitted.entry(e.body.type_name()).or_default() += 1;
         }
+        self.applied += 1;
+        if self.applied % PRUNE_EVERY == 0 {
+            // Interned strings nothing else holds any more (gone pods' node
+            // names, old images) are dropped, so memory follows live state.
+            self.strings.retain(|k, _| Arc::strong_count(k) > 1);
+            self.image_lists.retain(|k, _| Arc::strong_count(k) > 1);
+        }
         Ok(())
     }
 
@@ -376,7 +392,7 @@ impl Normalizer {
 
     fn pod(&mut self, ts: f64, p: &Pod, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
         let name = namespaced(&p.metadata, "Pod")?;
-        let key = self.intern(&name);
+        let key: Arc<str> = Arc::from(name.as_str());
         let terminal = p
             .status
             .as_ref()
@@ -824,7 +840,7 @@ impl Normalizer {
     }
 
     fn nominate(&mut self, ts: f64, pod: &str, target: Nominee, out: &mut Vec<Event>) {
-        let key = self.intern(pod);
+        let key: Arc<str> = Arc::from(pod);
         let (node, claim) = match target {
             Nominee::Node(n) => (Some(self.intern(&n)), None),
             Nominee::Claim { claim, node } => {

@@ -713,3 +713,21 @@ fn helpers_parse_edge_forms() {
     assert_eq!(parse_quantity("500m"), Some(0.5));
     assert_eq!(parse_quantity("2Gi"), Some(2.0 * 1024.0 * 1024.0 * 1024.0));
 }
+
+#[test]
+fn state_follows_live_objects_only() {
+    let mut n = Normalizer::new();
+    for i in 0..1000 {
+        let mut p = pod(Some(&format!("node-{i}")), false);
+        p["metadata"]["name"] = json!(format!("web-{i}"));
+        p["spec"]["containers"][0]["image"] = json!(format!("nginx:{i}"));
+        apply(&mut n, i as f64, p.clone());
+        delete(&mut n, i as f64, p);
+    }
+    assert_eq!(n.tracked_pods(), 0);
+    // 1000 node names, images and image lists (3000 interned values) came
+    // and went; pruning every 1024 changes dropped those of the first 512
+    // pods, so about 1500 remain.
+    let kept = n.retained_strings();
+    assert!((1000..2000).contains(&kept), "{kept}");
+}
