@@ -348,7 +348,7 @@ impl Normalizer {
             *self.stats.emitted.entry(e.body.type_name()).or_default() += 1;
         }
         self.applied += 1;
-        if self.applied % PRUNE_EVERY == 0 {
+        if self.applied.is_multiple_of(PRUNE_EVERY) {
             // Interned strings nothing else holds any more (gone pods' node
             // names, old images) are dropped, so memory follows live state.
             self.strings.retain(|k, _| Arc::strong_count(k) > 1);
