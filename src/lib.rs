@@ -8,6 +8,9 @@
 pub mod clock;
 pub mod event;
 pub mod forecast;
+pub mod import;
+pub mod normalize;
 pub mod policy;
 pub mod replay;
+pub mod scenario;
 pub mod state;

@@ -24,6 +24,10 @@ enum Command {
     Tune(forecast::tune::Args),
     /// Write a synthetic trace of any size (for benchmarks; `scenario` makes realistic ones).
     Synth(replay::cli::SynthArgs),
+    /// Simulate a cluster under a load trace and write its events.
+    Scenario(pullahead::scenario::Args),
+    /// Convert a SimKube trace or a kubectl watch stream to events.
+    Import(pullahead::import::Args),
 }
 
 fn main() {
@@ -49,6 +53,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = event::EventWriter::create(&args.out, &header)?;
             replay::synth::generate(args.config(), &mut out)?;
             out.flush()?;
+            Ok(())
+        }
+        Command::Scenario(args) => {
+            let summary = pullahead::scenario::run(&args)?;
+            eprintln!("{summary:?}");
+            Ok(())
+        }
+        Command::Import(args) => {
+            let summary = pullahead::import::run(&args)?;
+            eprintln!("{summary:?}");
             Ok(())
         }
     }
