@@ -6,5 +6,6 @@
 //! [`replay`] simulator scores policies on recorded or generated streams.
 
 pub mod clock;
+pub mod dispatch;
 pub mod event;
 pub mod policy;

@@ -12,11 +12,17 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Print the NodePrefetch CustomResourceDefinition as YAML.
+    Crdgen,
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Crdgen => print!("{}", pullahead::dispatch::crd::crd_yaml()?),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
