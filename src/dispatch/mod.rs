@@ -10,3 +10,5 @@
 //! - [`pull`]: the one-shot `pullahead pull` command.
 
 pub mod crd;
+pub mod cri;
+pub mod puller;
