@@ -9,3 +9,4 @@ pub mod clock;
 pub mod dispatch;
 pub mod event;
 pub mod policy;
+pub mod registry;

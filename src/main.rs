@@ -15,12 +15,18 @@ struct Cli {
 enum Command {
     /// Print the NodePrefetch CustomResourceDefinition as YAML.
     Crdgen,
+    /// Pull images through the node's CRI socket now and report each.
+    Pull(pullahead::dispatch::pull::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crdgen => print!("{}", pullahead::dispatch::crd::crd_yaml()?),
+        Command::Pull(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(pullahead::dispatch::pull::run(args, &mut std::io::stdout()))?;
+        }
     }
     Ok(())
 }

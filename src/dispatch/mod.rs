@@ -11,4 +11,5 @@
 
 pub mod crd;
 pub mod cri;
+pub mod pull;
 pub mod puller;

@@ -57,6 +57,9 @@ pub struct Options {
     pub backoff_base: Duration,
     /// Backoff ceiling.
     pub backoff_max: Duration,
+    /// How long to wait for the runtime itself to come back (containerd
+    /// restarting) before giving up; such waits use no attempts.
+    pub runtime_wait: Duration,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             max_attempts: 5,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            runtime_wait: Duration::from_secs(120),
         }
     }
 }
@@ -234,69 +238,68 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
         if let Ok(Some(img)) = self.cri.image_status(&order.image).await {
             return finish(PullState::Present, Some(img.size), None, 0, true);
         }
-        let mut attempt = 0;
+        // `calls` counts every PullImage; `spent` only those that count
+        // against max_attempts.
+        let (mut calls, mut spent) = (0u32, 0u32);
+        let mut runtime_down_since: Option<Instant> = None;
         loop {
-            attempt += 1;
             // Hold a slot for the attempt only; it is given back before a backoff.
             let slot = match permit.take() {
                 Some(p) => p,
                 None => match self.slots.clone().acquire_owned().await {
                     Ok(p) => p,
                     Err(_) => {
-                        return finish(
-                            PullState::Failed,
-                            None,
-                            Some("puller shut down".into()),
-                            attempt - 1,
-                            false,
-                        );
+                        let msg = Some("puller shut down".into());
+                        return finish(PullState::Failed, None, msg, calls, false);
                     }
                 },
             };
+            calls += 1;
             self.board
                 .set(status(&order.image, PullState::Pulling, None, None, None));
-            tracing::debug!(image = %order.image, attempt, "pulling");
-            match self.cri.pull_image(&order.image, order.auth.clone()).await {
+            tracing::debug!(image = %order.image, attempt = calls, "pulling");
+            let e = match self.cri.pull_image(&order.image, order.auth.clone()).await {
                 Ok(_) => {
                     let bytes = match self.cri.image_status(&order.image).await {
                         Ok(Some(img)) => Some(img.size),
                         _ => None,
                     };
-                    return finish(PullState::Present, bytes, None, attempt, false);
+                    return finish(PullState::Present, bytes, None, calls, false);
                 }
-                Err(e) => {
-                    drop(slot);
-                    let retry = e.is_retryable() && attempt < self.opts.max_attempts;
-                    if !retry {
-                        tracing::warn!(image = %order.image, attempt, error = %e, "pull failed");
-                        return finish(
-                            PullState::Failed,
-                            None,
-                            Some(message(&e, attempt)),
-                            attempt,
-                            false,
-                        );
-                    }
-                    let wait = self.backoff(attempt);
-                    tracing::info!(image = %order.image, attempt, error = %e, wait_ms = wait.as_millis() as u64, "pull failed, retrying");
-                    self.board.set(status(
-                        &order.image,
-                        PullState::Pending,
-                        None,
-                        None,
-                        Some(e.to_string()),
-                    ));
-                    tokio::time::sleep(wait).await;
-                    if self.expired(&order) {
-                        return finish(
-                            PullState::Failed,
-                            None,
-                            Some(format!("deadline passed while retrying: {e}")),
-                            attempt,
-                            false,
-                        );
-                    }
-                }
+                Err(e) => e,
+            };
+            drop(slot);
+            // A restarting runtime is not the image's fault: wait for it
+            // (bounded by runtime_wait) without spending attempts.
+            let runtime_down = matches!(e, cri::Error::CriUnavailable { .. })
+                && runtime_down_since
+                    .get_or_insert_with(Instant::now)
+                    .elapsed()
+                    < self.opts.runtime_wait;
+            if !runtime_down {
+                runtime_down_since = None;
+                spent += 1;
+            }
+            let retry = runtime_down || (e.is_retryable() && spent < self.opts.max_attempts);
+            if !retry {
+                tracing::warn!(image = %order.image, attempts = calls, error = %e, "pull failed");
+                return finish(
+                    PullState::Failed,
+                    None,
+                    Some(message(&e, calls)),
+                    calls,
+                    false,
+                );
+            }
+            let wait = self.backoff(spent.max(1));
+            tracing::info!(image = %order.image, attempt = calls, error = %e, wait_ms = wait.as_millis() as u64, "pull failed, retrying");
+            let note = Some(e.to_string());
+            self.board
+                .set(status(&order.image, PullState::Pending, None, None, note));
+            tokio::time::sleep(wait).await;
+            if self.expired(&order) {
+                let msg = Some(format!("deadline passed while retrying: {e}"));
+                return finish(PullState::Failed, None, msg, calls, false);
             }
         }
     }
@@ -429,6 +432,7 @@ mod tests {
             max_attempts: 3,
             backoff_base: Duration::from_millis(5),
             backoff_max: Duration::from_millis(20),
+            runtime_wait: Duration::from_millis(200),
         }
     }
 
