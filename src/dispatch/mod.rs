@@ -13,3 +13,4 @@ pub mod crd;
 pub mod cri;
 pub mod pull;
 pub mod puller;
+pub mod agent;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
@@ -95,17 +95,28 @@ pub struct Outcome {
 
 /// Live per-image progress that a status writer reads. Updates only mark it
 /// dirty; the writer decides how often to publish.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Board {
     images: Mutex<BTreeMap<String, ImageStatus>>,
-    changed: Notify,
+    // A version counter: every reader has its own receiver, so the status
+    // writer and the taint releaser both see every change.
+    version: watch::Sender<u64>,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Self {
+            images: Mutex::new(BTreeMap::new()),
+            version: watch::channel(0).0,
+        }
+    }
 }
 
 impl Board {
     /// Records the state of one image and wakes the writer.
     pub fn set(&self, status: ImageStatus) {
         self.lock().insert(status.image.clone(), status);
-        self.changed.notify_one();
+        self.set_dirty();
     }
 
     /// The state of one image.
@@ -121,12 +132,17 @@ impl Board {
     /// Forgets images no longer wanted.
     pub fn retain(&self, wanted: &HashSet<String>) {
         self.lock().retain(|k, _| wanted.contains(k));
-        self.changed.notify_one();
+        self.set_dirty();
     }
 
-    /// Waits until something changed since the last wait.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// Marks the board changed without changing it (e.g. to retry a write).
+    pub fn set_dirty(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that sees every later change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ImageStatus>> {
