@@ -105,7 +105,11 @@ pub struct Args {
     #[arg(long, env = "PULLAHEAD_STATUS_INTERVAL", default_value = "2s")]
     pub status_interval: String,
     /// dockerconfigjson file(s) with registry credentials (repeatable, comma-separated).
-    #[arg(long = "docker-config", env = "PULLAHEAD_DOCKER_CONFIG", value_delimiter = ',')]
+    #[arg(
+        long = "docker-config",
+        env = "PULLAHEAD_DOCKER_CONFIG",
+        value_delimiter = ','
+    )]
     pub docker_config: Vec<PathBuf>,
     /// The agent's own pod, whose (and whose ServiceAccount's) imagePullSecrets are used.
     #[arg(long, env = "POD_NAME")]
@@ -137,7 +141,10 @@ pub fn orders_from_spec(images: &[ImageOrder], creds: &DockerConfig) -> Vec<Orde
         .map(|i| Order {
             image: i.image.clone(),
             priority: i.priority,
-            deadline: i.deadline.as_ref().map(|t| t.0.as_millisecond() as f64 / 1000.0),
+            deadline: i
+                .deadline
+                .as_ref()
+                .map(|t| t.0.as_millisecond() as f64 / 1000.0),
             critical: i.critical,
             auth: creds.for_image(&i.image).map(|c| c.cri_auth()),
         })
@@ -163,9 +170,11 @@ pub fn status_for(spec: &[ImageOrder], board: &Board) -> NodePrefetchStatus {
 
 /// Whether every critical image in the spec is present.
 pub fn critical_ready(spec: &[ImageOrder], board: &Board) -> bool {
-    spec.iter()
-        .filter(|i| i.critical)
-        .all(|i| board.get(&i.image).is_some_and(|s| s.state == PullState::Present))
+    spec.iter().filter(|i| i.critical).all(|i| {
+        board
+            .get(&i.image)
+            .is_some_and(|s| s.state == PullState::Present)
+    })
 }
 
 /// Publishes a node's status, at most once per `interval`, and only when it
@@ -230,7 +239,10 @@ impl StatusWriter {
         self.api
             .patch_status(&self.node, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(kube_err(format!("patch status of nodeprefetch {}", self.node)))?;
+            .map_err(kube_err(format!(
+                "patch status of nodeprefetch {}",
+                self.node
+            )))?;
         Ok(())
     }
 }
@@ -240,7 +252,10 @@ impl StatusWriter {
 /// change to the node makes it re-read rather than overwrite.
 pub async fn release_taint(nodes: &Api<Node>, node: &str, key: &str) -> Result<bool> {
     for _ in 0..5 {
-        let mut n = nodes.get(node).await.map_err(kube_err(format!("get node {node}")))?;
+        let mut n = nodes
+            .get(node)
+            .await
+            .map_err(kube_err(format!("get node {node}")))?;
         let Some(taints) = n.spec.as_mut().and_then(|s| s.taints.as_mut()) else {
             return Ok(false);
         };
@@ -264,9 +279,16 @@ pub async fn release_taint(nodes: &Api<Node>, node: &str, key: &str) -> Result<b
 /// Credentials from the `imagePullSecrets` of a pod and of its
 /// ServiceAccount. Secrets that are missing or not dockerconfigjson are
 /// skipped with a warning naming them (never their content).
-pub async fn pull_secrets_of_pod(client: Client, namespace: &str, pod: &str) -> Result<DockerConfig> {
+pub async fn pull_secrets_of_pod(
+    client: Client,
+    namespace: &str,
+    pod: &str,
+) -> Result<DockerConfig> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let p = pods.get(pod).await.map_err(kube_err(format!("get pod {namespace}/{pod}")))?;
+    let p = pods
+        .get(pod)
+        .await
+        .map_err(kube_err(format!("get pod {namespace}/{pod}")))?;
     let spec = p.spec.unwrap_or_default();
     let mut names: Vec<String> = spec
         .image_pull_secrets
@@ -274,12 +296,21 @@ pub async fn pull_secrets_of_pod(client: Client, namespace: &str, pod: &str) -> 
         .into_iter()
         .map(|r| r.name)
         .collect();
-    let sa_name = spec.service_account_name.unwrap_or_else(|| "default".into());
+    let sa_name = spec
+        .service_account_name
+        .unwrap_or_else(|| "default".into());
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     match sas.get_opt(&sa_name).await {
-        Ok(Some(sa)) => names.extend(sa.image_pull_secrets.unwrap_or_default().into_iter().map(|r| r.name)),
+        Ok(Some(sa)) => names.extend(
+            sa.image_pull_secrets
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.name),
+        ),
         Ok(None) => {}
-        Err(e) => tracing::warn!(serviceaccount = %sa_name, error = %e, "cannot read ServiceAccount"),
+        Err(e) => {
+            tracing::warn!(serviceaccount = %sa_name, error = %e, "cannot read ServiceAccount")
+        }
     }
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let mut all = DockerConfig::default();
@@ -293,11 +324,17 @@ pub async fn pull_secrets_of_pod(client: Client, namespace: &str, pod: &str) -> 
             Err(e) => return Err(kube_err(format!("get secret {namespace}/{name}"))(e)),
         };
         let data = s.data.unwrap_or_default();
-        let Some(bytes) = data.get(".dockerconfigjson").or_else(|| data.get(".dockercfg")) else {
+        let Some(bytes) = data
+            .get(".dockerconfigjson")
+            .or_else(|| data.get(".dockercfg"))
+        else {
             tracing::warn!(secret = %name, "imagePullSecret holds no .dockerconfigjson");
             continue;
         };
-        all.merge(DockerConfig::parse(&bytes.0, &format!("secret {namespace}/{name}"))?);
+        all.merge(DockerConfig::parse(
+            &bytes.0,
+            &format!("secret {namespace}/{name}"),
+        )?);
     }
     Ok(all)
 }
@@ -370,10 +407,15 @@ pub async fn run(args: Args) -> Result<()> {
         .transpose()?;
     let cri = Arc::new(CriClient::new(&args.cri_socket)?);
     registry::install_crypto_provider();
-    let client = Client::try_default().await.map_err(kube_err("build client from kubeconfig or in-cluster config"))?;
+    let client = Client::try_default().await.map_err(kube_err(
+        "build client from kubeconfig or in-cluster config",
+    ))?;
     let mut creds = DockerConfig::default();
     for p in &args.docker_config {
-        let bytes = std::fs::read(p).map_err(|source| Error::Io { path: p.clone(), source })?;
+        let bytes = std::fs::read(p).map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })?;
         creds.merge(DockerConfig::parse(&bytes, &p.display().to_string())?);
     }
     if let Some(pod) = &args.pod_name {
@@ -391,7 +433,14 @@ pub async fn run(args: Args) -> Result<()> {
     tokio::spawn(writer.run(agent.board(), agent.spec()));
     if let Some(key) = args.release_taint.clone() {
         let nodes: Api<Node> = Api::all(client.clone());
-        tokio::spawn(taint_releaser(nodes, args.node.clone(), key, release_after, agent.board(), agent.spec()));
+        tokio::spawn(taint_releaser(
+            nodes,
+            args.node.clone(),
+            key,
+            release_after,
+            agent.board(),
+            agent.spec(),
+        ));
     }
     let cfg = watcher::Config::default().fields(&format!("metadata.name={}", args.node));
     let mut events = watcher(api, cfg).default_backoff().boxed();
@@ -430,7 +479,11 @@ pub async fn taint_releaser(
         };
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         if ready || expired {
-            let why = if ready { "critical images present" } else { "release-after elapsed" };
+            let why = if ready {
+                "critical images present"
+            } else {
+                "release-after elapsed"
+            };
             match release_taint(&nodes, &node, &key).await {
                 Ok(_) => {
                     tracing::info!(node, taint = %key, why, "startup taint released");
@@ -454,4 +507,3 @@ pub async fn taint_releaser(
         }
     }
 }
-

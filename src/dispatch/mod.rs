@@ -9,8 +9,8 @@
 //!   pinned pod per (node, batch of images).
 //! - [`pull`]: the one-shot `pullahead pull` command.
 
+pub mod agent;
 pub mod crd;
 pub mod cri;
 pub mod pull;
 pub mod puller;
-pub mod agent;
