@@ -5,62 +5,26 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Method, Request, Response};
+use http::Method;
 use k8s_openapi::api::core::v1::Node;
-use kube::client::Body;
-use kube::{Api, Client};
+use kube::Api;
 use pullahead::dispatch::agent::{self, StatusWriter};
 use pullahead::dispatch::crd::{ImageOrder, ImageStatus, NodePrefetch, PullState};
 use pullahead::dispatch::puller::Board;
 use serde_json::{Value, json};
+use support::kube_mock::{Reply, Seen};
+
+mod support;
 use tokio::sync::watch;
 
-/// One request the mock API server saw.
-#[derive(Clone, Debug)]
-struct Seen {
-    method: Method,
-    path: String,
-    content_type: String,
-    body: Value,
-}
-
-type Handler = Box<dyn FnMut(&Seen) -> (u16, Value) + Send>;
-
-/// A client whose API server is `handler`; returns what it saw.
-fn mock_api(mut handler: Handler) -> (Client, Arc<Mutex<Vec<Seen>>>) {
-    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Some((req, send)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect_bytes().await.expect("request body");
-            let s = Seen {
-                method: parts.method.clone(),
-                path: parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default(),
-                content_type: parts
-                    .headers
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string(),
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            };
-            let (code, resp) = handler(&s);
-            log.lock().expect("log").push(s);
-            send.send_response(
-                Response::builder()
-                    .status(code)
-                    .body(Body::from(serde_json::to_vec(&resp).expect("json")))
-                    .expect("response"),
-            );
-        }
-    });
-    (Client::new(svc, "default"), seen)
+/// The mock API with a handler that always answers JSON.
+fn mock_api(
+    mut h: Box<dyn FnMut(&Seen) -> (u16, Value) + Send>,
+) -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
+    support::kube_mock::mock_api(Box::new(move |s| {
+        let (code, v) = h(s);
+        Reply::Json(code, v)
+    }))
 }
 
 fn npf_json(name: &str) -> Value {

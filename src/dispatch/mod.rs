@@ -12,5 +12,6 @@
 pub mod agent;
 pub mod crd;
 pub mod cri;
+pub mod pod;
 pub mod pull;
 pub mod puller;

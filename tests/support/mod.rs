@@ -689,3 +689,5 @@ pub fn http(
 fn header(h: &Headers, name: &str) -> Option<String> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
+
+pub mod kube_mock;
