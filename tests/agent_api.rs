@@ -17,10 +17,10 @@ use support::kube_mock::{Reply, Seen};
 mod support;
 use tokio::sync::watch;
 
+type JsonHandler = Box<dyn FnMut(&Seen) -> (u16, Value) + Send>;
+
 /// The mock API with a handler that always answers JSON.
-fn mock_api(
-    mut h: Box<dyn FnMut(&Seen) -> (u16, Value) + Send>,
-) -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
+fn mock_api(mut h: JsonHandler) -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
     support::kube_mock::mock_api(Box::new(move |s| {
         let (code, v) = h(s);
         Reply::Json(code, v)

@@ -382,7 +382,7 @@ pub fn prioritise(orders: Vec<Order>) -> Vec<Order> {
         .into_iter()
         .filter_map(|i| best.remove(&i))
         .collect();
-    out.sort_by(|a, b| b.priority.cmp(&a.priority));
+    out.sort_by_key(|o| std::cmp::Reverse(o.priority));
     out
 }
 
@@ -420,8 +420,10 @@ mod tests {
                     message: "not found".into(),
                 });
             }
-            if let Some(n) = self.transient_failures.lock().unwrap().get_mut(image) {
-                if *n > 0 {
+            if let Some(n) = self.transient_failures.lock().unwrap().get_mut(image)
+                && *n > 0
+            {
+                {
                     *n -= 1;
                     return Err(cri::Error::RegistryUnreachable {
                         image: image.into(),
