@@ -305,3 +305,67 @@ fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_command_prints_one_json_line_per_image_and_fails_when_one_fails() {
+    let reg = Registry::start();
+    let ctrd = Containerd::start();
+    let good = reg.push_image("cli/good", "v1", "amd64", 8192);
+    let missing = format!("{}/cli/good:missing", reg.addr);
+    let run = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pullahead"))
+            .arg("pull")
+            .arg("--cri-socket")
+            .arg(&ctrd.socket)
+            .args(args)
+            .output()
+            .expect("run pullahead pull")
+    };
+    let out = run(vec![
+        "--json".into(),
+        "--parallel".into(),
+        "2".into(),
+        good.reference.clone(),
+        missing.clone(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "one image failed, so the command fails"
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let g = lines
+        .iter()
+        .find(|l| l["image"] == good.reference.as_str())
+        .expect("good line");
+    assert_eq!(g["state"], "present");
+    assert!(g["bytes"].as_u64().unwrap_or(0) >= 8192);
+    assert!(g["seconds"].as_f64().is_some());
+    let m = lines
+        .iter()
+        .find(|l| l["image"] == missing.as_str())
+        .expect("missing line");
+    assert_eq!(m["state"], "failed");
+    assert!(
+        m["error"].as_str().unwrap_or("").contains("not found"),
+        "{m}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 images failed"));
+
+    // Text mode, image already present: success and a tab-separated line.
+    let out = run(vec![good.reference.clone()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cols: Vec<&str> = text.trim_end().split('\t').collect();
+    assert_eq!(
+        (cols[0], cols[1], cols[4]),
+        (good.reference.as_str(), "present", "already present")
+    );
+}
