@@ -6,11 +6,13 @@
 //! [`replay`] simulator scores policies on recorded or generated streams.
 
 pub mod clock;
+pub mod dispatch;
 pub mod event;
 pub mod forecast;
 pub mod import;
 pub mod normalize;
 pub mod policy;
+pub mod registry;
 pub mod replay;
 pub mod scenario;
 pub mod state;

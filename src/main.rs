@@ -28,6 +28,12 @@ enum Command {
     Scenario(pullahead::scenario::Args),
     /// Convert a SimKube trace or a kubectl watch stream to events.
     Import(pullahead::import::Args),
+    /// Run the node agent: pull this node's NodePrefetch images through CRI.
+    Agent(pullahead::dispatch::agent::Args),
+    /// Pull images through the node's CRI socket now and report each.
+    Pull(pullahead::dispatch::pull::Args),
+    /// Print the NodePrefetch CustomResourceDefinition as YAML.
+    Crdgen,
 }
 
 fn main() {
@@ -63,6 +69,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => {
             let summary = pullahead::import::run(&args)?;
             eprintln!("{summary:?}");
+            Ok(())
+        }
+        Command::Agent(args) => {
+            tokio::runtime::Runtime::new()?.block_on(pullahead::dispatch::agent::run(args))?;
+            Ok(())
+        }
+        Command::Pull(args) => {
+            tokio::runtime::Runtime::new()?
+                .block_on(pullahead::dispatch::pull::run(args, &mut std::io::stdout()))?;
+            Ok(())
+        }
+        Command::Crdgen => {
+            print!("{}", pullahead::dispatch::crd::crd_yaml()?);
             Ok(())
         }
     }

@@ -584,7 +584,14 @@ impl Sim {
                 let dt = step_to - now;
                 for p in node.active.iter_mut() {
                     if p.latency_until <= now && p.remaining > EPS_BYTES {
-                        p.remaining -= rate * dt;
+                        // The pulls that set `next` finish exactly there: with
+                        // epoch-sized times, `next - now` is too coarse for the
+                        // subtraction to reach zero on its own.
+                        if step_to >= next && now + p.remaining / rate <= next {
+                            p.remaining = 0.0;
+                        } else {
+                            p.remaining -= rate * dt;
+                        }
                     }
                 }
                 node.now = step_to;
@@ -593,6 +600,11 @@ impl Sim {
                 return;
             }
             node.now = next;
+            for p in node.active.iter_mut() {
+                if p.latency_until <= next && p.remaining > EPS_BYTES && now + p.remaining / rate <= next {
+                    p.remaining = 0.0;
+                }
+            }
             self.complete_due(idx, catalog);
         }
     }
