@@ -8,3 +8,4 @@
 pub mod clock;
 pub mod event;
 pub mod policy;
+pub mod bus;
