@@ -9,3 +9,5 @@ pub mod clock;
 pub mod event;
 pub mod policy;
 pub mod bus;
+pub mod normalize;
+pub mod watch;
