@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod event;
 pub mod policy;
+pub mod record;
 pub mod bus;
 pub mod normalize;
 pub mod watch;

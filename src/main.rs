@@ -12,11 +12,24 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Record a live cluster's events to a JSONL file and/or a Kafka topic.
+    Record(pullahead::record::Args),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Record(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+                .with_writer(std::io::stderr)
+                .init();
+            let summary = tokio::runtime::Runtime::new()?.block_on(pullahead::record::run(args))?;
+            eprintln!("recorded {} events ({} dropped)", summary.events, summary.dropped);
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

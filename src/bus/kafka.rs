@@ -35,7 +35,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Kafka flags shared by the commands that use a topic.
 #[derive(Clone, Debug, Default, clap::Args)]
-pub struct Args {
+pub struct KafkaArgs {
     /// Kafka bootstrap servers, `host:port[,host:port…]`. Enables the Kafka bus.
     #[arg(long, env = "PULLAHEAD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
@@ -50,7 +50,7 @@ pub struct Args {
     pub kafka_option: Vec<String>,
 }
 
-impl Args {
+impl KafkaArgs {
     /// The Kafka settings, or `None` when no brokers were given.
     pub fn config(&self) -> Result<Option<KafkaConfig>> {
         let Some(brokers) = self.kafka_brokers.clone() else {
