@@ -103,6 +103,19 @@ impl InProcessBus {
     }
 }
 
+impl InProcessBus {
+    /// A subscription as its concrete type, for callers that want
+    /// [`InProcessSubscription::try_recv`].
+    pub fn subscribe_local(&self) -> InProcessSubscription {
+        let (tx, rx) = mpsc::channel(self.inner.capacity);
+        match self.inner.subscribers.lock() {
+            Ok(mut s) => s.push(tx),
+            Err(poisoned) => poisoned.into_inner().push(tx),
+        }
+        InProcessSubscription { rx }
+    }
+}
+
 impl Bus for InProcessBus {
     fn publish<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<()>> {
         self.send(event.clone());
@@ -110,12 +123,7 @@ impl Bus for InProcessBus {
     }
 
     fn subscribe(&self) -> Result<Box<dyn Subscription>> {
-        let (tx, rx) = mpsc::channel(self.inner.capacity);
-        match self.inner.subscribers.lock() {
-            Ok(mut s) => s.push(tx),
-            Err(poisoned) => poisoned.into_inner().push(tx),
-        }
-        Ok(Box::new(InProcessSubscription { rx }))
+        Ok(Box::new(self.subscribe_local()))
     }
 }
 
@@ -128,6 +136,11 @@ impl InProcessSubscription {
     /// The next event, without the [`Delivery`] wrapper.
     pub async fn recv(&mut self) -> Option<Event> {
         self.rx.recv().await
+    }
+
+    /// The next queued event, without waiting.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
     }
 }
 

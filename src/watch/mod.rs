@@ -567,3 +567,109 @@ pub async fn run(
     }
     Ok(watcher.stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Body, NodePhase, PodPhase};
+
+    fn pod(name: &str, rv: &str, node: Option<&str>) -> Object {
+        Object::Pod(Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                node_name: node.map(Into::into),
+                containers: vec![k8s_openapi::api::core::v1::Container {
+                    name: "c".into(),
+                    image: Some("registry.example/app:1".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn node(name: &str, rv: &str) -> Object {
+        Object::Node(Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn readiness_waits_for_every_kind() {
+        let r = Readiness::new(&[Kind::Node, Kind::Pod]);
+        assert!(!r.is_ready());
+        r.listed(Kind::Node);
+        assert!(!r.is_ready());
+        assert_eq!(r.pending(), vec![Kind::Pod]);
+        r.listed(Kind::Pod);
+        assert!(r.is_ready());
+        // A later relist keeps it ready.
+        r.listed(Kind::Pod);
+        assert!(r.is_ready());
+        assert!(Readiness::new(&[]).is_ready());
+    }
+
+    #[test]
+    fn a_relist_deletes_what_vanished_with_the_retained_state() {
+        let kinds = [Kind::Pod, Kind::Node];
+        let mut w = Watcher::new(&kinds, Readiness::new(&kinds));
+        let mut out = Vec::new();
+        w.handle(Kind::Pod, watcher::Event::Init, 1.0, &mut out);
+        w.handle(Kind::Pod, watcher::Event::InitApply(pod("a", "1", Some("n1"))), 1.0, &mut out);
+        w.handle(Kind::Pod, watcher::Event::InitApply(pod("b", "2", None)), 1.0, &mut out);
+        w.handle(Kind::Pod, watcher::Event::InitDone, 1.0, &mut out);
+        w.handle(Kind::Node, watcher::Event::Apply(node("n1", "3")), 1.5, &mut out);
+        out.clear();
+        // Relist: a is gone, b unchanged.
+        w.handle(Kind::Pod, watcher::Event::Init, 2.0, &mut out);
+        w.handle(Kind::Pod, watcher::Event::InitApply(pod("b", "2", None)), 2.0, &mut out);
+        w.handle(Kind::Pod, watcher::Event::InitDone, 2.0, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        match &out[0].body {
+            Body::Pod(p) => {
+                assert_eq!(p.pod, "ns/a");
+                assert_eq!(p.phase, PodPhase::Deleted);
+                // The tombstone had only a name; the rest is retained state.
+                assert_eq!(p.node.as_deref(), Some("n1"));
+                assert_eq!(p.images, vec!["registry.example/app:1".to_string()]);
+            }
+            b => panic!("unexpected {b:?}"),
+        }
+        assert_eq!(w.stats().relist_deletes, 1);
+        assert_eq!(w.stats().unchanged, 1);
+        // Time never goes backwards even if the clock does.
+        out.clear();
+        w.handle(Kind::Node, watcher::Event::Delete(node("n1", "4")), 0.5, &mut out);
+        assert!(matches!(&out[0].body, Body::Node(n) if n.phase == NodePhase::Deleted));
+        assert_eq!(out[0].ts, 2.0);
+    }
+
+    #[test]
+    fn only_optional_kinds_are_given_up_on_404() {
+        let kinds = [Kind::Node, Kind::NodeClaim];
+        let ready = Readiness::new(&kinds);
+        let mut w = Watcher::new(&kinds, ready.clone());
+        let status = |code| {
+            watcher::Error::InitialListFailed(kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            })))
+        };
+        assert!(w.handle_error(Kind::Node, &status(404)), "a core kind is retried");
+        assert!(w.handle_error(Kind::NodeClaim, &status(500)), "a 500 is retried");
+        assert!(!w.handle_error(Kind::NodeClaim, &status(404)));
+        assert_eq!(w.stats().absent, vec![Kind::NodeClaim]);
+        assert_eq!(ready.pending(), vec![Kind::Node]);
+    }
+}
