@@ -5,10 +5,12 @@
 //! [`policy::Policy`] turns them into [`policy::PullOrder`]s, and the
 //! [`replay`] simulator scores policies on recorded or generated streams.
 
+pub mod bus;
 pub mod clock;
 pub mod event;
+pub mod import;
+pub mod normalize;
 pub mod policy;
 pub mod record;
-pub mod bus;
-pub mod normalize;
+pub mod scenario;
 pub mod watch;

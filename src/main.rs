@@ -13,23 +13,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Simulate a cluster under a load trace and write its events.
+    Scenario(pullahead::scenario::Args),
+    /// Convert a SimKube trace or a kubectl watch stream to events.
+    Import(pullahead::import::Args),
     /// Record a live cluster's events to a JSONL file and/or a Kafka topic.
     Record(pullahead::record::Args),
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Scenario(args) => {
+            let s = pullahead::scenario::run(&args)?;
+            eprintln!("{s:?}");
+        }
+        Command::Import(args) => {
+            let s = pullahead::import::run(&args)?;
+            eprintln!("{s:?}");
+        }
         Command::Record(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-                .with_writer(std::io::stderr)
-                .init();
             let summary = tokio::runtime::Runtime::new()?.block_on(pullahead::record::run(args))?;
             eprintln!("recorded {} events ({} dropped)", summary.events, summary.dropped);
-            Ok(())
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
