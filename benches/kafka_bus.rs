@@ -15,7 +15,11 @@ use rdkafka::mocking::MockCluster;
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let n: usize = if full { 200_000 } else { 2_000 };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mock = MockCluster::new(3).expect("mock cluster");
     mock.create_topic("bench", 6, 3).expect("topic");
     let mut cfg = KafkaConfig::new(mock.bootstrap_servers(), "bench");
@@ -25,7 +29,11 @@ fn main() {
             Event::new(
                 1.7e9 + i as f64 * 1e-3,
                 Node {
-                    node: format!("ip-10-0-{}-{}.eu-west-1.compute.internal", (i / 256) % 256, i % 256),
+                    node: format!(
+                        "ip-10-0-{}-{}.eu-west-1.compute.internal",
+                        (i / 256) % 256,
+                        i % 256
+                    ),
                     phase: NodePhase::Ready,
                     pool: Some("general".into()),
                     labels: BTreeMap::from([("karpenter.sh/nodepool".into(), "general".into())]),
@@ -52,8 +60,20 @@ fn main() {
         let consume = t1.elapsed();
         let rate = |d: std::time::Duration| n as f64 / d.as_secs_f64();
         println!("kafka MockCluster (3 brokers, 6 partitions), {n} events of ~190 bytes:");
-        println!("  produce (idempotent, acks=all)  {:>10.0} events/s  ({:.2} s)", rate(produce), produce.as_secs_f64());
-        println!("  consume (deliver + ack)         {:>10.0} events/s  ({:.2} s)", rate(consume), consume.as_secs_f64());
-        println!("  produce-to-consume              {:>10.0} events/s  ({:.2} s)", rate(produce + consume), (produce + consume).as_secs_f64());
+        println!(
+            "  produce (idempotent, acks=all)  {:>10.0} events/s  ({:.2} s)",
+            rate(produce),
+            produce.as_secs_f64()
+        );
+        println!(
+            "  consume (deliver + ack)         {:>10.0} events/s  ({:.2} s)",
+            rate(consume),
+            consume.as_secs_f64()
+        );
+        println!(
+            "  produce-to-consume              {:>10.0} events/s  ({:.2} s)",
+            rate(produce + consume),
+            (produce + consume).as_secs_f64()
+        );
     });
 }

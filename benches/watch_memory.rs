@@ -38,7 +38,11 @@ static A: Counting = Counting;
 
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -60,14 +64,30 @@ fn main() {
         w.handle(kind, WatchEvent::Init, 0.0, &mut out);
     }
     for i in 0..nodes {
-        w.handle(Kind::Node, WatchEvent::InitApply(Object::Node(fixtures::node(i, 1))), 1.0, &mut out);
+        w.handle(
+            Kind::Node,
+            WatchEvent::InitApply(Object::Node(fixtures::node(i, 1))),
+            1.0,
+            &mut out,
+        );
         events += out.len();
         out.clear();
     }
     for i in 0..pods {
         // Three in four pods are bound to a node.
-        let node = (i % 4 != 0).then(|| format!("ip-10-0-{}-{}.eu-west-1.compute.internal", (i / 256) % 20, i % 256));
-        w.handle(Kind::Pod, WatchEvent::InitApply(Object::Pod(fixtures::pod(i, 1, node.as_deref()))), 1.0, &mut out);
+        let node = (i % 4 != 0).then(|| {
+            format!(
+                "ip-10-0-{}-{}.eu-west-1.compute.internal",
+                (i / 256) % 20,
+                i % 256
+            )
+        });
+        w.handle(
+            Kind::Pod,
+            WatchEvent::InitApply(Object::Pod(fixtures::pod(i, 1, node.as_deref()))),
+            1.0,
+            &mut out,
+        );
         events += out.len();
         out.clear();
     }
@@ -80,11 +100,28 @@ fn main() {
     assert_eq!(w.known_objects(), nodes + pods);
     let mb = |b: usize| b as f64 / (1024.0 * 1024.0);
     println!("retained watch state for {nodes} nodes + {pods} pods ({events} events emitted):");
-    println!("  live heap   {:8.1} MiB  ({:.0} bytes per object)", mb(heap), heap as f64 / (nodes + pods) as f64);
-    println!("  trackers    {:8.1} MiB  (estimate from capacities)", mb(w.tracker_bytes()));
-    println!("  RSS growth  {:8.1} MiB  (includes allocator slack and freed object buffers)", mb(rss));
+    println!(
+        "  live heap   {:8.1} MiB  ({:.0} bytes per object)",
+        mb(heap),
+        heap as f64 / (nodes + pods) as f64
+    );
+    println!(
+        "  trackers    {:8.1} MiB  (estimate from capacities)",
+        mb(w.tracker_bytes())
+    );
+    println!(
+        "  RSS growth  {:8.1} MiB  (includes allocator slack and freed object buffers)",
+        mb(rss)
+    );
     if full {
-        println!("  target <= 256 MiB: {}", if mb(heap.max(rss)) <= 256.0 { "met" } else { "MISSED" });
+        println!(
+            "  target <= 256 MiB: {}",
+            if mb(heap.max(rss)) <= 256.0 {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
     }
     std::hint::black_box(&w);
 }

@@ -21,10 +21,18 @@ fn inputs() -> Vec<WatchEvent<Object>> {
         v.push(WatchEvent::Apply(Object::Pod(fixtures::pod(i, 1, None))));
     }
     for i in 0..PODS {
-        v.push(WatchEvent::Apply(Object::Pod(fixtures::pod(i, 2, Some("ip-10-0-0-1")))));
+        v.push(WatchEvent::Apply(Object::Pod(fixtures::pod(
+            i,
+            2,
+            Some("ip-10-0-0-1"),
+        ))));
     }
     for i in 0..PODS {
-        v.push(WatchEvent::Delete(Object::Pod(fixtures::pod(i, 3, Some("ip-10-0-0-1")))));
+        v.push(WatchEvent::Delete(Object::Pod(fixtures::pod(
+            i,
+            3,
+            Some("ip-10-0-0-1"),
+        ))));
     }
     v
 }

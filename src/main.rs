@@ -38,7 +38,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Record(args) => {
             let summary = tokio::runtime::Runtime::new()?.block_on(pullahead::record::run(args))?;
-            eprintln!("recorded {} events ({} dropped)", summary.events, summary.dropped);
+            eprintln!(
+                "recorded {} events ({} dropped)",
+                summary.events, summary.dropped
+            );
         }
     }
     Ok(())

@@ -104,7 +104,10 @@ pub async fn run(args: Args) -> Result<Summary> {
     let kafka = kafka_config.map(KafkaBus::new).transpose()?;
     let clock = SystemClock;
     let mut writer = match &out {
-        Some(p) => Some(EventWriter::create(p, &Header::new(clock.now(), "pullahead record"))?),
+        Some(p) => Some(EventWriter::create(
+            p,
+            &Header::new(clock.now(), "pullahead record"),
+        )?),
         None => None,
     };
 
@@ -125,7 +128,10 @@ pub async fn run(args: Args) -> Result<Summary> {
 
     let signals = termination();
     tokio::pin!(signals);
-    let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(100 * 365 * 86_400)));
+    let deadline = tokio::time::sleep(
+        args.duration
+            .unwrap_or(Duration::from_secs(100 * 365 * 86_400)),
+    );
     tokio::pin!(deadline);
     let mut stop_watch = Some(stop_watch);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -178,7 +184,11 @@ pub async fn run(args: Args) -> Result<Summary> {
     }
     summary.watch = watch_task.await??;
     summary.dropped = dropped.get();
-    tracing::info!(events = summary.events, dropped = summary.dropped, "recording done");
+    tracing::info!(
+        events = summary.events,
+        dropped = summary.dropped,
+        "recording done"
+    );
     Ok(summary)
 }
 

@@ -38,7 +38,11 @@ fn events(n: usize, nodes: usize) -> Vec<Event> {
                     ts,
                     Node {
                         node: format!("node-{k}"),
-                        phase: if i % 4 == 0 { NodePhase::Registered } else { NodePhase::Ready },
+                        phase: if i % 4 == 0 {
+                            NodePhase::Registered
+                        } else {
+                            NodePhase::Ready
+                        },
                         pool: Some("default".into()),
                         labels: BTreeMap::new(),
                         taints: None,
@@ -89,7 +93,11 @@ fn per_key(events: &[Event]) -> HashMap<String, Vec<f64>> {
 
 fn assert_same_per_key(sent: &[Event], got: &[Event]) {
     assert_eq!(got.len(), sent.len(), "nothing lost, nothing duplicated");
-    assert_eq!(per_key(got), per_key(sent), "each key's events in the order sent");
+    assert_eq!(
+        per_key(got),
+        per_key(sent),
+        "each key's events in the order sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,8 +114,14 @@ async fn round_trip_keeps_order_per_key() {
     expected.push(sent[0].clone());
     assert_same_per_key(&expected, &got);
     // Events travel intact.
-    let mut a: Vec<String> = expected.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
-    let mut b: Vec<String> = got.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+    let mut a: Vec<String> = expected
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    let mut b: Vec<String> = got
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
     a.sort();
     b.sort();
     assert_eq!(a, b);
@@ -172,7 +186,10 @@ async fn a_restarted_consumer_resumes_without_gaps() {
     let mut sub = KafkaBus::new(cfg).unwrap().subscribe().unwrap();
     let resumed = take(&mut sub, 70, true).await;
     for e in &unapplied {
-        assert!(resumed.contains(e), "unacked event {e:?} was not redelivered");
+        assert!(
+            resumed.contains(e),
+            "unacked event {e:?} was not redelivered"
+        );
     }
     let mut all = applied.clone();
     all.extend(resumed.iter().cloned());
@@ -257,7 +274,11 @@ async fn read_range_from_the_topic_equals_the_file() {
     let mock = cluster("replay", 3);
     let cfg = config(&mock, "replay", "unused");
     let sent = events(200, 6);
-    KafkaBus::new(cfg.clone()).unwrap().publish_all(&sent).await.unwrap();
+    KafkaBus::new(cfg.clone())
+        .unwrap()
+        .publish_all(&sent)
+        .await
+        .unwrap();
 
     // The same events through a file, as `pullahead record --out` writes them.
     let mut buf = Vec::new();
@@ -266,7 +287,9 @@ async fn read_range_from_the_topic_equals_the_file() {
         sent.iter().for_each(|e| w.write(e).unwrap());
         w.flush().unwrap();
     }
-    let from_file: Vec<Event> = EventReader::new(&buf[..], "mem").map(Result::unwrap).collect();
+    let from_file: Vec<Event> = EventReader::new(&buf[..], "mem")
+        .map(Result::unwrap)
+        .collect();
 
     let all = tokio::task::spawn_blocking({
         let cfg = cfg.clone();
@@ -282,8 +305,10 @@ async fn read_range_from_the_topic_equals_the_file() {
         .await
         .unwrap()
         .unwrap();
-    let expected: Vec<Event> =
-        from_file.into_iter().filter(|e| e.ts >= from && e.ts <= until).collect();
+    let expected: Vec<Event> = from_file
+        .into_iter()
+        .filter(|e| e.ts >= from && e.ts <= until)
+        .collect();
     assert_eq!(expected.len(), 150 - 38 + 1);
     assert_eq!(window, expected);
 }
@@ -292,7 +317,8 @@ async fn read_range_from_the_topic_equals_the_file() {
 fn a_missing_topic_is_a_clear_error() {
     let mock = MockCluster::new(1).unwrap();
     let mut cfg = KafkaConfig::new(mock.bootstrap_servers(), "nope");
-    cfg.options.push(("allow.auto.create.topics".into(), "false".into()));
+    cfg.options
+        .push(("allow.auto.create.topics".into(), "false".into()));
     let err = read_range(&cfg, None, None).unwrap_err().to_string();
     assert!(err.contains("nope"), "{err}");
 }

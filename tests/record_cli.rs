@@ -20,13 +20,22 @@ fn closed_port() -> u16 {
 
 /// Runs the binary to completion with a time limit; returns (status, stderr).
 fn run_bounded(mut cmd: Command, limit: Duration) -> (std::process::ExitStatus, String) {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (status, err);
         }
         if start.elapsed() > limit {
@@ -50,8 +59,15 @@ fn no_reachable_cluster_fails_fast_naming_the_kubeconfig() {
     let start = Instant::now();
     let (status, err) = run_bounded(cmd, Duration::from_secs(30));
     assert!(!status.success(), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
-    assert!(err.contains(&kc.display().to_string()), "stderr does not name the kubeconfig: {err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        err.contains(&kc.display().to_string()),
+        "stderr does not name the kubeconfig: {err}"
+    );
     assert!(err.contains("cannot reach the Kubernetes API"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
@@ -73,23 +89,57 @@ fn no_configuration_at_all_says_what_was_tried() {
 /// An API with one node, a pending pod, and empty lists of everything else.
 fn cluster() -> FakeApi {
     let api = FakeApi::new();
-    api.list("/api/v1/nodes", 200, list("v1", "Node", "100", vec![node("node-a", "90", true, "general")]))
-        .watch("/api/v1/nodes", vec![ev("ADDED", node("node-b", "101", false, "general"))], true);
-    api.list("/api/v1/pods", 200, list("v1", "Pod", "100", vec![pod("shop", "web-1", "99", "web", None)]));
+    api.list(
+        "/api/v1/nodes",
+        200,
+        list(
+            "v1",
+            "Node",
+            "100",
+            vec![node("node-a", "90", true, "general")],
+        ),
+    )
+    .watch(
+        "/api/v1/nodes",
+        vec![ev("ADDED", node("node-b", "101", false, "general"))],
+        true,
+    );
+    api.list(
+        "/api/v1/pods",
+        200,
+        list(
+            "v1",
+            "Pod",
+            "100",
+            vec![pod("shop", "web-1", "99", "web", None)],
+        ),
+    );
     for (path, api_version, kind) in [
-        ("/apis/autoscaling/v2/horizontalpodautoscalers", "autoscaling/v2", "HorizontalPodAutoscaler"),
+        (
+            "/apis/autoscaling/v2/horizontalpodautoscalers",
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+        ),
         ("/apis/apps/v1/deployments", "apps/v1", "Deployment"),
         ("/apis/apps/v1/statefulsets", "apps/v1", "StatefulSet"),
         ("/apis/apps/v1/daemonsets", "apps/v1", "DaemonSet"),
         ("/apis/apps/v1/replicasets", "apps/v1", "ReplicaSet"),
         ("/apis/batch/v1/jobs", "batch/v1", "Job"),
-        ("/apis/karpenter.sh/v1/nodepools", "karpenter.sh/v1", "NodePool"),
+        (
+            "/apis/karpenter.sh/v1/nodepools",
+            "karpenter.sh/v1",
+            "NodePool",
+        ),
     ] {
         api.list(path, 200, list(api_version, kind, "100", vec![]));
     }
     // nodeclaims: absent CRD (404), which record must tolerate.
     for r in EVENT_REASONS {
-        api.list(&format!("/api/v1/events?fieldSelector=reason={r}"), 200, list("v1", "Event", "100", vec![]));
+        api.list(
+            &format!("/api/v1/events?fieldSelector=reason={r}"),
+            200,
+            list("v1", "Event", "100", vec![]),
+        );
     }
     api
 }
@@ -120,29 +170,46 @@ fn records_a_cluster_flushes_within_a_second_and_exits_0_on_sigterm() {
         if text.contains("node-b") && text.contains("shop/web-1") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "events not flushed; file: {text}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "events not flushed; file: {text}"
+        );
         assert!(child.try_wait().unwrap().is_none(), "record exited early");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let t = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "exit {status:?}: {err}");
     assert!(err.contains("recorded"), "{err}");
 
     let mut reader = EventReader::open(&out).unwrap();
     let events: Vec<_> = reader.by_ref().map(Result::unwrap).collect();
-    assert_eq!(reader.stats().header.as_ref().unwrap().source, "pullahead record");
+    assert_eq!(
+        reader.stats().header.as_ref().unwrap().source,
+        "pullahead record"
+    );
     let nodes: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.body {
@@ -152,9 +219,17 @@ fn records_a_cluster_flushes_within_a_second_and_exits_0_on_sigterm() {
         .collect();
     assert_eq!(
         nodes,
-        vec![("node-a", NodePhase::Registered), ("node-a", NodePhase::Ready), ("node-b", NodePhase::Registered)]
+        vec![
+            ("node-a", NodePhase::Registered),
+            ("node-a", NodePhase::Ready),
+            ("node-b", NodePhase::Registered)
+        ]
     );
-    assert!(events.iter().any(|e| matches!(&e.body, Body::Pod(p) if p.pod == "shop/web-1")));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.body, Body::Pod(p) if p.pod == "shop/web-1"))
+    );
     // Recorded times are Unix seconds from the wall clock.
     assert!(events.iter().all(|e| e.ts > 1.7e9));
 }

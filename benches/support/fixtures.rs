@@ -4,19 +4,28 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerImage, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus, Toleration,
+    Container, ContainerImage, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition,
+    PodSpec, PodStatus, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 /// A Ready node of `pool` with 50 images in its status, as kubelet reports them.
 pub fn node(i: usize, rv: u64) -> Node {
-    let name = format!("ip-10-{}-{}-{}.eu-west-1.compute.internal", i / 65536, (i / 256) % 256, i % 256);
+    let name = format!(
+        "ip-10-{}-{}-{}.eu-west-1.compute.internal",
+        i / 65536,
+        (i / 256) % 256,
+        i % 256
+    );
     let labels: BTreeMap<String, String> = [
         ("kubernetes.io/hostname", name.as_str()),
         ("kubernetes.io/os", "linux"),
         ("kubernetes.io/arch", "amd64"),
         ("node.kubernetes.io/instance-type", "m5.large"),
-        ("karpenter.sh/nodepool", if i % 3 == 0 { "gpu" } else { "general" }),
+        (
+            "karpenter.sh/nodepool",
+            if i % 3 == 0 { "gpu" } else { "general" },
+        ),
         ("topology.kubernetes.io/zone", "eu-west-1a"),
     ]
     .into_iter()
@@ -45,7 +54,12 @@ pub fn node(i: usize, rv: u64) -> Node {
                 (0..50)
                     .map(|k| ContainerImage {
                         names: Some(vec![
-                            format!("registry.example.com/team{}/svc{}@sha256:{:064x}", k % 7, k, k),
+                            format!(
+                                "registry.example.com/team{}/svc{}@sha256:{:064x}",
+                                k % 7,
+                                k,
+                                k
+                            ),
                             format!("registry.example.com/team{}/svc{}:1.{}.0", k % 7, k, k % 9),
                         ]),
                         size_bytes: Some(50_000_000 + k as i64),
@@ -68,7 +82,13 @@ pub fn pod(i: usize, rv: u64, node: Option<&str>) -> Pod {
             namespace: Some(ns),
             uid: Some(format!("uid-pod-{i}")),
             resource_version: Some(rv.to_string()),
-            labels: Some([("app".to_string(), app.clone()), ("pod-template-hash".into(), "7d9c5b8f4".into())].into()),
+            labels: Some(
+                [
+                    ("app".to_string(), app.clone()),
+                    ("pod-template-hash".into(), "7d9c5b8f4".into()),
+                ]
+                .into(),
+            ),
             owner_references: Some(vec![OwnerReference {
                 api_version: "apps/v1".into(),
                 kind: "ReplicaSet".into(),

@@ -40,7 +40,11 @@ pub struct KafkaArgs {
     #[arg(long, env = "PULLAHEAD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// The Kafka topic that carries the events.
-    #[arg(long, env = "PULLAHEAD_KAFKA_TOPIC", default_value = "pullahead-events")]
+    #[arg(
+        long,
+        env = "PULLAHEAD_KAFKA_TOPIC",
+        default_value = "pullahead-events"
+    )]
     pub kafka_topic: String,
     /// Consumer group whose committed offsets a consumer resumes from.
     #[arg(long, env = "PULLAHEAD_KAFKA_GROUP", default_value = "pullahead")]
@@ -300,7 +304,12 @@ impl Subscription for KafkaSubscription {
                     partition,
                     offset,
                 };
-                match decode(&self.topic, partition, offset, msg.payload().unwrap_or_default()) {
+                match decode(
+                    &self.topic,
+                    partition,
+                    offset,
+                    msg.payload().unwrap_or_default(),
+                ) {
                     Ok(Some(event)) => {
                         return Some(Ok(Delivery {
                             event,
@@ -357,7 +366,11 @@ impl Ack {
 /// for replay. The start of each partition is found with
 /// `offsets_for_times`; reading stops at the end offsets seen when the call
 /// began. Blocking: from async code, call it through `spawn_blocking`.
-pub fn read_range(config: &KafkaConfig, from: Option<f64>, until: Option<f64>) -> Result<Vec<Event>> {
+pub fn read_range(
+    config: &KafkaConfig,
+    from: Option<f64>,
+    until: Option<f64>,
+) -> Result<Vec<Event>> {
     for t in from.iter().chain(until.iter()) {
         if !t.is_finite() {
             return Err(Error::BadTime(*t));
@@ -405,7 +418,11 @@ pub fn read_range(config: &KafkaConfig, from: Option<f64>, until: Option<f64>) -
                 // index by time and answer "end" for every time. Scanning from
                 // the start and filtering by `ts` is correct for both.
                 _ => {
-                    tracing::debug!(topic, partition = p, "no offset for the start time; scanning the partition");
+                    tracing::debug!(
+                        topic,
+                        partition = p,
+                        "no offset for the start time; scanning the partition"
+                    );
                     low
                 }
             },
@@ -433,9 +450,9 @@ pub fn read_range(config: &KafkaConfig, from: Option<f64>, until: Option<f64>) -
     while !remaining.is_empty() {
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
             if last_progress.elapsed() > LOOKUP_TIMEOUT {
-                return Err(kafka(format!("reading {topic}"))(KafkaError::MessageConsumption(
-                    RDKafkaErrorCode::OperationTimedOut,
-                )));
+                return Err(kafka(format!("reading {topic}"))(
+                    KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
+                ));
             }
             continue;
         };

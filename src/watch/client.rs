@@ -14,7 +14,10 @@ use super::{Error, Result};
 /// from `$KUBECONFIG`, `~/.kube/config`, or the in-cluster service account.
 pub fn describe_config_source() -> String {
     if let Some(k) = std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()) {
-        return format!("kubeconfig {} (from $KUBECONFIG)", PathBuf::from(k).display());
+        return format!(
+            "kubeconfig {} (from $KUBECONFIG)",
+            PathBuf::from(k).display()
+        );
     }
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube").join("config"));
     if let Some(h) = home.as_ref().filter(|h| h.exists()) {

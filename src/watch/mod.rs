@@ -362,9 +362,19 @@ impl Watcher {
 
     /// Handles one watcher event of `kind` seen at `now`; appends the
     /// resulting schema-v1 events to `out`.
-    pub fn handle(&mut self, kind: Kind, event: watcher::Event<Object>, now: f64, out: &mut Vec<Event>) {
+    pub fn handle(
+        &mut self,
+        kind: Kind,
+        event: watcher::Event<Object>,
+        now: f64,
+        out: &mut Vec<Event>,
+    ) {
         // Events leave in time order even if the wall clock steps back.
-        let ts = if now > self.last_ts { now } else { self.last_ts };
+        let ts = if now > self.last_ts {
+            now
+        } else {
+            self.last_ts
+        };
         self.last_ts = ts;
         let start = out.len();
         let Some(tracker) = self.trackers.get_mut(&kind) else {
@@ -467,7 +477,12 @@ fn map_event<K>(e: watcher::Event<K>, wrap: fn(K) -> Object) -> watcher::Event<O
 
 /// One kind's watcher stream. For an optional kind the stream ends after
 /// the first "not found", so an absent CRD is not retried forever.
-fn watch_stream<K>(api: Api<K>, cfg: watcher::Config, kind: Kind, wrap: fn(K) -> Object) -> BoxStream<'static, Item>
+fn watch_stream<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    kind: Kind,
+    wrap: fn(K) -> Object,
+) -> BoxStream<'static, Item>
 where
     K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
 {
@@ -506,19 +521,45 @@ fn streams(client: &Client, config: &Config) -> Vec<BoxStream<'static, Item>> {
             match kind {
                 Kind::Node => watch_stream(Api::<Node>::all(c), base(), kind, Object::Node),
                 Kind::Pod => watch_stream(Api::<Pod>::all(c), base(), kind, Object::Pod),
-                Kind::Hpa => watch_stream(Api::<HorizontalPodAutoscaler>::all(c), base(), kind, Object::Hpa),
-                Kind::Deployment => watch_stream(Api::<Deployment>::all(c), base(), kind, Object::Deployment),
-                Kind::StatefulSet => watch_stream(Api::<StatefulSet>::all(c), base(), kind, Object::StatefulSet),
-                Kind::DaemonSet => watch_stream(Api::<DaemonSet>::all(c), base(), kind, Object::DaemonSet),
-                Kind::ReplicaSet => watch_stream(Api::<ReplicaSet>::all(c), base(), kind, Object::ReplicaSet),
+                Kind::Hpa => watch_stream(
+                    Api::<HorizontalPodAutoscaler>::all(c),
+                    base(),
+                    kind,
+                    Object::Hpa,
+                ),
+                Kind::Deployment => {
+                    watch_stream(Api::<Deployment>::all(c), base(), kind, Object::Deployment)
+                }
+                Kind::StatefulSet => watch_stream(
+                    Api::<StatefulSet>::all(c),
+                    base(),
+                    kind,
+                    Object::StatefulSet,
+                ),
+                Kind::DaemonSet => {
+                    watch_stream(Api::<DaemonSet>::all(c), base(), kind, Object::DaemonSet)
+                }
+                Kind::ReplicaSet => {
+                    watch_stream(Api::<ReplicaSet>::all(c), base(), kind, Object::ReplicaSet)
+                }
                 Kind::Job => watch_stream(Api::<Job>::all(c), base(), kind, Object::Job),
                 Kind::NodeClaim => {
                     let ar = karpenter_resource("NodeClaim", "nodeclaims");
-                    watch_stream(Api::<DynamicObject>::all_with(c, &ar), base(), kind, Object::NodeClaim)
+                    watch_stream(
+                        Api::<DynamicObject>::all_with(c, &ar),
+                        base(),
+                        kind,
+                        Object::NodeClaim,
+                    )
                 }
                 Kind::NodePool => {
                     let ar = karpenter_resource("NodePool", "nodepools");
-                    watch_stream(Api::<DynamicObject>::all_with(c, &ar), base(), kind, Object::NodePool)
+                    watch_stream(
+                        Api::<DynamicObject>::all_with(c, &ar),
+                        base(),
+                        kind,
+                        Object::NodePool,
+                    )
                 }
                 Kind::Event(reason) => watch_stream(
                     Api::<KubeEvent>::all(c),
@@ -626,14 +667,34 @@ mod tests {
         let mut w = Watcher::new(&kinds, Readiness::new(&kinds));
         let mut out = Vec::new();
         w.handle(Kind::Pod, watcher::Event::Init, 1.0, &mut out);
-        w.handle(Kind::Pod, watcher::Event::InitApply(pod("a", "1", Some("n1"))), 1.0, &mut out);
-        w.handle(Kind::Pod, watcher::Event::InitApply(pod("b", "2", None)), 1.0, &mut out);
+        w.handle(
+            Kind::Pod,
+            watcher::Event::InitApply(pod("a", "1", Some("n1"))),
+            1.0,
+            &mut out,
+        );
+        w.handle(
+            Kind::Pod,
+            watcher::Event::InitApply(pod("b", "2", None)),
+            1.0,
+            &mut out,
+        );
         w.handle(Kind::Pod, watcher::Event::InitDone, 1.0, &mut out);
-        w.handle(Kind::Node, watcher::Event::Apply(node("n1", "3")), 1.5, &mut out);
+        w.handle(
+            Kind::Node,
+            watcher::Event::Apply(node("n1", "3")),
+            1.5,
+            &mut out,
+        );
         out.clear();
         // Relist: a is gone, b unchanged.
         w.handle(Kind::Pod, watcher::Event::Init, 2.0, &mut out);
-        w.handle(Kind::Pod, watcher::Event::InitApply(pod("b", "2", None)), 2.0, &mut out);
+        w.handle(
+            Kind::Pod,
+            watcher::Event::InitApply(pod("b", "2", None)),
+            2.0,
+            &mut out,
+        );
         w.handle(Kind::Pod, watcher::Event::InitDone, 2.0, &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
         match &out[0].body {
@@ -650,7 +711,12 @@ mod tests {
         assert_eq!(w.stats().unchanged, 1);
         // Time never goes backwards even if the clock does.
         out.clear();
-        w.handle(Kind::Node, watcher::Event::Delete(node("n1", "4")), 0.5, &mut out);
+        w.handle(
+            Kind::Node,
+            watcher::Event::Delete(node("n1", "4")),
+            0.5,
+            &mut out,
+        );
         assert!(matches!(&out[0].body, Body::Node(n) if n.phase == NodePhase::Deleted));
         assert_eq!(out[0].ts, 2.0);
     }
@@ -666,8 +732,14 @@ mod tests {
                 ..Default::default()
             })))
         };
-        assert!(w.handle_error(Kind::Node, &status(404)), "a core kind is retried");
-        assert!(w.handle_error(Kind::NodeClaim, &status(500)), "a 500 is retried");
+        assert!(
+            w.handle_error(Kind::Node, &status(404)),
+            "a core kind is retried"
+        );
+        assert!(
+            w.handle_error(Kind::NodeClaim, &status(500)),
+            "a 500 is retried"
+        );
         assert!(!w.handle_error(Kind::NodeClaim, &status(404)));
         assert_eq!(w.stats().absent, vec![Kind::NodeClaim]);
         assert_eq!(ready.pending(), vec![Kind::Node]);

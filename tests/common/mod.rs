@@ -69,7 +69,10 @@ impl FakeApi {
     /// Queues a list answer for `route`.
     pub fn list(&self, route: &str, status: u16, body: Value) -> &Self {
         let mut r = self.routes.lock().unwrap();
-        r.entry(route.to_string()).or_default().lists.push_back((status, body));
+        r.entry(route.to_string())
+            .or_default()
+            .lists
+            .push_back((status, body));
         self
     }
 
@@ -90,10 +93,10 @@ impl FakeApi {
 
     /// Answers one request.
     pub fn respond(&self, method: &http::Method, uri: &http::Uri) -> Response<Body> {
-        self.requests
-            .lock()
-            .unwrap()
-            .push(format!("{method} {}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("")));
+        self.requests.lock().unwrap().push(format!(
+            "{method} {}",
+            uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
+        ));
         if uri.path() == "/version" {
             return json_response(
                 200,
@@ -102,7 +105,9 @@ impl FakeApi {
             );
         }
         let route = route_of(uri.path(), uri.query());
-        let is_watch = uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true"));
+        let is_watch = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true"));
         let mut routes = self.routes.lock().unwrap();
         let Some(r) = routes.get_mut(&route) else {
             return json_response(404, &not_found());
@@ -111,7 +116,10 @@ impl FakeApi {
             match r.watches.pop_front() {
                 Some(w) => watch_response(w),
                 // Nothing more to say: an idle watch that stays open.
-                None => watch_response(WatchScript { lines: vec![], hold: true }),
+                None => watch_response(WatchScript {
+                    lines: vec![],
+                    hold: true,
+                }),
             }
         } else {
             let answer = r.lists.pop_front().or_else(|| r.last_list.clone());
@@ -131,7 +139,11 @@ fn json_response(status: u16, body: &Value) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap())
         .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync())
+        .body(
+            http_body_util::Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .unwrap()
 }
 
@@ -143,7 +155,9 @@ fn watch_response(w: WatchScript) -> Response<Body> {
     });
     let stream = futures::stream::iter(lines);
     let body = if w.hold {
-        BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream.chain(futures::stream::pending()).boxed()))
+        BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+            stream.chain(futures::stream::pending()).boxed(),
+        ))
     } else {
         BodyExt::boxed_unsync(http_body_util::StreamBody::new(stream.boxed()))
     };
@@ -179,8 +193,7 @@ pub fn list(api_version: &str, kind: &str, rv: &str, items: Vec<Value>) -> Value
 /// Serves `api` as a tower-test mock: the `ApiServerVerifier`. Returns a
 /// `kube::Client` on the mock.
 pub fn mock_client(api: FakeApi) -> kube::Client {
-    let (svc, mut handle) =
-        tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
+    let (svc, mut handle) = tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
     tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {
             send.send_response(api.respond(req.method(), req.uri()));
@@ -195,7 +208,9 @@ pub async fn serve_http(api: FakeApi) -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((sock, _)) = listener.accept().await else { return };
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
             let api = api.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -311,7 +326,13 @@ pub fn pod(ns: &str, name: &str, rv: &str, app: &str, node: Option<&str>) -> Val
 }
 
 /// A Karpenter v1 NodeClaim with the given true conditions.
-pub fn node_claim(name: &str, rv: &str, pool: &str, conditions: &[&str], node: Option<&str>) -> Value {
+pub fn node_claim(
+    name: &str,
+    rv: &str,
+    pool: &str,
+    conditions: &[&str],
+    node: Option<&str>,
+) -> Value {
     let conds: Vec<Value> = conditions
         .iter()
         .map(|c| json!({"type": c, "status": "True", "reason": c, "message": "", "lastTransitionTime": "2025-06-01T10:00:30Z", "observedGeneration": 1}))
@@ -345,7 +366,15 @@ pub fn node_claim(name: &str, rv: &str, pool: &str, conditions: &[&str], node: O
 }
 
 /// A core/v1 Event about `object` (`kind/ns/name`), as the given component sends it.
-pub fn kube_event(name: &str, rv: &str, reason: &str, message: &str, involved: (&str, &str, &str), component: &str, host: Option<&str>) -> Value {
+pub fn kube_event(
+    name: &str,
+    rv: &str,
+    reason: &str,
+    message: &str,
+    involved: (&str, &str, &str),
+    component: &str,
+    host: Option<&str>,
+) -> Value {
     let (kind, ns, obj) = involved;
     let mut source = json!({"component": component});
     if let Some(h) = host {
