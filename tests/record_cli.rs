@@ -153,9 +153,19 @@ fn records_a_cluster_flushes_within_a_second_and_exits_0_on_sigterm() {
     let kc = dir.path().join("kubeconfig");
     std::fs::write(&kc, kubeconfig(port)).unwrap();
     let out = dir.path().join("rec.jsonl");
+    // Record to both a file and a Kafka topic.
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    mock.create_topic("rec", 2, 1).unwrap();
     let mut child = Command::new(BIN)
         .args(["record", "--out"])
         .arg(&out)
+        .args([
+            "--kafka-brokers",
+            &mock.bootstrap_servers(),
+            "--kafka-topic",
+            "rec",
+        ])
+        .args(["-X", "client.id=record-test"])
         .env("KUBECONFIG", &kc)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -232,4 +242,8 @@ fn records_a_cluster_flushes_within_a_second_and_exits_0_on_sigterm() {
     );
     // Recorded times are Unix seconds from the wall clock.
     assert!(events.iter().all(|e| e.ts > 1.7e9));
+    // The topic holds the same events as the file.
+    let cfg = pullahead::bus::kafka::KafkaConfig::new(mock.bootstrap_servers(), "rec");
+    let from_topic = pullahead::bus::kafka::read_range(&cfg, None, None).unwrap();
+    assert_eq!(from_topic, events);
 }
