@@ -5,6 +5,7 @@
 //! [`policy::Policy`] turns them into [`policy::PullOrder`]s, and the
 //! [`replay`] simulator scores policies on recorded or generated streams.
 
+pub mod bus;
 pub mod clock;
 pub mod dispatch;
 pub mod event;
@@ -12,7 +13,9 @@ pub mod forecast;
 pub mod import;
 pub mod normalize;
 pub mod policy;
+pub mod record;
 pub mod registry;
 pub mod replay;
 pub mod scenario;
 pub mod state;
+pub mod watch;

@@ -34,6 +34,8 @@ enum Command {
     Pull(pullahead::dispatch::pull::Args),
     /// Print the NodePrefetch CustomResourceDefinition as YAML.
     Crdgen,
+    /// Record a live cluster's events to a JSONL file and/or a Kafka topic.
+    Record(pullahead::record::Args),
 }
 
 fn main() {
@@ -82,6 +84,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Crdgen => {
             print!("{}", pullahead::dispatch::crd::crd_yaml()?);
+            Ok(())
+        }
+        Command::Record(args) => {
+            let summary = tokio::runtime::Runtime::new()?.block_on(pullahead::record::run(args))?;
+            eprintln!(
+                "recorded {} events ({} dropped)",
+                summary.events, summary.dropped
+            );
             Ok(())
         }
     }

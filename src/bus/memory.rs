@@ -1,0 +1,223 @@
+//! The in-process bus: bounded queues, one per subscriber.
+//!
+//! Publishing never waits. When a subscriber's queue is full the event is
+//! dropped for that subscriber and counted in
+//! `pullahead_bus_dropped_events_total`, so a stuck planner shows up in the
+//! metrics instead of stalling the watchers or growing memory without bound.
+
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+
+use super::{Bus, Delivery, Result, Subscription};
+use crate::event::Event;
+
+/// The default queue length per subscriber, in events.
+pub const DEFAULT_CAPACITY: usize = 65_536;
+
+/// A bounded publish/subscribe bus inside one process.
+#[derive(Clone)]
+pub struct InProcessBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
+    capacity: usize,
+    dropped: IntCounter,
+    published: IntCounter,
+}
+
+impl InProcessBus {
+    /// A bus whose subscribers each queue up to `capacity` events.
+    pub fn new(capacity: usize) -> Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                subscribers: Mutex::new(Vec::new()),
+                capacity: capacity.max(1),
+                dropped: IntCounter::new(
+                    "pullahead_bus_dropped_events_total",
+                    "Events dropped by the in-process bus because a subscriber's queue was full.",
+                )?,
+                published: IntCounter::new(
+                    "pullahead_bus_published_events_total",
+                    "Events published on the in-process bus.",
+                )?,
+            }),
+        })
+    }
+
+    /// Events dropped so far because a queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.get()
+    }
+
+    /// The drop counter, for registration with a Prometheus registry.
+    pub fn dropped_counter(&self) -> IntCounter {
+        self.inner.dropped.clone()
+    }
+
+    /// The publish counter, for registration with a Prometheus registry.
+    pub fn published_counter(&self) -> IntCounter {
+        self.inner.published.clone()
+    }
+
+    /// Publishes without waiting; drops and counts where a queue is full.
+    pub fn send(&self, event: Event) {
+        self.inner.published.inc();
+        let mut subs = match self.inner.subscribers.lock() {
+            Ok(s) => s,
+            // A panic elsewhere while holding the lock leaves the list intact.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let last = subs.len().saturating_sub(1);
+        let mut event = Some(event);
+        let mut closed = false;
+        for (i, tx) in subs.iter().enumerate() {
+            // The last subscriber gets the event itself, the others a copy.
+            let e = if i == last {
+                event.take()
+            } else {
+                event.clone()
+            };
+            let Some(e) = e else { break };
+            match tx.try_send(e) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => self.inner.dropped.inc(),
+                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+            }
+        }
+        if closed {
+            subs.retain(|tx| !tx.is_closed());
+        }
+    }
+
+    /// Ends every subscription once its queue is drained.
+    pub fn close(&self) {
+        match self.inner.subscribers.lock() {
+            Ok(mut s) => s.clear(),
+            Err(poisoned) => poisoned.into_inner().clear(),
+        }
+    }
+}
+
+impl InProcessBus {
+    /// A subscription as its concrete type, for callers that want
+    /// [`InProcessSubscription::try_recv`].
+    pub fn subscribe_local(&self) -> InProcessSubscription {
+        let (tx, rx) = mpsc::channel(self.inner.capacity);
+        match self.inner.subscribers.lock() {
+            Ok(mut s) => s.push(tx),
+            Err(poisoned) => poisoned.into_inner().push(tx),
+        }
+        InProcessSubscription { rx }
+    }
+}
+
+impl Bus for InProcessBus {
+    fn publish<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<()>> {
+        self.send(event.clone());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn subscribe(&self) -> Result<Box<dyn Subscription>> {
+        Ok(Box::new(self.subscribe_local()))
+    }
+}
+
+/// A subscriber's end of an [`InProcessBus`].
+pub struct InProcessSubscription {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl InProcessSubscription {
+    /// The next event, without the [`Delivery`] wrapper.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next queued event, without waiting.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Subscription for InProcessSubscription {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery>>> {
+        Box::pin(async move { self.rx.recv().await.map(|e| Ok(Delivery::unacked(e))) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Node, NodePhase};
+
+    fn node(i: u32) -> Event {
+        Event::new(
+            f64::from(i),
+            Node {
+                node: format!("n{i}"),
+                phase: NodePhase::Registered,
+                pool: None,
+                labels: Default::default(),
+                taints: None,
+                images: None,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_gets_every_event_in_order() {
+        let bus = InProcessBus::new(16).unwrap();
+        let mut a = bus.subscribe().unwrap();
+        let mut b = bus.subscribe().unwrap();
+        for i in 0..10 {
+            bus.publish(&node(i)).await.unwrap();
+        }
+        bus.close();
+        for sub in [&mut a, &mut b] {
+            let mut got = Vec::new();
+            while let Some(d) = sub.next().await {
+                let d = d.unwrap();
+                got.push(d.event.ts);
+                d.ack().unwrap();
+            }
+            assert_eq!(got, (0..10).map(f64::from).collect::<Vec<_>>());
+        }
+        assert_eq!(bus.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_blocking() {
+        let bus = InProcessBus::new(4).unwrap();
+        let mut sub = bus.subscribe().unwrap();
+        for i in 0..10 {
+            bus.send(node(i));
+        }
+        assert_eq!(bus.dropped(), 6);
+        assert_eq!(bus.dropped_counter().get(), 6);
+        assert_eq!(bus.published_counter().get(), 10);
+        bus.close();
+        let mut kept = Vec::new();
+        while let Some(d) = sub.next().await {
+            kept.push(d.unwrap().event.ts);
+        }
+        // The oldest events stay; the overflow is what was dropped.
+        assert_eq!(kept, vec![0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[tokio::test]
+    async fn a_gone_subscriber_is_forgotten() {
+        let bus = InProcessBus::new(4).unwrap();
+        let sub = bus.subscribe().unwrap();
+        drop(sub);
+        for i in 0..10 {
+            bus.send(node(i));
+        }
+        assert_eq!(bus.dropped(), 0);
+        assert!(bus.inner.subscribers.lock().unwrap().is_empty());
+    }
+}
