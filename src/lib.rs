@@ -7,4 +7,5 @@
 
 pub mod clock;
 pub mod event;
+pub mod metrics;
 pub mod policy;
