@@ -402,7 +402,11 @@ impl Node {
     pub fn pool_name(&self) -> &str {
         self.pool
             .as_deref()
-            .or_else(|| POOL_LABELS.iter().find_map(|l| self.labels.get(*l).map(String::as_str)))
+            .or_else(|| {
+                POOL_LABELS
+                    .iter()
+                    .find_map(|l| self.labels.get(*l).map(String::as_str))
+            })
             .unwrap_or(DEFAULT_POOL)
     }
 }
@@ -651,7 +655,11 @@ impl<R: BufRead> EventReader<R> {
             "pod" => body(line).map(Body::Pod),
             "pull" => body(line).map(Body::Pull),
             other => {
-                let count = self.stats.unknown_types.entry(other.to_string()).or_default();
+                let count = self
+                    .stats
+                    .unknown_types
+                    .entry(other.to_string())
+                    .or_default();
                 if *count == 0 {
                     tracing::warn!(path = %self.path, line = self.stats.lines, r#type = other,
                         "skipping events of unknown type");

@@ -7,5 +7,6 @@
 
 pub mod clock;
 pub mod event;
+pub mod lease;
 pub mod metrics;
 pub mod policy;

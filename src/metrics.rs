@@ -49,9 +49,7 @@ const PULL_BUCKETS: &[f64] = &[
 ];
 
 /// Histogram buckets for one planner decision: 10 µs to about 0.3 s.
-const DECISION_BUCKETS: &[f64] = &[
-    1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1,
-];
+const DECISION_BUCKETS: &[f64] = &[1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
 
 /// Every pullahead metric, registered in its own [`Registry`].
 #[derive(Clone, Debug)]
@@ -112,10 +110,8 @@ impl Metrics {
     /// Creates every metric in a fresh registry.
     pub fn new() -> Result<Self> {
         let r = Registry::new();
-        let pull_bytes = IntCounter::new(
-            "pullahead_pull_bytes_total",
-            "Bytes pulled by prefetches.",
-        )?;
+        let pull_bytes =
+            IntCounter::new("pullahead_pull_bytes_total", "Bytes pulled by prefetches.")?;
         r.register(Box::new(pull_bytes.clone()))?;
         let wasted_bytes = IntCounter::new(
             "pullahead_wasted_bytes_total",
@@ -319,7 +315,10 @@ pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
 
 async fn scrape(State(s): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()

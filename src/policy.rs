@@ -318,9 +318,16 @@ mod tests {
         );
         let orders = run(
             &mut StaticPolicy::from_workloads(),
-            &[node("n0", "p", NodePhase::Registered), w, node("n1", "p", NodePhase::Registered)],
+            &[
+                node("n0", "p", NodePhase::Registered),
+                w,
+                node("n1", "p", NodePhase::Registered),
+            ],
         );
-        let got: Vec<_> = orders.iter().map(|o| (o.target.to_string(), o.image.as_str(), o.priority)).collect();
+        let got: Vec<_> = orders
+            .iter()
+            .map(|o| (o.target.to_string(), o.image.as_str(), o.priority))
+            .collect();
         assert_eq!(got, vec![("n1".into(), "x:1", 2), ("n1".into(), "y:1", 1)]);
     }
 
@@ -339,10 +346,16 @@ mod tests {
                 node("e", "empty", NodePhase::Registered),
             ],
         );
-        let got: Vec<_> = orders.iter().map(|o| (o.target.to_string(), o.image.clone())).collect();
+        let got: Vec<_> = orders
+            .iter()
+            .map(|o| (o.target.to_string(), o.image.clone()))
+            .collect();
         assert_eq!(
             got,
-            vec![("c".to_string(), "web:1".to_string()), ("d".to_string(), "cuda:1".to_string())]
+            vec![
+                ("c".to_string(), "web:1".to_string()),
+                ("d".to_string(), "cuda:1".to_string())
+            ]
         );
     }
 }
