@@ -6,7 +6,13 @@
 //! [`replay`] simulator scores policies on recorded or generated streams.
 
 pub mod clock;
+pub mod config;
+pub mod controller;
+pub mod decisions;
 pub mod event;
 pub mod lease;
 pub mod metrics;
+pub mod nominated;
 pub mod policy;
+pub mod run;
+pub mod scorecard;
