@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fake_api;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
