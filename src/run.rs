@@ -51,6 +51,9 @@ pub enum Error {
     /// The controller loop failed.
     #[error(transparent)]
     Controller(#[from] crate::controller::Error),
+    /// The event reader thread could not be started.
+    #[error("starting the event reader thread: {0}")]
+    Thread(std::io::Error),
     /// The decision file could not be opened.
     #[error(transparent)]
     Decisions(#[from] crate::decisions::Error),
@@ -221,28 +224,35 @@ pub async fn run_with(
             let (tx, rx) = mpsc::channel(cfg.queue_capacity);
             let dropped = metrics.clone();
             let synced = health.clone();
-            tokio::task::spawn_blocking(move || {
-                for item in reader {
-                    match item {
-                        Ok(e) => {
-                            // A file is read at the planner's pace: the
-                            // queue pushes back instead of dropping.
-                            if tx.blocking_send(e).is_err() {
+            // A plain thread, not spawn_blocking: a read blocked on stdin
+            // must not keep the runtime (and the process) from exiting.
+            let spawned = std::thread::Builder::new()
+                .name("pullahead-events".into())
+                .spawn(move || {
+                    for item in reader {
+                        match item {
+                            Ok(e) => {
+                                // A file is read at the planner's pace: the
+                                // queue pushes back instead of dropping.
+                                if tx.blocking_send(e).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "event file");
+                                dropped
+                                    .events_dropped
+                                    .with_label_values(&["malformed"])
+                                    .inc();
                                 return;
                             }
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, "event file");
-                            dropped
-                                .events_dropped
-                                .with_label_values(&["malformed"])
-                                .inc();
-                            return;
-                        }
                     }
-                }
-                synced.set_synced();
-            });
+                    synced.set_synced();
+                });
+            if let Err(e) = spawned {
+                return Err(Error::Thread(e));
+            }
             (TimeSource::EventTime, rx, None)
         }
         (None, None) => {
