@@ -17,14 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node as KubeNode;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
-use serde_json::{Value, json};
+use kube::api::{Patch, PatchParams};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::{Clock, SimClock};
 use crate::decisions::DecisionLog;
+use crate::dispatch::crd::{ImageOrder, NodePrefetch};
 use crate::event::{Body, ClaimPhase, Event, NodePhase};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PullOrder, Reason, Target};
@@ -41,17 +42,6 @@ pub enum Error {
 
 /// The result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The API group, version and kind of the objects this controller writes.
-pub fn nodeprefetch_resource() -> ApiResource {
-    ApiResource {
-        group: "pullahead.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "pullahead.io/v1alpha1".into(),
-        kind: "NodePrefetch".into(),
-        plural: "nodeprefetches".into(),
-    }
-}
 
 /// The field manager name used for server-side apply.
 pub const FIELD_MANAGER: &str = "pullahead";
@@ -420,43 +410,26 @@ impl Controller {
         }
     }
 
-    /// The NodePrefetch object for `node`'s plan.
-    fn object(&self, node: &str, plan: &NodePlan, uid: Option<&str>) -> Value {
+    /// The image list of `node`'s plan, highest priority first, capped.
+    fn images(&self, plan: &NodePlan) -> Vec<ImageOrder> {
         let mut images: Vec<(&String, &Wanted)> = plan.images.iter().collect();
         images.sort_by(|a, b| b.1.priority.cmp(&a.1.priority).then_with(|| a.0.cmp(b.0)));
         images.truncate(self.opts.max_images_per_node);
-        let images: Vec<Value> = images
+        images
             .into_iter()
-            .map(|(image, w)| {
-                json!({
-                    "image": image,
-                    "priority": w.priority,
-                    "reason": w.reason.as_str(),
-                    "deadline": rfc3339(w.ordered_at + self.opts.deadline),
-                    "critical": matches!(w.reason, Reason::Nominated | Reason::ScaleUp | Reason::Daemonset),
-                })
+            .map(|(image, w)| ImageOrder {
+                image: image.clone(),
+                priority: w.priority,
+                reason: w.reason.as_str().to_string(),
+                deadline: time(w.ordered_at + self.opts.deadline),
+                // What a pod is already waiting for (or certainly will be):
+                // a startup taint waits for these and nothing else.
+                critical: matches!(
+                    w.reason,
+                    Reason::Nominated | Reason::ScaleUp | Reason::Daemonset
+                ),
             })
-            .collect();
-        let mut metadata = json!({
-            "name": node,
-            "labels": {"app.kubernetes.io/managed-by": "pullahead"},
-        });
-        if let Some(uid) = uid {
-            // The Node owns its plan: when the node goes, the garbage
-            // collector deletes the object, with no cleanup pass of ours.
-            metadata["ownerReferences"] = json!([{
-                "apiVersion": "v1",
-                "kind": "Node",
-                "name": node,
-                "uid": uid,
-            }]);
-        }
-        json!({
-            "apiVersion": "pullahead.io/v1alpha1",
-            "kind": "NodePrefetch",
-            "metadata": metadata,
-            "spec": {"images": images},
-        })
+            .collect()
     }
 
     fn start_writes(&mut self, inflight: &mut JoinSet<WriteResult>) {
@@ -480,12 +453,12 @@ impl Controller {
                 continue;
             };
             let uid = plan.uid.clone();
-            let body = self.object(&node, plan, uid.as_deref());
+            let images = self.images(plan);
             self.writing.insert(node.clone());
             let metrics = self.metrics.clone();
             let client = client.clone();
             inflight.spawn(async move {
-                let (uid, result) = write(client, &node, uid, body, dirty, &metrics).await;
+                let (uid, result) = write(client, &node, uid, images, dirty, &metrics).await;
                 (node, uid, result)
             });
         }
@@ -543,12 +516,12 @@ impl Controller {
     }
 }
 
-/// Looks the Node's uid up if unknown, then applies the object.
+/// Looks the Node's uid up if unknown, then applies the node's object.
 async fn write(
     client: kube::Client,
     node: &str,
     uid: Option<String>,
-    mut body: Value,
+    images: Vec<ImageOrder>,
     dirty: Dirty,
     metrics: &Metrics,
 ) -> (Option<String>, Result<(), WriteError>) {
@@ -556,33 +529,29 @@ async fn write(
         Some(u) => u,
         None => match Api::<KubeNode>::all(client.clone()).get_opt(node).await {
             Ok(Some(n)) => match n.metadata.uid {
-                Some(u) => {
-                    body["metadata"]["ownerReferences"] = json!([{
-                        "apiVersion": "v1", "kind": "Node", "name": node, "uid": u,
-                    }]);
-                    u
-                }
+                Some(u) => u,
                 None => return (None, Err(WriteError::NodeGone)),
             },
             Ok(None) => return (None, Err(WriteError::NodeGone)),
             Err(e) => return (None, Err(e.into())),
         },
     };
-    let api: Api<DynamicObject> = Api::all_with(client, &nodeprefetch_resource());
+    let object = NodePrefetch::for_node(node, &uid, images);
+    let api: Api<NodePrefetch> = Api::all(client);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     metrics
         .dispatch_latency
         .with_label_values(&[dirty.kind])
         .observe(dirty.since.elapsed().as_secs_f64());
-    match api.patch(node, &params, &Patch::Apply(&body)).await {
+    match api.patch(node, &params, &Patch::Apply(&object)).await {
         Ok(_) => (Some(uid), Ok(())),
         Err(e) => (Some(uid), Err(e.into())),
     }
 }
 
-/// Seconds since the epoch as RFC 3339, the form Kubernetes dates take.
-fn rfc3339(t: f64) -> String {
+/// Seconds since the epoch as a Kubernetes time (whole seconds).
+fn time(t: f64) -> Option<Time> {
     k8s_openapi::jiff::Timestamp::from_second(t.floor() as i64)
-        .map(|ts| ts.to_string())
-        .unwrap_or_default()
+        .ok()
+        .map(Time)
 }

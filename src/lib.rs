@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod decisions;
+pub mod dispatch;
 pub mod event;
 pub mod lease;
 pub mod metrics;

@@ -16,6 +16,8 @@ enum Command {
     /// Run the controller: watch the cluster, plan, and write NodePrefetch
     /// objects (leader only).
     Run(pullahead::config::RunArgs),
+    /// Print the NodePrefetch CustomResourceDefinition as YAML.
+    Crdgen,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +32,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Run(args) => runtime.block_on(pullahead::run::main(args))?,
+        Command::Crdgen => print!("{}", pullahead::dispatch::crd::crd_yaml()?),
     }
     Ok(())
 }

@@ -176,7 +176,8 @@ async fn a_nodeclaim_with_nominated_pods_gets_a_nodeprefetch_with_their_images()
     assert_eq!(
         w.body["metadata"]["ownerReferences"][0],
         serde_json::json!({"apiVersion": "v1", "kind": "Node", "name": "ip-10-0-12-34.ec2.internal",
-                           "uid": "9b2f6c1e-58d3-4b8a-a1f0-3c5e7d9f1a2b"})
+                           "uid": "9b2f6c1e-58d3-4b8a-a1f0-3c5e7d9f1a2b",
+                           "controller": false, "blockOwnerDeletion": false})
     );
     assert_eq!(
         images_of(w),
@@ -189,7 +190,13 @@ async fn a_nodeclaim_with_nominated_pods_gets_a_nodeprefetch_with_their_images()
     for i in w.body["spec"]["images"].as_array().unwrap() {
         assert_eq!(i["reason"], "nominated");
         assert_eq!(i["critical"], true);
+        assert_eq!(i["priority"], 1000);
+        assert!(i["deadline"].as_str().unwrap().ends_with('Z'), "{i}");
     }
+    assert!(
+        w.body.get("status").is_none_or(|s| s.is_null()),
+        "the controller must not apply status"
+    );
     assert_eq!(run.metrics.leader.get(), 1);
     assert_eq!(
         run.metrics

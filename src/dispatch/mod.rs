@@ -1,0 +1,14 @@
+//! Dispatch: turns pull orders into images on nodes.
+//!
+//! - [`crd`]: the `NodePrefetch` resource, one per node, that carries orders
+//!   from the controller to the node and progress back.
+//! - [`cri`]: a hand-written CRI `runtime.v1.ImageService` client over
+//!   containerd's Unix socket (no protoc needed to build).
+//! - [`agent`]: the node agent's pull loop and its API side.
+//! - [`pod`]: the fallback for clusters without the agent, a short-lived
+//!   pinned pod per (node, batch of images).
+//! - [`pull`]: the one-shot `pullahead pull` command.
+
+pub mod crd;
+pub mod cri;
+pub mod puller;

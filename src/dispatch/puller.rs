@@ -1,0 +1,587 @@
+//! The pull loop: orders in, images on the node out, independent of the
+//! Kubernetes API so that it can be driven by the agent, by `pullahead pull`,
+//! by tests and by benches alike.
+//!
+//! Orders are started highest priority first through one FIFO semaphore of
+//! `parallel` slots. An image the runtime already holds is reported present
+//! without a pull. Retryable failures (runtime restarting, registry down or
+//! rate-limiting) back off exponentially with jitter, giving up their slot
+//! while they wait. An order whose deadline has passed is dropped, before a
+//! pull or between retries.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::clock::Clock;
+use crate::dispatch::crd::{ImageStatus, PullState};
+use crate::dispatch::cri::{self, AuthConfig, ImageService};
+
+/// One image to pull.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Order {
+    /// Full image reference.
+    pub image: String,
+    /// Higher goes first.
+    pub priority: u32,
+    /// Clock seconds after which the order is dropped.
+    pub deadline: Option<f64>,
+    /// The startup taint waits for this image.
+    pub critical: bool,
+    /// Credentials for the image's registry (never logged).
+    pub auth: Option<AuthConfig>,
+}
+
+impl Order {
+    /// An order for `image` with default priority and no deadline.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// How the loop behaves.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Pulls running at once.
+    pub parallel: usize,
+    /// Attempts per image, the first included.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time.
+    pub backoff_base: Duration,
+    /// Backoff ceiling.
+    pub backoff_max: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            parallel: 4,
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What became of one order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The image.
+    pub image: String,
+    /// `present` or `failed`.
+    pub state: PullState,
+    /// The runtime's size of the image, when present.
+    pub bytes: Option<u64>,
+    /// Wall seconds from the first attempt to the end.
+    pub seconds: f64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Pull attempts made (0 when it was already present or expired).
+    pub attempts: u32,
+    /// It was present before any pull.
+    pub already_present: bool,
+}
+
+/// Live per-image progress that a status writer reads. Updates only mark it
+/// dirty; the writer decides how often to publish.
+#[derive(Debug, Default)]
+pub struct Board {
+    images: Mutex<BTreeMap<String, ImageStatus>>,
+    changed: Notify,
+}
+
+impl Board {
+    /// Records the state of one image and wakes the writer.
+    pub fn set(&self, status: ImageStatus) {
+        self.lock().insert(status.image.clone(), status);
+        self.changed.notify_one();
+    }
+
+    /// The state of one image.
+    pub fn get(&self, image: &str) -> Option<ImageStatus> {
+        self.lock().get(image).cloned()
+    }
+
+    /// Every image's state, by image name.
+    pub fn snapshot(&self) -> Vec<ImageStatus> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Forgets images no longer wanted.
+    pub fn retain(&self, wanted: &HashSet<String>) {
+        self.lock().retain(|k, _| wanted.contains(k));
+        self.changed.notify_one();
+    }
+
+    /// Waits until something changed since the last wait.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ImageStatus>> {
+        // A panic while holding the lock leaves a usable map: keep going.
+        self.images.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs orders against one runtime with a shared concurrency limit.
+pub struct Puller<C, K> {
+    cri: Arc<C>,
+    clock: Arc<K>,
+    slots: Arc<Semaphore>,
+    opts: Options,
+    board: Arc<Board>,
+}
+
+impl<C, K> Clone for Puller<C, K> {
+    fn clone(&self) -> Self {
+        Self {
+            cri: self.cri.clone(),
+            clock: self.clock.clone(),
+            slots: self.slots.clone(),
+            opts: self.opts.clone(),
+            board: self.board.clone(),
+        }
+    }
+}
+
+impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
+    /// A puller over `cri`, reading deadlines against `clock`.
+    pub fn new(cri: Arc<C>, clock: Arc<K>, opts: Options) -> Self {
+        let parallel = opts.parallel.max(1);
+        Self {
+            cri,
+            clock,
+            slots: Arc::new(Semaphore::new(parallel)),
+            opts,
+            board: Arc::new(Board::default()),
+        }
+    }
+
+    /// The progress board this puller writes.
+    pub fn board(&self) -> Arc<Board> {
+        self.board.clone()
+    }
+
+    /// Pulls every order, highest priority first (ties keep their order),
+    /// duplicates once, and returns one outcome per distinct image in the
+    /// order they were started.
+    pub async fn run(&self, orders: Vec<Order>) -> Vec<Outcome> {
+        let orders = prioritise(orders);
+        for o in &orders {
+            self.board
+                .set(status(&o.image, PullState::Pending, None, None, None));
+        }
+        let mut tasks = JoinSet::new();
+        for (idx, order) in orders.into_iter().enumerate() {
+            // Taking the slot here, in priority order, on a FIFO semaphore is
+            // what makes higher priorities start first.
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                break;
+            };
+            let me = self.clone();
+            tasks.spawn(async move { (idx, me.pull_one(order, Some(permit)).await) });
+        }
+        let mut out: Vec<(usize, Outcome)> = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(o) => out.push(o),
+                Err(e) => tracing::error!(error = %e, "pull task died"),
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, o)| o).collect()
+    }
+
+    async fn pull_one(
+        &self,
+        order: Order,
+        mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Outcome {
+        let started = Instant::now();
+        let image = order.image.clone();
+        let finish = |state, bytes, error: Option<String>, attempts, already_present| {
+            let seconds = started.elapsed().as_secs_f64();
+            self.board
+                .set(status(&image, state, bytes, Some(seconds), error.clone()));
+            Outcome {
+                image: image.clone(),
+                state,
+                bytes,
+                seconds,
+                error,
+                attempts,
+                already_present,
+            }
+        };
+        if self.expired(&order) {
+            return finish(
+                PullState::Failed,
+                None,
+                Some("deadline passed before the pull started".into()),
+                0,
+                false,
+            );
+        }
+        // A failed status check is no reason not to pull: fall through.
+        if let Ok(Some(img)) = self.cri.image_status(&order.image).await {
+            return finish(PullState::Present, Some(img.size), None, 0, true);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Hold a slot for the attempt only; it is given back before a backoff.
+            let slot = match permit.take() {
+                Some(p) => p,
+                None => match self.slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => {
+                        return finish(
+                            PullState::Failed,
+                            None,
+                            Some("puller shut down".into()),
+                            attempt - 1,
+                            false,
+                        );
+                    }
+                },
+            };
+            self.board
+                .set(status(&order.image, PullState::Pulling, None, None, None));
+            tracing::debug!(image = %order.image, attempt, "pulling");
+            match self.cri.pull_image(&order.image, order.auth.clone()).await {
+                Ok(_) => {
+                    let bytes = match self.cri.image_status(&order.image).await {
+                        Ok(Some(img)) => Some(img.size),
+                        _ => None,
+                    };
+                    return finish(PullState::Present, bytes, None, attempt, false);
+                }
+                Err(e) => {
+                    drop(slot);
+                    let retry = e.is_retryable() && attempt < self.opts.max_attempts;
+                    if !retry {
+                        tracing::warn!(image = %order.image, attempt, error = %e, "pull failed");
+                        return finish(
+                            PullState::Failed,
+                            None,
+                            Some(message(&e, attempt)),
+                            attempt,
+                            false,
+                        );
+                    }
+                    let wait = self.backoff(attempt);
+                    tracing::info!(image = %order.image, attempt, error = %e, wait_ms = wait.as_millis() as u64, "pull failed, retrying");
+                    self.board.set(status(
+                        &order.image,
+                        PullState::Pending,
+                        None,
+                        None,
+                        Some(e.to_string()),
+                    ));
+                    tokio::time::sleep(wait).await;
+                    if self.expired(&order) {
+                        return finish(
+                            PullState::Failed,
+                            None,
+                            Some(format!("deadline passed while retrying: {e}")),
+                            attempt,
+                            false,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn expired(&self, order: &Order) -> bool {
+        order.deadline.is_some_and(|d| self.clock.now() > d)
+    }
+
+    /// Exponential backoff, jittered uniformly over its upper half, so that
+    /// many nodes failing together do not retry together.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .opts
+            .backoff_base
+            .saturating_mul(1u32 << (attempt - 1).min(16))
+            .min(self.opts.backoff_max);
+        let ms = exp.as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+    }
+}
+
+fn message(e: &cri::Error, attempts: u32) -> String {
+    if attempts > 1 {
+        format!("{e} (after {attempts} attempts)")
+    } else {
+        e.to_string()
+    }
+}
+
+fn status(
+    image: &str,
+    state: PullState,
+    bytes: Option<u64>,
+    seconds: Option<f64>,
+    message: Option<String>,
+) -> ImageStatus {
+    ImageStatus {
+        image: image.to_string(),
+        state,
+        bytes,
+        seconds,
+        message,
+    }
+}
+
+/// Sorts by priority, highest first, keeping the first order of each image
+/// (with the highest priority any duplicate had).
+pub fn prioritise(orders: Vec<Order>) -> Vec<Order> {
+    let mut best: BTreeMap<String, Order> = BTreeMap::new();
+    let mut first_seen: Vec<String> = Vec::new();
+    for o in orders {
+        match best.get_mut(&o.image) {
+            Some(b) => {
+                b.priority = b.priority.max(o.priority);
+                b.critical |= o.critical;
+            }
+            None => {
+                first_seen.push(o.image.clone());
+                best.insert(o.image.clone(), o);
+            }
+        }
+    }
+    let mut out: Vec<Order> = first_seen
+        .into_iter()
+        .filter_map(|i| best.remove(&i))
+        .collect();
+    out.sort_by(|a, b| b.priority.cmp(&a.priority));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SimClock;
+    use crate::dispatch::cri::Image;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An in-memory runtime: pulls take `delay`, some images fail a number
+    /// of times first, some are missing for good.
+    #[derive(Default)]
+    struct FakeRuntime {
+        present: Mutex<HashSet<String>>,
+        transient_failures: Mutex<HashMap<String, u32>>,
+        missing: HashSet<String>,
+        delay: Duration,
+        started: Mutex<Vec<String>>,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+    }
+
+    impl ImageService for FakeRuntime {
+        async fn pull_image(&self, image: &str, _auth: Option<AuthConfig>) -> cri::Result<String> {
+            self.started.lock().unwrap().push(image.to_string());
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            if self.missing.contains(image) {
+                return Err(cri::Error::NotFound {
+                    image: image.into(),
+                    message: "not found".into(),
+                });
+            }
+            if let Some(n) = self.transient_failures.lock().unwrap().get_mut(image) {
+                if *n > 0 {
+                    *n -= 1;
+                    return Err(cri::Error::RegistryUnreachable {
+                        image: image.into(),
+                        message: "connection refused".into(),
+                    });
+                }
+            }
+            self.present.lock().unwrap().insert(image.to_string());
+            Ok(format!("sha256:{image}"))
+        }
+
+        async fn image_status(&self, image: &str) -> cri::Result<Option<Image>> {
+            Ok(self.present.lock().unwrap().contains(image).then(|| Image {
+                id: image.into(),
+                size: 42,
+                ..Default::default()
+            }))
+        }
+    }
+
+    fn opts(parallel: usize) -> Options {
+        Options {
+            parallel,
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(20),
+        }
+    }
+
+    fn order(image: &str, priority: u32) -> Order {
+        Order {
+            image: image.into(),
+            priority,
+            ..Order::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn highest_priority_starts_first_and_parallelism_is_bounded() {
+        let rt = Arc::new(FakeRuntime {
+            delay: Duration::from_millis(20),
+            ..Default::default()
+        });
+        let p = Puller::new(rt.clone(), Arc::new(SimClock::new(0.0)), opts(2));
+        let orders = (0..8).map(|i| order(&format!("img{i}"), i)).collect();
+        let out = p.run(orders).await;
+        assert_eq!(out.len(), 8);
+        assert!(
+            out.iter()
+                .all(|o| o.state == PullState::Present && o.bytes == Some(42))
+        );
+        let started = rt.started.lock().unwrap().clone();
+        assert_eq!(
+            &started[..2].iter().collect::<HashSet<_>>(),
+            &["img7", "img6"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<HashSet<_>>()
+                .iter()
+                .collect()
+        );
+        assert_eq!(started.last().map(String::as_str), Some("img0"));
+        assert_eq!(rt.max_running.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn present_images_are_not_pulled_and_duplicates_pull_once() {
+        let rt = Arc::new(FakeRuntime::default());
+        rt.present.lock().unwrap().insert("have".into());
+        let p = Puller::new(rt.clone(), Arc::new(SimClock::new(0.0)), opts(4));
+        let out = p
+            .run(vec![order("have", 1), order("new", 1), order("new", 5)])
+            .await;
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0].image, "new",
+            "the duplicate's higher priority counts"
+        );
+        assert!(
+            out.iter()
+                .find(|o| o.image == "have")
+                .unwrap()
+                .already_present
+        );
+        assert_eq!(*rt.started.lock().unwrap(), vec!["new".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_retry_and_permanent_ones_fail_once() {
+        let rt = Arc::new(FakeRuntime {
+            missing: ["gone".to_string()].into(),
+            ..Default::default()
+        });
+        rt.transient_failures
+            .lock()
+            .unwrap()
+            .insert("flaky".into(), 2);
+        rt.transient_failures
+            .lock()
+            .unwrap()
+            .insert("down".into(), 99);
+        let p = Puller::new(rt.clone(), Arc::new(SimClock::new(0.0)), opts(4));
+        let out = p
+            .run(vec![order("flaky", 1), order("gone", 1), order("down", 1)])
+            .await;
+        let by: HashMap<_, _> = out.iter().map(|o| (o.image.as_str(), o)).collect();
+        assert_eq!(
+            (by["flaky"].state, by["flaky"].attempts),
+            (PullState::Present, 3)
+        );
+        assert_eq!(
+            (by["gone"].state, by["gone"].attempts),
+            (PullState::Failed, 1)
+        );
+        assert!(by["gone"].error.as_deref().unwrap().contains("not found"));
+        assert_eq!(
+            (by["down"].state, by["down"].attempts),
+            (PullState::Failed, 3)
+        );
+        assert!(
+            by["down"]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("after 3 attempts"),
+            "{:?}",
+            by["down"].error
+        );
+        let board = p.board();
+        assert_eq!(board.get("flaky").unwrap().state, PullState::Present);
+        assert_eq!(board.get("down").unwrap().state, PullState::Failed);
+    }
+
+    #[tokio::test]
+    async fn expired_orders_are_dropped_without_a_pull() {
+        let rt = Arc::new(FakeRuntime::default());
+        let clock = Arc::new(SimClock::new(100.0));
+        let p = Puller::new(rt.clone(), clock, opts(4));
+        let out = p
+            .run(vec![
+                Order {
+                    deadline: Some(99.0),
+                    ..order("late", 1)
+                },
+                Order {
+                    deadline: Some(101.0),
+                    ..order("ok", 1)
+                },
+            ])
+            .await;
+        assert_eq!(
+            out.iter().find(|o| o.image == "late").unwrap().state,
+            PullState::Failed
+        );
+        assert_eq!(
+            out.iter().find(|o| o.image == "ok").unwrap().state,
+            PullState::Present
+        );
+        assert_eq!(*rt.started.lock().unwrap(), vec!["ok".to_string()]);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let p = Puller::new(
+            Arc::new(FakeRuntime::default()),
+            Arc::new(SimClock::new(0.0)),
+            Options {
+                backoff_base: Duration::from_millis(100),
+                backoff_max: Duration::from_millis(1000),
+                ..opts(1)
+            },
+        );
+        for _ in 0..50 {
+            let b1 = p.backoff(1).as_millis();
+            assert!((50..=100).contains(&b1), "{b1}");
+            let b3 = p.backoff(3).as_millis();
+            assert!((200..=400).contains(&b3), "{b3}");
+            let b9 = p.backoff(9).as_millis();
+            assert!((500..=1000).contains(&b9), "{b9}");
+        }
+    }
+}
