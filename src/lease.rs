@@ -36,7 +36,7 @@ pub enum Error {
         /// The Lease name.
         name: String,
         /// The client error.
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The clock gave a time that is not a valid timestamp.
     #[error("clock time {0} is out of range")]
@@ -110,7 +110,7 @@ impl Elector {
             op,
             namespace: self.cfg.namespace.clone(),
             name: self.cfg.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 

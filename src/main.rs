@@ -15,7 +15,7 @@ struct Cli {
 enum Command {
     /// Run the controller: watch the cluster, plan, and write NodePrefetch
     /// objects (leader only).
-    Run(pullahead::config::RunArgs),
+    Run(Box<pullahead::config::RunArgs>),
     /// Print the NodePrefetch CustomResourceDefinition as YAML.
     Crdgen,
 }
@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Run(args) => runtime.block_on(pullahead::run::main(args))?,
+        Command::Run(args) => runtime.block_on(pullahead::run::main(*args))?,
         Command::Crdgen => print!("{}", pullahead::dispatch::crd::crd_yaml()?),
     }
     Ok(())

@@ -293,13 +293,12 @@ pub async fn run_with(
     // The loop ended (signal or end of input): stop the rest and give the
     // Lease back so a standby takes over at once.
     let _ = stop_tx.send(true);
-    if let Some(election) = election {
-        if tokio::time::timeout(Duration::from_secs(5), election)
+    if let Some(election) = election
+        && tokio::time::timeout(Duration::from_secs(5), election)
             .await
             .is_err()
-        {
-            tracing::warn!("releasing the Lease took over 5 s; leaving it to expire");
-        }
+    {
+        tracing::warn!("releasing the Lease took over 5 s; leaving it to expire");
     }
     match server.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics server"),

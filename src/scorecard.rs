@@ -67,10 +67,8 @@ impl Scorecard {
     /// Takes one event.
     pub fn observe(&mut self, event: &Event) {
         match &event.body {
-            Body::Image(i) => {
-                if self.sizes.len() < MAX_SIZES || self.sizes.contains_key(&i.image) {
-                    self.sizes.insert(i.image.clone(), i.bytes);
-                }
+            Body::Image(i) if self.sizes.len() < MAX_SIZES || self.sizes.contains_key(&i.image) => {
+                self.sizes.insert(i.image.clone(), i.bytes);
             }
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
                 if let Some(n) = p.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
