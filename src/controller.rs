@@ -285,6 +285,11 @@ impl Controller {
         }
         self.scorecard.observe(event);
         self.track(event, arrived, kind);
+        let seen = self.clock().now();
+        self.metrics
+            .watch_last_event
+            .with_label_values(&[source_kind(&event.body)])
+            .set(seen);
 
         let started = Instant::now();
         let mut orders = std::mem::take(&mut self.orders);
@@ -549,9 +554,82 @@ async fn write(
     }
 }
 
+/// The Kubernetes kind an event comes from, for
+/// `pullahead_watch_last_event_timestamp_seconds{kind}`.
+fn source_kind(body: &Body) -> &'static str {
+    match body {
+        Body::Image(_) => "Image",
+        Body::Workload(_) => "Workload",
+        Body::Hpa(_) => "HorizontalPodAutoscaler",
+        Body::ScaleUp(_) | Body::Pull(_) => "Event",
+        Body::NodeClaim(_) => "NodeClaim",
+        Body::Node(_) => "Node",
+        Body::Pod(_) => "Pod",
+    }
+}
+
+/// Offers `event` to the controller's queue without waiting: a live source
+/// must not stall behind a slow planner, so when the queue is full the event
+/// is dropped and counted in `pullahead_events_dropped_total{reason="queue-full"}`.
+/// Returns whether it was queued.
+pub fn offer(queue: &mpsc::Sender<Event>, event: Event, metrics: &Metrics) -> bool {
+    match queue.try_send(event) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics
+                .events_dropped
+                .with_label_values(&["queue-full"])
+                .inc();
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            metrics
+                .events_dropped
+                .with_label_values(&["shutdown"])
+                .inc();
+            false
+        }
+    }
+}
+
 /// Seconds since the epoch as a Kubernetes time (whole seconds).
 fn time(t: f64) -> Option<Time> {
     k8s_openapi::jiff::Timestamp::from_second(t.floor() as i64)
         .ok()
         .map(Time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Node, NodePhase};
+
+    fn node_event() -> Event {
+        Event::new(
+            1.0,
+            Node {
+                node: "n".into(),
+                phase: NodePhase::Ready,
+                pool: None,
+                labels: Default::default(),
+                taints: None,
+                images: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let m = Metrics::new().unwrap();
+        let (tx, mut rx) = mpsc::channel(2);
+        assert!(offer(&tx, node_event(), &m));
+        assert!(offer(&tx, node_event(), &m));
+        assert!(!offer(&tx, node_event(), &m));
+        assert_eq!(m.events_dropped.with_label_values(&["queue-full"]).get(), 1);
+        assert!(rx.try_recv().is_ok());
+        assert!(offer(&tx, node_event(), &m), "room again after a receive");
+        drop(rx);
+        assert!(!offer(&tx, node_event(), &m));
+        assert_eq!(m.events_dropped.with_label_values(&["shutdown"]).get(), 1);
+    }
 }

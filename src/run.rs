@@ -217,13 +217,14 @@ pub async fn run_with(
     }
 
     // The event source.
+    let source_error: Arc<std::sync::Mutex<Option<crate::event::Error>>> = Arc::default();
     let (time, events, _keep_open) = match (events, &cfg.events) {
         (Some(rx), _) => (TimeSource::Live(clock.clone()), rx, None),
         (None, Some(path)) => {
             let reader = EventReader::open(path)?;
             let (tx, rx) = mpsc::channel(cfg.queue_capacity);
             let dropped = metrics.clone();
-            let synced = health.clone();
+            let failed = source_error.clone();
             // A plain thread, not spawn_blocking: a read blocked on stdin
             // must not keep the runtime (and the process) from exiting.
             let spawned = std::thread::Builder::new()
@@ -239,21 +240,31 @@ pub async fn run_with(
                                 }
                             }
                             Err(e) => {
-                                tracing::error!(error = %e, "event file");
+                                // Stop here: the loop ends, and run fails
+                                // with this error (it names file and line).
                                 dropped
                                     .events_dropped
                                     .with_label_values(&["malformed"])
                                     .inc();
+                                if let Ok(mut slot) = failed.lock() {
+                                    *slot = Some(e);
+                                }
                                 return;
                             }
                         }
                     }
-                    synced.set_synced();
                 });
             if let Err(e) = spawned {
                 return Err(Error::Thread(e));
             }
-            (TimeSource::EventTime, rx, None)
+            // A dry run over a recording plans in the recording's time;
+            // anything written to a live cluster needs live deadlines.
+            let time = if cfg.dry_run {
+                TimeSource::EventTime
+            } else {
+                TimeSource::Live(clock.clone())
+            };
+            (time, rx, None)
         }
         (None, None) => {
             // The cluster watchers feed this channel; they are wired in at
@@ -261,13 +272,12 @@ pub async fn run_with(
             // the sender is kept so the loop waits instead of ending.
             tracing::warn!("no event source configured in this build: watchers are not wired yet");
             let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-            health.set_synced();
             (TimeSource::Live(clock.clone()), rx, Some(tx))
         }
     };
-    if cfg.events.is_none() {
-        health.set_synced();
-    }
+    // A file or an injected bus has nothing to sync first. The cluster
+    // watchers will set this after their first InitDone instead.
+    health.set_synced();
 
     let decisions = cfg
         .decisions
@@ -305,5 +315,9 @@ pub async fn run_with(
         Err(e) => tracing::warn!(error = %e, "metrics server task"),
         Ok(Ok(())) => {}
     }
-    Ok(result?)
+    let summary = result?;
+    if let Some(e) = source_error.lock().ok().and_then(|mut e| e.take()) {
+        return Err(Error::Events(e));
+    }
+    Ok(summary)
 }

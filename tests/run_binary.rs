@@ -215,3 +215,62 @@ fn help_documents_every_flag() {
         );
     }
 }
+
+#[test]
+fn dry_run_over_a_recording_needs_no_cluster_and_stops_at_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let good = [
+        r#"{"type":"trace","version":1,"ts":1000,"source":"test"}"#,
+        r#"{"type":"node_claim","ts":1000,"node_claim":"c1","pool":"default","phase":"created","labels":{}}"#,
+        r#"{"type":"pod","ts":1001.5,"pod":"a/web-1","images":["r/web:1","r/side:2"],"phase":"nominated","node_claim":"c1"}"#,
+        r#"{"type":"node_claim","ts":1040,"node_claim":"c1","pool":"default","phase":"registered","labels":{},"node":"n1"}"#,
+    ];
+    std::fs::write(&events, good.join("\n") + "\n").unwrap();
+    let decisions = dir.path().join("d.jsonl");
+    let home = tempfile::tempdir().unwrap();
+    let run = |events: &std::path::Path| {
+        Command::new(BIN)
+            .args([
+                "run",
+                "--dry-run",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--events",
+            ])
+            .arg(events)
+            .arg("--decisions")
+            .arg(&decisions)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&events);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&decisions)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // Decisions from a recording carry the recording's time.
+    assert_eq!(lines[0]["ts"], 1001.5);
+    assert_eq!(lines[0]["node"], "nodeclaim/c1");
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!("{}\n{}\n{{\"type\":\"pod\",\"ts\":\n", good[0], good[1]),
+    )
+    .unwrap();
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3", bad.display())), "{err}");
+}
