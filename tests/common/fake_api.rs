@@ -261,6 +261,33 @@ impl FakeApi {
                 leases.insert(name.to_string(), l.clone());
                 (200, l)
             }
+            ("GET", ["api", "v1", "nodes"]) if query.contains("watch=true") => {
+                // A finite watch: one ADDED per node, then the stream ends
+                // (clients re-watch from the last resourceVersion).
+                let nodes = self.nodes.lock().unwrap();
+                let mut names: Vec<&String> = nodes.keys().collect();
+                names.sort();
+                let lines: Vec<Value> = names
+                    .into_iter()
+                    .map(|n| json!({"type": "ADDED", "object": nodes[n]}))
+                    .collect();
+                (200, Value::Array(lines))
+            }
+            ("GET", ["api", "v1", "nodes"]) => {
+                let nodes = self.nodes.lock().unwrap();
+                let mut items: Vec<Value> = nodes.values().cloned().collect();
+                items.sort_by_key(|n| {
+                    n["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                });
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "NodeList",
+                           "metadata": {"resourceVersion": "1042"}, "items": items}),
+                )
+            }
             ("GET", ["api", "v1", "nodes", name]) => match self.nodes.lock().unwrap().get(*name) {
                 Some(n) => (200, n.clone()),
                 None => status(404, "NotFound", &format!("nodes \"{name}\" not found")),
@@ -310,7 +337,7 @@ impl FakeApi {
                         Response::builder()
                             .status(code)
                             .header("content-type", "application/json")
-                            .body(Body::from(serde_json::to_vec(&json).unwrap()))
+                            .body(Body::from(wire(&json)))
                             .unwrap(),
                     );
                 });
@@ -354,9 +381,7 @@ impl FakeApi {
                                 Response::builder()
                                     .status(code)
                                     .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(
-                                        serde_json::to_vec(&json).unwrap(),
-                                    )))
+                                    .body(Full::new(Bytes::from(wire(&json))))
                                     .unwrap(),
                             )
                         }
@@ -368,6 +393,18 @@ impl FakeApi {
             }
         });
         addr
+    }
+}
+
+/// The response body: arrays are watch streams, one JSON event a line.
+fn wire(json: &Value) -> Vec<u8> {
+    match json {
+        Value::Array(events) => events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap() + "\n")
+            .collect::<String>()
+            .into_bytes(),
+        other => serde_json::to_vec(other).unwrap(),
     }
 }
 
