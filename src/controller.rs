@@ -12,7 +12,8 @@
 //! moment it becomes leader; only the leader writes. Orders aimed at a
 //! NodeClaim wait until the claim's node is known.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,6 +139,10 @@ pub struct Controller {
     /// Dirty nodes in the order they became dirty, for fairness.
     queue: VecDeque<String>,
     writing: HashSet<String>,
+    /// Nodes whose last write failed: when to try again, soonest first.
+    retries: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Consecutive failures per node, for the backoff.
+    failures: HashMap<String, u32>,
     orders: Vec<PullOrder>,
     summary: Summary,
 }
@@ -169,6 +174,8 @@ impl Controller {
             dirty: HashMap::new(),
             queue: VecDeque::new(),
             writing: HashSet::new(),
+            retries: BinaryHeap::new(),
+            failures: HashMap::new(),
             orders: Vec::new(),
             summary: Summary::default(),
         }
@@ -202,6 +209,7 @@ impl Controller {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => break,
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => self.finish(done),
+                _ = sleep_until_first(&self.retries), if !self.retries.is_empty() => self.requeue_due(),
                 changed = leader.changed(), if leader_open => {
                     if changed.is_err() {
                         // The election stopped (shutdown); keep the last role.
@@ -472,6 +480,29 @@ impl Controller {
         }
     }
 
+    /// Moves nodes whose retry time has come back into the write queue.
+    fn requeue_due(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.retries.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, node))) = self.retries.pop() else {
+                break;
+            };
+            if self.plans.contains_key(&node) && !self.dirty.contains_key(&node) {
+                self.dirty.insert(
+                    node.clone(),
+                    Dirty {
+                        since: now,
+                        kind: "retry",
+                    },
+                );
+                self.queue.push_back(node);
+            }
+        }
+    }
+
     fn finish(&mut self, done: std::result::Result<WriteResult, tokio::task::JoinError>) {
         let Ok((node, uid, result)) = done else {
             self.summary.write_errors += 1;
@@ -480,6 +511,7 @@ impl Controller {
         self.writing.remove(&node);
         match result {
             Ok(()) => {
+                self.failures.remove(&node);
                 self.summary.writes += 1;
                 self.metrics
                     .nodeprefetch_writes
@@ -505,17 +537,12 @@ impl Controller {
                     .nodeprefetch_writes
                     .with_label_values(&["error"])
                     .inc();
-                // Retry on the next pass; the plan is still what we want.
-                if !self.dirty.contains_key(&node) && self.plans.contains_key(&node) {
-                    self.dirty.insert(
-                        node.clone(),
-                        Dirty {
-                            since: Instant::now(),
-                            kind: "retry",
-                        },
-                    );
-                    self.queue.push_back(node);
-                }
+                // Retry with backoff (1 s doubling to 30 s), so a refusing
+                // API server is not hammered; the plan is still what we want.
+                let n = self.failures.entry(node.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                let delay = Duration::from_secs(1u64 << (*n - 1).min(5)).min(RETRY_MAX);
+                self.retries.push(Reverse((Instant::now() + delay, node)));
             }
         }
     }
@@ -551,6 +578,16 @@ async fn write(
     match api.patch(node, &params, &Patch::Apply(&object)).await {
         Ok(_) => (Some(uid), Ok(())),
         Err(e) => (Some(uid), Err(e.into())),
+    }
+}
+
+/// Longest wait before retrying a failed write.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Sleeps until the earliest pending retry.
+async fn sleep_until_first(retries: &BinaryHeap<Reverse<(Instant, String)>>) {
+    if let Some(Reverse((at, _))) = retries.peek() {
+        tokio::time::sleep_until((*at).into()).await;
     }
 }
 

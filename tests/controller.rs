@@ -410,3 +410,49 @@ async fn a_plan_for_a_vanished_node_is_dropped_without_writing() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_write_is_retried_with_backoff() {
+    let api = FakeApi::new();
+    api.add_node(
+        "ip-10-0-12-34.ec2.internal",
+        "9b2f6c1e-58d3-4b8a-a1f0-3c5e7d9f1a2b",
+    );
+    *api.fail_writes.lock().unwrap() = 2;
+    let run = start(&api, config(false, None));
+    wait_until("the Lease", Duration::from_secs(5), || {
+        api.lease_holder(LEASE).is_some()
+    })
+    .await;
+    for e in scale_up_events() {
+        run.events.send(e).await.unwrap();
+    }
+    wait_until("the third attempt", Duration::from_secs(10), || {
+        run.metrics
+            .nodeprefetch_writes
+            .with_label_values(&["ok"])
+            .get()
+            == 1
+    })
+    .await;
+    assert_eq!(
+        run.metrics
+            .nodeprefetch_writes
+            .with_label_values(&["error"])
+            .get(),
+        2
+    );
+    let attempts = api.prefetch_writes();
+    assert_eq!(attempts.len(), 3);
+    // 1 s, then 2 s between attempts: not a tight loop.
+    let gap1 = attempts[1].at - attempts[0].at;
+    let gap2 = attempts[2].at - attempts[1].at;
+    assert!(gap1 >= Duration::from_millis(900), "{gap1:?}");
+    assert!(gap2 >= Duration::from_millis(1900), "{gap2:?}");
+    assert_eq!(images_of(&attempts[2]).len(), 3);
+    run.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run.task)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -36,6 +36,8 @@ pub struct FakeApi {
     pub requests: Mutex<Vec<String>>,
     /// Delay applied to NodePrefetch writes, to keep them in flight.
     pub write_delay: Mutex<Duration>,
+    /// NodePrefetch writes to refuse with a 500 before accepting.
+    pub fail_writes: Mutex<u32>,
     /// Completed NodePrefetch writes (set after the delay).
     pub writes_done: Mutex<u64>,
     rv: Mutex<u64>,
@@ -293,6 +295,13 @@ impl FakeApi {
                 None => status(404, "NotFound", &format!("nodes \"{name}\" not found")),
             },
             ("PATCH", ["apis", "pullahead.io", "v1alpha1", "nodeprefetches", name]) => {
+                {
+                    let mut fail = self.fail_writes.lock().unwrap();
+                    if *fail > 0 {
+                        *fail -= 1;
+                        return status(500, "InternalError", "etcdserver: request timed out");
+                    }
+                }
                 let delay = *self.write_delay.lock().unwrap();
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
