@@ -7,15 +7,23 @@
 
 pub mod bus;
 pub mod clock;
+pub mod config;
+pub mod controller;
+pub mod decisions;
 pub mod dispatch;
 pub mod event;
 pub mod forecast;
 pub mod import;
+pub mod lease;
+pub mod metrics;
+pub mod nominated;
 pub mod normalize;
 pub mod policy;
 pub mod record;
 pub mod registry;
 pub mod replay;
+pub mod run;
 pub mod scenario;
+pub mod scorecard;
 pub mod state;
 pub mod watch;

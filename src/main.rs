@@ -32,6 +32,9 @@ enum Command {
     Agent(pullahead::dispatch::agent::Args),
     /// Pull images through the node's CRI socket now and report each.
     Pull(pullahead::dispatch::pull::Args),
+    /// Run the controller: watch the cluster, plan, and write NodePrefetch
+    /// objects (leader only).
+    Run(Box<pullahead::config::RunArgs>),
     /// Print the NodePrefetch CustomResourceDefinition as YAML.
     Crdgen,
     /// Record a live cluster's events to a JSONL file and/or a Kafka topic.
@@ -80,6 +83,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(args) => {
             tokio::runtime::Runtime::new()?
                 .block_on(pullahead::dispatch::pull::run(args, &mut std::io::stdout()))?;
+            Ok(())
+        }
+        Command::Run(args) => {
+            tokio::runtime::Runtime::new()?.block_on(pullahead::run::main(*args))?;
             Ok(())
         }
         Command::Crdgen => {

@@ -1,0 +1,672 @@
+//! The core loop of `pullahead run`: events in, the planner, and the
+//! resulting per-node plans out as `NodePrefetch` objects.
+//!
+//! One task owns all state, so there are no locks on the hot path. The loop
+//! takes an event, lets the planner turn it into [`PullOrder`]s, folds those
+//! into the plan of the node they target, and marks that node dirty. Dirty
+//! nodes are written with server-side apply, one object per node, at most
+//! `write_concurrency` at a time and at most one per node at a time, so a
+//! burst of events about one node becomes one write of its latest plan.
+//!
+//! Every replica folds every event, so a standby has the full plan the
+//! moment it becomes leader; only the leader writes. Orders aimed at a
+//! NodeClaim wait until the claim's node is known.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node as KubeNode;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::clock::{Clock, SimClock};
+use crate::decisions::DecisionLog;
+use crate::dispatch::crd::{ImageOrder, NodePrefetch};
+use crate::event::{Body, ClaimPhase, Event, NodePhase};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PullOrder, Reason, Target};
+use crate::scorecard::Scorecard;
+
+/// What can go wrong in the loop itself (individual writes only count
+/// failures; they never stop the loop).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The decision file could not be written.
+    #[error(transparent)]
+    Decisions(#[from] crate::decisions::Error),
+}
+
+/// The result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The field manager name used for server-side apply.
+pub const FIELD_MANAGER: &str = "pullahead";
+
+/// Where the loop's time comes from.
+pub enum TimeSource {
+    /// A live clock (the wall clock in production).
+    Live(Arc<dyn Clock>),
+    /// Each event's own `ts`: for recorded event files, so decisions carry
+    /// the recording's times.
+    EventTime,
+}
+
+/// Tunables of the loop.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Write nothing; only record decisions.
+    pub dry_run: bool,
+    /// Images kept per node, highest priority first.
+    pub max_images_per_node: usize,
+    /// Concurrent writes.
+    pub write_concurrency: usize,
+    /// Seconds after the order by which a pull is useful.
+    pub deadline: f64,
+    /// Grace for in-flight writes after shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// One image wanted on a node.
+#[derive(Clone, Debug)]
+struct Wanted {
+    priority: u32,
+    reason: Reason,
+    ordered_at: f64,
+}
+
+/// The plan for one node.
+#[derive(Debug, Default)]
+struct NodePlan {
+    images: HashMap<String, Wanted>,
+    /// The Node's uid, for the ownerReference; looked up on first write.
+    uid: Option<String>,
+}
+
+/// A node waiting to be written, and the earliest event it is waiting on.
+#[derive(Clone, Copy, Debug)]
+struct Dirty {
+    since: Instant,
+    kind: &'static str,
+}
+
+/// What the loop did, returned when it stops.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events handled.
+    pub events: u64,
+    /// Orders the planner emitted.
+    pub orders: u64,
+    /// Writes completed successfully.
+    pub writes: u64,
+    /// Writes that failed.
+    pub write_errors: u64,
+    /// Writes abandoned at shutdown because the grace period ran out.
+    pub writes_abandoned: u64,
+}
+
+/// The result of one write task: the node, the uid learned, and the outcome.
+type WriteResult = (String, Option<String>, Result<(), WriteError>);
+
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("node is gone")]
+    NodeGone,
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
+/// The controller loop. Build it with [`Controller::new`], then [`Controller::run`].
+pub struct Controller {
+    opts: Options,
+    policy: Box<dyn Policy>,
+    time: TimeSource,
+    event_clock: SimClock,
+    metrics: Metrics,
+    client: Option<kube::Client>,
+    decisions: Option<DecisionLog>,
+    scorecard: Scorecard,
+    /// NodeClaim → its node once known.
+    claim_node: HashMap<String, String>,
+    /// NodeClaim → orders waiting for its node.
+    claim_pending: HashMap<String, Vec<PullOrder>>,
+    plans: HashMap<String, NodePlan>,
+    dirty: HashMap<String, Dirty>,
+    /// Dirty nodes in the order they became dirty, for fairness.
+    queue: VecDeque<String>,
+    writing: HashSet<String>,
+    /// Nodes whose last write failed: when to try again, soonest first.
+    retries: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Consecutive failures per node, for the backoff.
+    failures: HashMap<String, u32>,
+    orders: Vec<PullOrder>,
+    summary: Summary,
+}
+
+impl Controller {
+    /// A controller writing through `client` (`None`, or `opts.dry_run`,
+    /// writes nothing).
+    pub fn new(
+        opts: Options,
+        policy: Box<dyn Policy>,
+        time: TimeSource,
+        metrics: Metrics,
+        client: Option<kube::Client>,
+        decisions: Option<DecisionLog>,
+    ) -> Self {
+        let client = if opts.dry_run { None } else { client };
+        Self {
+            scorecard: Scorecard::new(metrics.clone()),
+            opts,
+            policy,
+            time,
+            event_clock: SimClock::new(0.0),
+            metrics,
+            client,
+            decisions,
+            claim_node: HashMap::new(),
+            claim_pending: HashMap::new(),
+            plans: HashMap::new(),
+            dirty: HashMap::new(),
+            queue: VecDeque::new(),
+            writing: HashSet::new(),
+            retries: BinaryHeap::new(),
+            failures: HashMap::new(),
+            orders: Vec::new(),
+            summary: Summary::default(),
+        }
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        match &self.time {
+            TimeSource::Live(c) => c.as_ref(),
+            TimeSource::EventTime => &self.event_clock,
+        }
+    }
+
+    /// Runs until `shutdown` is set or `events` closes. Plans only while
+    /// `leader` is true... and writes only then; see the module docs.
+    /// On shutdown, stops taking events and lets in-flight writes finish
+    /// within the grace period.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut leader: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Summary> {
+        let mut inflight: JoinSet<WriteResult> = JoinSet::new();
+        let mut leader_open = true;
+        let mut is_leader = *leader.borrow_and_update();
+        loop {
+            if is_leader {
+                self.start_writes(&mut inflight);
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => break,
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => self.finish(done),
+                _ = sleep_until_first(&self.retries), if !self.retries.is_empty() => self.requeue_due(),
+                changed = leader.changed(), if leader_open => {
+                    if changed.is_err() {
+                        // The election stopped (shutdown); keep the last role.
+                        leader_open = false;
+                        continue;
+                    }
+                    let now = *leader.borrow_and_update();
+                    if now && !is_leader {
+                        tracing::info!(nodes = self.plans.len(), "became leader; writing every plan");
+                        self.mark_all_dirty();
+                    }
+                    if !now && is_leader {
+                        tracing::info!("lost leadership; writes stop");
+                    }
+                    is_leader = now;
+                }
+                got = events.recv() => {
+                    let Some(first) = got else { break };
+                    let arrived = Instant::now();
+                    self.handle(&first, arrived)?;
+                    // Take what else is already queued before writing, so a
+                    // burst costs one write per node, without waiting.
+                    for _ in 0..1024 {
+                        match events.try_recv() {
+                            Ok(e) => self.handle(&e, arrived)?,
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(d) = self.decisions.as_mut() {
+                        d.flush()?;
+                    }
+                }
+            }
+        }
+        // The event source ended (a finite file): write what is planned.
+        if !*shutdown.borrow() && is_leader {
+            loop {
+                self.start_writes(&mut inflight);
+                if inflight.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    Some(done) = inflight.join_next() => self.finish(done),
+                }
+            }
+        }
+        self.drain(inflight).await;
+        if let Some(d) = self.decisions.as_mut() {
+            d.flush()?;
+        }
+        Ok(self.summary)
+    }
+
+    /// Lets in-flight writes finish within the grace period, then abandons
+    /// the rest. Dirty nodes not yet started are left: the next leader
+    /// writes every plan when it takes over.
+    async fn drain(&mut self, mut inflight: JoinSet<WriteResult>) {
+        let deadline = tokio::time::Instant::now() + self.opts.shutdown_timeout;
+        while !inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, inflight.join_next()).await {
+                Ok(Some(done)) => self.finish(done),
+                Ok(None) => break,
+                Err(_) => {
+                    let left = inflight.len() as u64;
+                    tracing::warn!(left, "shutdown grace period over; abandoning writes");
+                    self.summary.writes_abandoned += left;
+                    inflight.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, event: &Event, arrived: Instant) -> Result<()> {
+        self.summary.events += 1;
+        let kind = event.body.type_name();
+        self.metrics.events.with_label_values(&[kind]).inc();
+        if matches!(self.time, TimeSource::EventTime) {
+            self.event_clock.set(event.ts);
+        }
+        self.scorecard.observe(event);
+        self.track(event, arrived, kind);
+        let seen = self.clock().now();
+        self.metrics
+            .watch_last_event
+            .with_label_values(&[source_kind(&event.body)])
+            .set(seen);
+
+        let started = Instant::now();
+        let mut orders = std::mem::take(&mut self.orders);
+        let clock: &dyn Clock = match &self.time {
+            TimeSource::Live(c) => c.as_ref(),
+            TimeSource::EventTime => &self.event_clock,
+        };
+        self.policy.on_event(event, clock, &mut orders);
+        self.metrics
+            .planner_decision
+            .observe(started.elapsed().as_secs_f64());
+
+        let now = self.clock().now();
+        for order in orders.drain(..) {
+            self.summary.orders += 1;
+            self.metrics
+                .pull_orders
+                .with_label_values(&[order.reason.as_str()])
+                .inc();
+            if let Some(d) = self.decisions.as_mut() {
+                d.record(now, self.policy.name(), &order)?;
+            }
+            self.place(order, now, arrived, kind);
+        }
+        self.orders = orders;
+        Ok(())
+    }
+
+    /// Keeps the NodeClaim → node map and forgets what left.
+    fn track(&mut self, event: &Event, arrived: Instant, kind: &'static str) {
+        match &event.body {
+            Body::NodeClaim(c) if c.phase == ClaimPhase::Deleted => {
+                self.claim_node.remove(&c.node_claim);
+                self.claim_pending.remove(&c.node_claim);
+            }
+            Body::NodeClaim(c) => {
+                if let Some(node) = &c.node {
+                    self.claim_node.insert(c.node_claim.clone(), node.clone());
+                    let now = self.clock().now();
+                    for order in self.claim_pending.remove(&c.node_claim).unwrap_or_default() {
+                        self.place(order, now, arrived, kind);
+                    }
+                }
+            }
+            Body::Node(n) if n.phase == NodePhase::Deleted => {
+                self.plans.remove(&n.node);
+                self.dirty.remove(&n.node);
+                self.claim_node.retain(|_, node| node != &n.node);
+            }
+            _ => {}
+        }
+    }
+
+    /// Folds one order into its node's plan, or parks it on its NodeClaim.
+    fn place(&mut self, order: PullOrder, now: f64, arrived: Instant, kind: &'static str) {
+        let node = match &order.target {
+            Target::Node(n) => n.clone(),
+            Target::NodeClaim(c) => match self.claim_node.get(c) {
+                Some(n) => n.clone(),
+                None => {
+                    let pending = self.claim_pending.entry(c.clone()).or_default();
+                    if pending.len() < self.opts.max_images_per_node {
+                        pending.push(order);
+                    } else {
+                        self.metrics
+                            .events_dropped
+                            .with_label_values(&["claim-orders-full"])
+                            .inc();
+                    }
+                    return;
+                }
+            },
+        };
+        self.scorecard.ordered(&node, &order);
+        let plan = self.plans.entry(node.clone()).or_default();
+        let changed = match plan.images.get_mut(&order.image) {
+            Some(w) if w.priority >= order.priority => false,
+            Some(w) => {
+                w.priority = order.priority;
+                w.reason = order.reason;
+                true
+            }
+            None => {
+                plan.images.insert(
+                    order.image,
+                    Wanted {
+                        priority: order.priority,
+                        reason: order.reason,
+                        ordered_at: now,
+                    },
+                );
+                true
+            }
+        };
+        if changed && self.client.is_some() && !self.dirty.contains_key(&node) {
+            self.dirty.insert(
+                node.clone(),
+                Dirty {
+                    since: arrived,
+                    kind,
+                },
+            );
+            self.queue.push_back(node);
+        }
+    }
+
+    /// On becoming leader: every plan is (re)written, and latency is counted
+    /// from now, not from when a follower first saw the event.
+    fn mark_all_dirty(&mut self) {
+        if self.client.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let nodes: Vec<String> = self.plans.keys().cloned().collect();
+        for node in nodes {
+            let fresh = Dirty {
+                since: now,
+                kind: "leader",
+            };
+            if self.dirty.insert(node.clone(), fresh).is_none() {
+                self.queue.push_back(node);
+            }
+        }
+    }
+
+    /// The image list of `node`'s plan, highest priority first, capped.
+    fn images(&self, plan: &NodePlan) -> Vec<ImageOrder> {
+        let mut images: Vec<(&String, &Wanted)> = plan.images.iter().collect();
+        images.sort_by(|a, b| b.1.priority.cmp(&a.1.priority).then_with(|| a.0.cmp(b.0)));
+        images.truncate(self.opts.max_images_per_node);
+        images
+            .into_iter()
+            .map(|(image, w)| ImageOrder {
+                image: image.clone(),
+                priority: w.priority,
+                reason: w.reason.as_str().to_string(),
+                deadline: time(w.ordered_at + self.opts.deadline),
+                // What a pod is already waiting for (or certainly will be):
+                // a startup taint waits for these and nothing else.
+                critical: matches!(
+                    w.reason,
+                    Reason::Nominated | Reason::ScaleUp | Reason::Daemonset
+                ),
+            })
+            .collect()
+    }
+
+    fn start_writes(&mut self, inflight: &mut JoinSet<WriteResult>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let mut skipped = Vec::new();
+        while inflight.len() < self.opts.write_concurrency {
+            let Some(node) = self.queue.pop_front() else {
+                break;
+            };
+            if self.writing.contains(&node) {
+                // One write per node at a time; this one goes after.
+                skipped.push(node);
+                continue;
+            }
+            let Some(dirty) = self.dirty.remove(&node) else {
+                continue;
+            };
+            let Some(plan) = self.plans.get(&node) else {
+                continue;
+            };
+            let uid = plan.uid.clone();
+            let images = self.images(plan);
+            self.writing.insert(node.clone());
+            let metrics = self.metrics.clone();
+            let client = client.clone();
+            inflight.spawn(async move {
+                let (uid, result) = write(client, &node, uid, images, dirty, &metrics).await;
+                (node, uid, result)
+            });
+        }
+        for node in skipped.into_iter().rev() {
+            self.queue.push_front(node);
+        }
+    }
+
+    /// Moves nodes whose retry time has come back into the write queue.
+    fn requeue_due(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.retries.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, node))) = self.retries.pop() else {
+                break;
+            };
+            if self.plans.contains_key(&node) && !self.dirty.contains_key(&node) {
+                self.dirty.insert(
+                    node.clone(),
+                    Dirty {
+                        since: now,
+                        kind: "retry",
+                    },
+                );
+                self.queue.push_back(node);
+            }
+        }
+    }
+
+    fn finish(&mut self, done: std::result::Result<WriteResult, tokio::task::JoinError>) {
+        let Ok((node, uid, result)) = done else {
+            self.summary.write_errors += 1;
+            return;
+        };
+        self.writing.remove(&node);
+        match result {
+            Ok(()) => {
+                self.failures.remove(&node);
+                self.summary.writes += 1;
+                self.metrics
+                    .nodeprefetch_writes
+                    .with_label_values(&["ok"])
+                    .inc();
+                if let Some(p) = self.plans.get_mut(&node) {
+                    p.uid = uid;
+                }
+            }
+            Err(WriteError::NodeGone) => {
+                tracing::debug!(%node, "node gone; dropping its plan");
+                self.metrics
+                    .nodeprefetch_writes
+                    .with_label_values(&["node-gone"])
+                    .inc();
+                self.plans.remove(&node);
+                self.dirty.remove(&node);
+            }
+            Err(WriteError::Api(e)) => {
+                tracing::warn!(%node, error = %e, "writing NodePrefetch failed; will retry");
+                self.summary.write_errors += 1;
+                self.metrics
+                    .nodeprefetch_writes
+                    .with_label_values(&["error"])
+                    .inc();
+                // Retry with backoff (1 s doubling to 30 s), so a refusing
+                // API server is not hammered; the plan is still what we want.
+                let n = self.failures.entry(node.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                let delay = Duration::from_secs(1u64 << (*n - 1).min(5)).min(RETRY_MAX);
+                self.retries.push(Reverse((Instant::now() + delay, node)));
+            }
+        }
+    }
+}
+
+/// Looks the Node's uid up if unknown, then applies the node's object.
+async fn write(
+    client: kube::Client,
+    node: &str,
+    uid: Option<String>,
+    images: Vec<ImageOrder>,
+    dirty: Dirty,
+    metrics: &Metrics,
+) -> (Option<String>, Result<(), WriteError>) {
+    let uid = match uid {
+        Some(u) => u,
+        None => match Api::<KubeNode>::all(client.clone()).get_opt(node).await {
+            Ok(Some(n)) => match n.metadata.uid {
+                Some(u) => u,
+                None => return (None, Err(WriteError::NodeGone)),
+            },
+            Ok(None) => return (None, Err(WriteError::NodeGone)),
+            Err(e) => return (None, Err(e.into())),
+        },
+    };
+    let object = NodePrefetch::for_node(node, &uid, images);
+    let api: Api<NodePrefetch> = Api::all(client);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    metrics
+        .dispatch_latency
+        .with_label_values(&[dirty.kind])
+        .observe(dirty.since.elapsed().as_secs_f64());
+    match api.patch(node, &params, &Patch::Apply(&object)).await {
+        Ok(_) => (Some(uid), Ok(())),
+        Err(e) => (Some(uid), Err(e.into())),
+    }
+}
+
+/// Longest wait before retrying a failed write.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Sleeps until the earliest pending retry.
+async fn sleep_until_first(retries: &BinaryHeap<Reverse<(Instant, String)>>) {
+    if let Some(Reverse((at, _))) = retries.peek() {
+        tokio::time::sleep_until((*at).into()).await;
+    }
+}
+
+/// The Kubernetes kind an event comes from, for
+/// `pullahead_watch_last_event_timestamp_seconds{kind}`.
+fn source_kind(body: &Body) -> &'static str {
+    match body {
+        Body::Image(_) => "Image",
+        Body::Workload(_) => "Workload",
+        Body::Hpa(_) => "HorizontalPodAutoscaler",
+        Body::ScaleUp(_) | Body::Pull(_) => "Event",
+        Body::NodeClaim(_) => "NodeClaim",
+        Body::Node(_) => "Node",
+        Body::Pod(_) => "Pod",
+    }
+}
+
+/// Offers `event` to the controller's queue without waiting: a live source
+/// must not stall behind a slow planner, so when the queue is full the event
+/// is dropped and counted in `pullahead_events_dropped_total{reason="queue-full"}`.
+/// Returns whether it was queued.
+pub fn offer(queue: &mpsc::Sender<Event>, event: Event, metrics: &Metrics) -> bool {
+    match queue.try_send(event) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics
+                .events_dropped
+                .with_label_values(&["queue-full"])
+                .inc();
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            metrics
+                .events_dropped
+                .with_label_values(&["shutdown"])
+                .inc();
+            false
+        }
+    }
+}
+
+/// Seconds since the epoch as a Kubernetes time (whole seconds).
+fn time(t: f64) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::from_second(t.floor() as i64)
+        .ok()
+        .map(Time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Node, NodePhase};
+
+    fn node_event() -> Event {
+        Event::new(
+            1.0,
+            Node {
+                node: "n".into(),
+                phase: NodePhase::Ready,
+                pool: None,
+                labels: Default::default(),
+                taints: None,
+                images: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let m = Metrics::new().unwrap();
+        let (tx, mut rx) = mpsc::channel(2);
+        assert!(offer(&tx, node_event(), &m));
+        assert!(offer(&tx, node_event(), &m));
+        assert!(!offer(&tx, node_event(), &m));
+        assert_eq!(m.events_dropped.with_label_values(&["queue-full"]).get(), 1);
+        assert!(rx.try_recv().is_ok());
+        assert!(offer(&tx, node_event(), &m), "room again after a receive");
+        drop(rx);
+        assert!(!offer(&tx, node_event(), &m));
+        assert_eq!(m.events_dropped.with_label_values(&["shutdown"]).get(), 1);
+    }
+}

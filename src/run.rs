@@ -1,0 +1,323 @@
+//! `pullahead run`: wires the event source, leader election, the metrics
+//! server and the [`controller`](crate::controller) loop, and stops them all
+//! on SIGTERM.
+//!
+//! Start-up fails fast with a message naming the cause when there is no
+//! cluster configuration or the API server does not answer, instead of
+//! retrying forever: a controller that never becomes ready is harder to
+//! diagnose than one that exits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, PolicyName, RunArgs};
+use crate::controller::{Controller, Options, Summary, TimeSource};
+use crate::decisions::DecisionLog;
+use crate::event::{Event, EventReader};
+use crate::lease::{Elector, LeaseConfig};
+use crate::metrics::{Health, LeaseStatus, Metrics, Server};
+use crate::nominated::NominatedPolicy;
+use crate::policy::{NonePolicy, PopularPolicy, StaticPolicy};
+
+/// What can stop `pullahead run`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// No kubeconfig or in-cluster configuration was found.
+    #[error(
+        "no Kubernetes cluster configured ({0}); set KUBECONFIG, run inside a pod, \
+         or use --dry-run --events FILE to plan from a recording without a cluster"
+    )]
+    NoCluster(kube::Error),
+    /// The API server did not answer at start.
+    #[error("cannot reach the Kubernetes API server at {url}: {cause}")]
+    Unreachable {
+        /// The server URL from the configuration.
+        url: String,
+        /// What went wrong (error or timeout).
+        cause: String,
+    },
+    /// The metrics server failed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::Error),
+    /// The event file could not be opened.
+    #[error(transparent)]
+    Events(#[from] crate::event::Error),
+    /// The controller loop failed.
+    #[error(transparent)]
+    Controller(#[from] crate::controller::Error),
+    /// The event reader thread could not be started.
+    #[error("starting the event reader thread: {0}")]
+    Thread(std::io::Error),
+    /// The decision file could not be opened.
+    #[error(transparent)]
+    Decisions(#[from] crate::decisions::Error),
+}
+
+/// The result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The planner named in the configuration.
+pub fn policy(name: PolicyName) -> Box<dyn crate::policy::Policy> {
+    match name {
+        PolicyName::Nominated => Box::new(NominatedPolicy::new()),
+        PolicyName::Popular => Box::new(PopularPolicy::new(10)),
+        PolicyName::Static => Box::new(StaticPolicy::from_workloads()),
+        PolicyName::None => Box::new(NonePolicy),
+    }
+}
+
+/// Connects to the cluster named by the environment (KUBECONFIG, then the
+/// in-cluster service account) and checks that it answers.
+pub async fn connect(timeout: Duration) -> Result<kube::Client> {
+    // kube brings rustls with ring, oci-client may bring aws-lc: with two
+    // providers compiled in, rustls cannot pick one, so pick it here before
+    // any client exists. An error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::NoCluster(kube::Error::InferConfig(e)))?;
+    let url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(Error::NoCluster)?;
+    match tokio::time::timeout(timeout, client.apiserver_version()).await {
+        Ok(Ok(v)) => {
+            tracing::info!(%url, version = %v.git_version, "connected to the API server");
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(Error::Unreachable {
+            url,
+            cause: e.to_string(),
+        }),
+        Err(_) => Err(Error::Unreachable {
+            url,
+            cause: format!("no answer within {} s", timeout.as_secs_f64()),
+        }),
+    }
+}
+
+/// Resolves a shutdown channel to true on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `pullahead run` from its flags.
+pub async fn main(args: RunArgs) -> Result<()> {
+    let cfg = Config::resolve(&args)?;
+    let shutdown = shutdown_on_signals();
+    // A dry run over a recording needs no cluster at all.
+    let client = if cfg.dry_run && cfg.events.is_some() {
+        None
+    } else {
+        Some(connect(Duration::from_secs_f64(cfg.connect_timeout)).await?)
+    };
+    let metrics = Metrics::new()?;
+    let health = Health::new();
+    let summary = run_with(cfg, client, None, shutdown, metrics, health).await?;
+    tracing::info!(?summary, "stopped");
+    Ok(())
+}
+
+/// Runs everything with the given parts; tests inject a mock client and an
+/// in-process event channel here.
+///
+/// `events`: the bus feeding the controller. `None` means: read `--events`
+/// if set, else the cluster watchers.
+pub async fn run_with(
+    cfg: Config,
+    client: Option<kube::Client>,
+    events: Option<mpsc::Receiver<Event>>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> Result<Summary> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // One internal stop signal: set by the outside shutdown, or by us when
+    // the loop ends on its own (end of an event file).
+    let (stop_tx, stop) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let server = Server::bind(cfg.metrics_addr, metrics.clone(), health.clone()).await?;
+    tracing::info!(addr = ?server.local_addr(), "serving /metrics /healthz /readyz");
+    let server = {
+        let mut stop = stop.clone();
+        tokio::spawn(server.serve(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
+
+    // Leader election, unless nothing is written anyway.
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let mut election = None;
+    let mut _steady_leader = None;
+    match (&client, cfg.dry_run) {
+        (Some(client), false) => {
+            let elector = Elector::new(
+                client.clone(),
+                LeaseConfig {
+                    namespace: cfg.lease_namespace.clone(),
+                    name: cfg.lease_name.clone(),
+                    identity: cfg.identity.clone(),
+                    duration: cfg.lease_duration,
+                    retry_period: cfg.lease_retry,
+                },
+                clock.clone(),
+            );
+            election = Some(tokio::spawn(elector.run(
+                leader_tx,
+                health.clone(),
+                metrics.clone(),
+                stop.clone(),
+            )));
+        }
+        _ => {
+            health.set_lease(LeaseStatus::Disabled);
+            let _ = leader_tx.send(true);
+            // Kept alive so the controller sees a steady role.
+            _steady_leader = Some(leader_tx);
+        }
+    }
+
+    // The event source.
+    let source_error: Arc<std::sync::Mutex<Option<crate::event::Error>>> = Arc::default();
+    let (time, events, _keep_open) = match (events, &cfg.events) {
+        (Some(rx), _) => (TimeSource::Live(clock.clone()), rx, None),
+        (None, Some(path)) => {
+            let reader = EventReader::open(path)?;
+            let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+            let dropped = metrics.clone();
+            let failed = source_error.clone();
+            // A plain thread, not spawn_blocking: a read blocked on stdin
+            // must not keep the runtime (and the process) from exiting.
+            let spawned = std::thread::Builder::new()
+                .name("pullahead-events".into())
+                .spawn(move || {
+                    for item in reader {
+                        match item {
+                            Ok(e) => {
+                                // A file is read at the planner's pace: the
+                                // queue pushes back instead of dropping.
+                                if tx.blocking_send(e).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                // Stop here: the loop ends, and run fails
+                                // with this error (it names file and line).
+                                dropped
+                                    .events_dropped
+                                    .with_label_values(&["malformed"])
+                                    .inc();
+                                if let Ok(mut slot) = failed.lock() {
+                                    *slot = Some(e);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                return Err(Error::Thread(e));
+            }
+            // A dry run over a recording plans in the recording's time;
+            // anything written to a live cluster needs live deadlines.
+            let time = if cfg.dry_run {
+                TimeSource::EventTime
+            } else {
+                TimeSource::Live(clock.clone())
+            };
+            (time, rx, None)
+        }
+        (None, None) => {
+            // The cluster watchers feed this channel; they are wired in at
+            // merge with the watch branch. Until then nothing arrives, and
+            // the sender is kept so the loop waits instead of ending.
+            tracing::warn!("no event source configured in this build: watchers are not wired yet");
+            let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+            (TimeSource::Live(clock.clone()), rx, Some(tx))
+        }
+    };
+    // A file or an injected bus has nothing to sync first. The cluster
+    // watchers will set this after their first InitDone instead.
+    health.set_synced();
+
+    let decisions = cfg
+        .decisions
+        .as_deref()
+        .map(DecisionLog::open)
+        .transpose()?;
+    let controller = Controller::new(
+        Options {
+            dry_run: cfg.dry_run,
+            max_images_per_node: cfg.max_images_per_node,
+            write_concurrency: cfg.write_concurrency,
+            deadline: cfg.deadline,
+            shutdown_timeout: Duration::from_secs_f64(cfg.shutdown_timeout),
+        },
+        policy(cfg.policy),
+        time,
+        metrics,
+        client,
+        decisions,
+    );
+    let result = controller.run(events, leader_rx, stop.clone()).await;
+
+    // The loop ended (signal or end of input): stop the rest and give the
+    // Lease back so a standby takes over at once.
+    let _ = stop_tx.send(true);
+    if let Some(election) = election
+        && tokio::time::timeout(Duration::from_secs(5), election)
+            .await
+            .is_err()
+    {
+        tracing::warn!("releasing the Lease took over 5 s; leaving it to expire");
+    }
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics server"),
+        Err(e) => tracing::warn!(error = %e, "metrics server task"),
+        Ok(Ok(())) => {}
+    }
+    let summary = result?;
+    if let Some(e) = source_error.lock().ok().and_then(|mut e| e.take()) {
+        return Err(Error::Events(e));
+    }
+    Ok(summary)
+}
