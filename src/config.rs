@@ -52,6 +52,9 @@ pub enum PolicyName {
     Popular,
     /// Every image of every workload seen, on every new node.
     Static,
+    /// The forecaster with the built-in model (models/default.json):
+    /// nominated pods, scale-ups, DaemonSets, pending pods, HPAs and history.
+    Predictive,
     /// Pull nothing (observe and export metrics only).
     None,
 }

@@ -69,6 +69,20 @@ pub fn policy(name: PolicyName) -> Box<dyn crate::policy::Policy> {
         PolicyName::Popular => Box::new(PopularPolicy::new(10)),
         PolicyName::Static => Box::new(StaticPolicy::from_workloads()),
         PolicyName::None => Box::new(NonePolicy),
+        PolicyName::Predictive => {
+            match crate::forecast::model::Model::from_json(crate::replay::DEFAULT_MODEL) {
+                Ok(model) => Box::new(crate::forecast::planner::Planner::new(
+                    model,
+                    crate::forecast::planner::PlannerConfig::default(),
+                )),
+                Err(e) => {
+                    // The built-in model is checked by tests; should it ever
+                    // be bad, fall back to the always-safe nominated policy.
+                    tracing::error!(error = %e, "built-in model unusable; using the nominated policy");
+                    Box::new(NominatedPolicy::new())
+                }
+            }
+        }
     }
 }
 
