@@ -24,7 +24,11 @@ pub fn node(i: usize, rv: u64) -> Node {
         ("node.kubernetes.io/instance-type", "m5.large"),
         (
             "karpenter.sh/nodepool",
-            if i % 3 == 0 { "gpu" } else { "general" },
+            if i.is_multiple_of(3) {
+                "gpu"
+            } else {
+                "general"
+            },
         ),
         ("topology.kubernetes.io/zone", "eu-west-1a"),
     ]

@@ -601,7 +601,10 @@ impl Sim {
             }
             node.now = next;
             for p in node.active.iter_mut() {
-                if p.latency_until <= next && p.remaining > EPS_BYTES && now + p.remaining / rate <= next {
+                if p.latency_until <= next
+                    && p.remaining > EPS_BYTES
+                    && now + p.remaining / rate <= next
+                {
                     p.remaining = 0.0;
                 }
             }
