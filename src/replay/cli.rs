@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "none,static,popular,oracle",
+        default_value = "none,static,popular,predictive,oracle",
         env = "PULLAHEAD_POLICY"
     )]
     pub policy: Vec<String>,

@@ -92,7 +92,7 @@ impl Default for Options {
         Self {
             sim: SimConfig::default(),
             default_image_bytes: 200_000_000,
-            policies: ["none", "static", "popular", "oracle"]
+            policies: ["none", "static", "popular", "predictive", "oracle"]
                 .map(String::from)
                 .to_vec(),
             static_images: None,

@@ -125,7 +125,8 @@ pub fn build(
         .filter(|(_, shown, _)| *shown)
         .map(|(policy, _, o)| {
             let waits = o.waits;
-            let total: f64 = waits.iter().sum();
+            // `+ 0.0` turns the empty sum's -0.0 into 0.0 for the report.
+            let total: f64 = waits.iter().sum::<f64>() + 0.0;
             let needs = o.hits + o.inflight + o.misses;
             let oracle_capture = match (w_none, w_oracle) {
                 (Some(n), Some(best)) if n - best > 1e-9 => Some((n - total) / (n - best)),
