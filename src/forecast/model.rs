@@ -256,12 +256,16 @@ mod tests {
     #[test]
     fn bad_models_are_refused_with_a_clear_message() {
         type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
-        let cases: [(&str, Edit); 5] = [
+        let cases: [(&str, Edit); 6] = [
             (
                 "missing feature \"history\"",
                 Box::new(|v| {
-                    v["features"][6] = "colour".into();
+                    v["features"][6] = "nominated".into();
                 }),
+            ),
+            (
+                "unknown feature \"colour\"",
+                Box::new(|v| v["features"][7] = "colour".into()),
             ),
             (
                 "unsupported model version 9",
