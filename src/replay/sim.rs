@@ -580,7 +580,8 @@ impl Sim {
                 next = next.min(at);
             }
             let step_to = next.min(t);
-            if step_to > now {
+            let stepped = step_to > now;
+            if stepped {
                 let dt = step_to - now;
                 for p in node.active.iter_mut() {
                     if p.latency_until <= now && p.remaining > EPS_BYTES {
@@ -600,7 +601,9 @@ impl Sim {
                 return;
             }
             node.now = next;
-            for p in node.active.iter_mut() {
+            // No time passed (next rounds to now at epoch magnitudes): finish
+            // the pulls that set `next` here, or the loop would not move.
+            for p in node.active.iter_mut().filter(|_| !stepped) {
                 if p.latency_until <= next
                     && p.remaining > EPS_BYTES
                     && now + p.remaining / rate <= next
