@@ -49,6 +49,29 @@ struct Line<'a> {
     probability: Option<f64>,
 }
 
+/// Writes one order made at `ts` by `policy` as a line of the decision
+/// format. The node is the target as the planner named it: a node, or
+/// `nodeclaim/NAME` before the claim's node is known. `replay --decisions`
+/// and `run --decisions` both write through this.
+pub fn write_line(
+    out: &mut dyn Write,
+    ts: f64,
+    policy: &str,
+    order: &PullOrder,
+) -> serde_json::Result<()> {
+    let line = Line {
+        ts,
+        policy,
+        node: order.target.to_string(),
+        image: &order.image,
+        priority: order.priority,
+        reason: order.reason.as_str(),
+        probability: order.probability,
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n").map_err(serde_json::Error::io)
+}
+
 /// An append-only decision file.
 pub struct DecisionLog {
     out: BufWriter<File>,
@@ -73,24 +96,18 @@ impl DecisionLog {
         })
     }
 
-    /// Records one order made at `ts` by `policy`. The node is the target
-    /// as named by the planner: a node, or `nodeclaim/NAME` before the
-    /// claim's node is known.
+    /// Records one order made at `ts` by `policy` (see [`write_line`]).
     pub fn record(&mut self, ts: f64, policy: &str, order: &PullOrder) -> Result<()> {
-        let line = Line {
-            ts,
-            policy,
-            node: order.target.to_string(),
-            image: &order.image,
-            priority: order.priority,
-            reason: order.reason.as_str(),
-            probability: order.probability,
-        };
-        serde_json::to_writer(&mut self.out, &line).map_err(|source| Error::Encode {
-            path: self.path.clone(),
-            source,
-        })?;
-        self.out.write_all(b"\n").map_err(|source| self.io(source))
+        write_line(&mut self.out, ts, policy, order).map_err(|source| {
+            if source.is_io() {
+                self.io(source.into())
+            } else {
+                Error::Encode {
+                    path: self.path.clone(),
+                    source,
+                }
+            }
+        })
     }
 
     /// Pushes buffered lines to the file.

@@ -310,8 +310,8 @@ fn deliver(
         if lane.shown
             && let Some(out) = decisions.as_deref_mut()
         {
-            report::write_decision(out, ts, lane.policy.name(), &order)
-                .map_err(Error::Decisions)?;
+            crate::decisions::write_line(out, ts, lane.policy.name(), &order)
+                .map_err(|e| Error::Decisions(e.into()))?;
         }
         lane.sim.order(order, ts, catalog);
     }

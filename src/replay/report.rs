@@ -1,11 +1,8 @@
 //! Scores: the per-policy figures of a replay, as a table or JSON.
 
-use std::io::{self, Write};
-
 use serde::Serialize;
 
 use super::sim::Outcome;
-use crate::policy::PullOrder;
 
 /// Pull-wait figures, in seconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -165,37 +162,6 @@ pub fn build(
         default_sized_images,
         policies,
     }
-}
-
-/// Writes one decision as a JSON line.
-pub fn write_decision(
-    out: &mut dyn Write,
-    ts: f64,
-    policy: &str,
-    order: &PullOrder,
-) -> io::Result<()> {
-    #[derive(Serialize)]
-    struct Line<'a> {
-        ts: f64,
-        policy: &'a str,
-        node: String,
-        image: &'a str,
-        priority: u32,
-        reason: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        probability: Option<f64>,
-    }
-    let line = Line {
-        ts,
-        policy,
-        node: order.target.to_string(),
-        image: &order.image,
-        priority: order.priority,
-        reason: order.reason.as_str(),
-        probability: order.probability,
-    };
-    serde_json::to_writer(&mut *out, &line)?;
-    out.write_all(b"\n")
 }
 
 const GB: f64 = 1e9;
