@@ -1,6 +1,7 @@
 //! Replay throughput: events per second for the `popular` and `oracle`
-//! policies (with `none`, which oracle capture always needs) over a
-//! synthetic trace, parsing included.
+//! policies, and for `predictive` on its own (each with `none`, and the
+//! oracle, which oracle capture always needs) over a synthetic trace,
+//! parsing included.
 //!
 //! `PULLAHEAD_BENCH_EVENTS` sets the trace size (default 1,000,000).
 //! Peak RSS is measured on the binary instead; see `benches/README.md`.
@@ -45,6 +46,13 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(20));
     g.bench_function("popular+oracle", |b| {
         b.iter(|| replay::replay_file(&path, &opts, None).expect("replay"))
+    });
+    let predictive = replay::Options {
+        policies: vec!["predictive".into()],
+        ..Default::default()
+    };
+    g.bench_function("predictive", |b| {
+        b.iter(|| replay::replay_file(&path, &predictive, None).expect("replay"))
     });
     g.finish();
 }

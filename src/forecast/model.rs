@@ -157,8 +157,26 @@ impl Model {
 
     /// P(needed within the horizon) for `x`.
     pub fn predict(&self, x: &Features) -> f64 {
-        let z = self.bias + self.ordered.iter().zip(x).map(|(w, v)| w * v).sum::<f64>();
-        1.0 / (1.0 + (-z).exp())
+        1.0 / (1.0 + (-self.logit(x)).exp())
+    }
+
+    /// The log-odds behind [`Model::predict`]: cheaper, and as good for
+    /// comparing against [`Model::logit_threshold`].
+    pub fn logit(&self, x: &Features) -> f64 {
+        self.bias + self.ordered.iter().zip(x).map(|(w, v)| w * v).sum::<f64>()
+    }
+
+    /// The threshold on the log-odds scale: `predict(x) >= threshold`
+    /// exactly when `logit(x) >= logit_threshold()`.
+    pub fn logit_threshold(&self) -> f64 {
+        let t = self.threshold;
+        if t <= 0.0 {
+            f64::NEG_INFINITY
+        } else if t >= 1.0 {
+            f64::INFINITY
+        } else {
+            (t / (1.0 - t)).ln()
+        }
     }
 
     /// Weights in [`FEATURES`] order.

@@ -11,8 +11,20 @@ use super::trend::{Holt, HoltState};
 use crate::clock::Clock;
 use crate::event::{Body, ClaimPhase, Event, NodePhase, PodPhase};
 use crate::policy::{Policy, PullOrder, Reason, Target};
-use crate::state::{ClusterState, ImageId, NodeInfo};
+use crate::state::{ClusterState, HpaInfo, ImageId, NodeInfo};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+/// `ln(1 + v)`, from a table for the small whole counts most features are.
+fn ln_1p(v: f64) -> f64 {
+    const N: usize = 64;
+    static TABLE: std::sync::LazyLock<[f64; N]> =
+        std::sync::LazyLock::new(|| std::array::from_fn(|i| (i as f64).ln_1p()));
+    if v >= 0.0 && v < N as f64 && v.fract() == 0.0 {
+        TABLE[v as usize]
+    } else {
+        v.ln_1p()
+    }
+}
 
 /// Planner settings that are not part of the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -81,11 +93,60 @@ pub struct Planner {
     node_claim: HashMap<u32, u32>,
     holt: Holt,
     trends: HashMap<u32, HoltState>,
-    /// Pool → workloads (non-DaemonSet) that fit its nodes; dropped when a
+    /// Pool → what its workloads say, whatever the moment; dropped when a
     /// workload changes.
-    fits_cache: HashMap<String, Vec<u32>>,
-    ds_cache: HashMap<String, Vec<u32>>,
+    pools: HashMap<String, PoolBase>,
+    scratch: Scratch,
     collect: Option<Vec<Candidate>>,
+}
+
+/// The part of a pool's candidates that changes only with workloads: a plan
+/// starts from it instead of walking every workload again.
+#[derive(Debug, Default)]
+struct PoolBase {
+    /// Workloads (not DaemonSets) that fit the pool's nodes, sorted.
+    fits: Vec<u32>,
+    /// Each image those workloads or the matching DaemonSets name, with its
+    /// `daemonset` feature and its `fits` feature (already on a log scale).
+    images: Vec<(ImageId, f64, f64)>,
+}
+
+/// Feature rows indexed by image id, reused from plan to plan so that a
+/// plan allocates nothing in the steady state.
+#[derive(Debug, Default)]
+struct Scratch {
+    rows: Vec<Features>,
+    seen: Vec<bool>,
+    touched: Vec<ImageId>,
+}
+
+impl Scratch {
+    fn row(&mut self, image: ImageId) -> &mut Features {
+        let i = image as usize;
+        if i >= self.rows.len() {
+            self.rows.resize(i + 1, [0.0; N_FEATURES]);
+            self.seen.resize(i + 1, false);
+        }
+        if !self.seen[i] {
+            self.seen[i] = true;
+            self.touched.push(image);
+        }
+        &mut self.rows[i]
+    }
+
+    fn add(&mut self, images: &[ImageId], f: usize, v: f64) {
+        for &i in images {
+            self.row(i)[f] += v;
+        }
+    }
+
+    fn clear(&mut self) {
+        for &i in &self.touched {
+            self.rows[i as usize] = [0.0; N_FEATURES];
+            self.seen[i as usize] = false;
+        }
+        self.touched.clear();
+    }
 }
 
 impl Planner {
@@ -102,8 +163,8 @@ impl Planner {
             node_claim: HashMap::default(),
             holt: Holt::default(),
             trends: HashMap::default(),
-            fits_cache: HashMap::default(),
-            ds_cache: HashMap::default(),
+            pools: HashMap::default(),
+            scratch: Scratch::default(),
             collect: None,
         }
     }
@@ -136,51 +197,63 @@ impl Planner {
             .max(1)
     }
 
-    fn fitting(&mut self, info: &NodeInfo, daemonsets: bool) -> Vec<u32> {
-        let cache = if daemonsets {
-            &self.ds_cache
-        } else {
-            &self.fits_cache
-        };
-        if let Some(v) = cache.get(&info.pool) {
-            return v.clone();
-        }
-        let mut v: Vec<u32> = self
-            .state
-            .workloads
-            .iter()
-            .filter(|(_, w)| w.is_daemonset() == daemonsets && w.fits(&info.labels, &info.taints))
-            .map(|(id, _)| *id)
-            .collect();
-        v.sort_unstable();
-        let cache = if daemonsets {
-            &mut self.ds_cache
-        } else {
-            &mut self.fits_cache
-        };
-        cache.insert(info.pool.clone(), v.clone());
-        v
+    /// The pool's workload-derived base, built on first use after a change.
+    fn pool_base<'a>(
+        pools: &'a mut HashMap<String, PoolBase>,
+        state: &ClusterState,
+        info: &NodeInfo,
+    ) -> &'a PoolBase {
+        pools.entry(info.pool.clone()).or_insert_with(|| {
+            let mut fits = Vec::new();
+            let mut rows: HashMap<ImageId, (f64, f64)> = HashMap::default();
+            for (&id, w) in &state.workloads {
+                if !w.fits(&info.labels, &info.taints) {
+                    continue;
+                }
+                for &i in w.images.iter() {
+                    let row = rows.entry(i).or_default();
+                    if w.is_daemonset() {
+                        row.0 = 1.0;
+                    } else {
+                        row.1 += 1.0;
+                    }
+                }
+                if !w.is_daemonset() {
+                    fits.push(id);
+                }
+            }
+            fits.sort_unstable();
+            let mut images: Vec<(ImageId, f64, f64)> = rows
+                .into_iter()
+                .map(|(i, (ds, n))| (i, ds, n.ln_1p()))
+                .collect();
+            images.sort_unstable_by_key(|r| r.0);
+            PoolBase { fits, images }
+        })
     }
 
-    /// The feature vector of every candidate image for a node described by
-    /// `info`, which NodeClaim `claim` may have announced.
+    /// Fills the scratch rows with the feature vector of every candidate
+    /// image for a node described by `info`, which NodeClaim `claim` may
+    /// have announced.
     fn candidates(
-        &mut self,
+        &self,
         info: &NodeInfo,
         claim: Option<u32>,
-        now: f64,
-    ) -> HashMap<ImageId, Features> {
-        let mut c: HashMap<ImageId, Features> = HashMap::default();
-        let add = |c: &mut HashMap<ImageId, Features>, images: &[ImageId], f: usize, v: f64| {
-            for &i in images {
-                c.entry(i).or_insert([0.0; N_FEATURES])[f] += v;
-            }
-        };
+        pools: &mut HashMap<String, PoolBase>,
+        c: &mut Scratch,
+    ) {
         let st = &self.state;
+        c.clear();
+        let base = Self::pool_base(pools, st, info);
+        for &(i, ds, fits) in &base.images {
+            let row = c.row(i);
+            row[2] = ds;
+            row[7] = fits;
+        }
         if let Some(pods) = claim.and_then(|c| st.nominated_to_claim.get(&c)) {
             for p in pods {
                 if let Some(p) = st.pods.get(p) {
-                    add(&mut c, &p.images, 0, 1.0);
+                    c.add(&p.images, 0, 1.0);
                 }
             }
         }
@@ -190,41 +263,52 @@ impl Planner {
                     if let Some(p) = st.pods.get(p)
                         && p.node.is_none()
                     {
-                        add(&mut c, &p.images, 1, 1.0);
+                        c.add(&p.images, 1, 1.0);
                     }
                 }
             }
         }
-        let daemonsets = self.fitting(info, true);
-        let fits = self.fitting(info, false);
-        let st = &self.state;
-        for w in &daemonsets {
-            if let Some(w) = st.workloads.get(w) {
-                for &i in w.images.iter() {
-                    c.entry(i).or_insert([0.0; N_FEATURES])[2] = 1.0;
-                }
+        // Walk whichever is shorter: the pool's workloads, or the workloads
+        // with pending pods (or HPAs); the sums come out the same.
+        let fits = |w: &u32| base.fits.binary_search(w).is_ok();
+        let pending: Vec<(u32, usize)> = if st.pending.len() < base.fits.len() {
+            st.pending
+                .iter()
+                .filter(|(w, _)| fits(w))
+                .map(|(w, p)| (*w, p.len()))
+                .collect()
+        } else {
+            base.fits
+                .iter()
+                .filter_map(|w| st.pending.get(w).map(|p| (*w, p.len())))
+                .collect()
+        };
+        for (w, n) in pending {
+            if let Some(wl) = st.workloads.get(&w) {
+                c.add(&wl.images, 3, n as f64);
             }
         }
-        for w in &fits {
+        let steps = (self.model.horizon_seconds / self.cfg.tick_seconds).clamp(1.0, 40.0) as u32;
+        let hpas: Vec<(&u32, &HpaInfo)> = if st.hpas.len() < base.fits.len() {
+            st.hpas.iter().filter(|(w, _)| fits(w)).collect()
+        } else {
+            base.fits
+                .iter()
+                .filter_map(|w| st.hpas.get_key_value(w))
+                .collect()
+        };
+        for (w, h) in hpas {
             let Some(wl) = st.workloads.get(w) else {
                 continue;
             };
-            add(&mut c, &wl.images, 7, 1.0);
-            if let Some(pending) = st.pending.get(w) {
-                add(&mut c, &wl.images, 3, pending.len() as f64);
+            let pressure = h.desired.saturating_sub(h.current) as f64;
+            if pressure > 0.0 {
+                c.add(&wl.images, 4, pressure);
             }
-            if let Some(h) = st.hpas.get(w) {
-                let pressure = h.desired.saturating_sub(h.current) as f64;
-                if pressure > 0.0 {
-                    add(&mut c, &wl.images, 4, pressure);
-                }
-                if let Some(s) = self.trends.get(w) {
-                    let steps = (self.model.horizon_seconds / self.cfg.tick_seconds)
-                        .clamp(1.0, 40.0) as u32;
-                    let ahead = self.holt.forecast(s, steps) - h.current as f64;
-                    if ahead > 0.0 {
-                        add(&mut c, &wl.images, 5, ahead);
-                    }
+            if let Some(s) = self.trends.get(w) {
+                let ahead = self.holt.forecast(s, steps) - h.current as f64;
+                if ahead > 0.0 {
+                    c.add(&wl.images, 5, ahead);
                 }
             }
         }
@@ -232,19 +316,19 @@ impl Planner {
             && h.new_nodes > 0
         {
             for (&i, &n) in &h.needs {
-                c.entry(i).or_insert([0.0; N_FEATURES])[6] = n as f64 / h.new_nodes as f64;
+                c.row(i)[6] = n as f64 / h.new_nodes as f64;
             }
         }
-        // Counts enter the model on a log scale; history stays a share.
-        for f in c.values_mut() {
-            for (k, v) in f.iter_mut().enumerate() {
-                if k != 2 && k != 6 {
-                    *v = v.ln_1p();
+        // Counts enter the model on a log scale (`fits` already is); the
+        // DaemonSet flag and the history share stay as they are.
+        for &i in &c.touched {
+            for k in [0, 1, 3, 4, 5] {
+                let v = &mut c.rows[i as usize][k];
+                if *v != 0.0 {
+                    *v = ln_1p(*v);
                 }
             }
         }
-        let _ = now;
-        c
     }
 
     fn reason(f: &Features) -> Reason {
@@ -264,45 +348,69 @@ impl Planner {
             .map_or(Reason::History, |(_, r)| *r)
     }
 
-    /// Scores the candidates for `key` and orders the ones worth it.
-    fn plan(
-        &mut self,
+    /// Scores the candidates for `key` (a NodeClaim or a node, which `claim`
+    /// may have announced) and orders the ones worth it.
+    fn plan(&mut self, key: Key, claim: Option<u32>, now: f64, out: &mut Vec<PullOrder>) {
+        // The caches are moved out for the call, so that they can be filled
+        // while the view they summarise is borrowed.
+        let mut pools = std::mem::take(&mut self.pools);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut planned = std::mem::take(&mut self.planned);
+        let mut collect = self.collect.take();
+        let info = match key {
+            Key::Claim(c) => self.state.claims.get(&c),
+            Key::Node(n) => self.state.nodes.get(&n),
+        };
+        if let Some(info) = info {
+            self.candidates(info, claim, &mut pools, &mut scratch);
+            if let (Some(rows), Key::Node(n)) = (collect.as_mut(), key) {
+                let node = self.state.node_names.name(n);
+                let mut list = scratch.touched.clone();
+                list.sort_unstable();
+                rows.extend(list.into_iter().map(|i| Candidate {
+                    ts: now,
+                    node: node.to_string(),
+                    image: self.state.images.name(i).to_string(),
+                    features: scratch.rows[i as usize],
+                }));
+            }
+            self.order(key, info, &scratch, &mut planned, out);
+        }
+        self.collect = collect;
+        self.planned = planned;
+        self.pools = pools;
+        self.scratch = scratch;
+    }
+
+    /// Orders, for `key`, the scored candidates in `c` that are worth it.
+    fn order(
+        &self,
         key: Key,
         info: &NodeInfo,
-        claim: Option<u32>,
-        now: f64,
+        c: &Scratch,
+        planned: &mut HashMap<Key, (HashSet<ImageId>, u64)>,
         out: &mut Vec<PullOrder>,
     ) {
-        let candidates = self.candidates(info, claim, now);
-        if let (Some(rows), Key::Node(n)) = (self.collect.as_mut(), key) {
-            let node = self.state.node_names.name(n).to_string();
-            let mut list: Vec<_> = candidates.iter().collect();
-            list.sort_by_key(|(i, _)| **i);
-            rows.extend(list.into_iter().map(|(&i, f)| Candidate {
-                ts: now,
-                node: node.clone(),
-                image: self.state.images.name(i).to_string(),
-                features: *f,
-            }));
-        }
         let mut scored: Vec<(f64, f64, ImageId, Reason, u64)> = Vec::new();
-        let already = self.planned.get(&key);
-        for (&image, f) in &candidates {
-            if already.is_some_and(|(done, _)| done.contains(&image))
+        let already = planned.get(&key);
+        let z_min = self.model.logit_threshold();
+        for &image in &c.touched {
+            let f = &c.rows[image as usize];
+            // Most candidates fall below the threshold: the cheapest test
+            // first, and no exp for them.
+            if self.model.logit(f) < z_min
+                || already.is_some_and(|(done, _)| done.contains(&image))
                 || info.images.contains(&image)
             {
                 continue;
             }
             let p = self.model.predict(f);
-            if p < self.model.threshold {
-                continue;
-            }
             let bytes = self.bytes(image);
             let saved =
                 self.cfg.pull_latency_seconds + bytes as f64 / self.cfg.bandwidth_bytes_per_second;
             scored.push((p * saved / bytes as f64, p, image, Self::reason(f), bytes));
         }
-        let (done, spent) = self.planned.entry(key).or_default();
+        let (done, spent) = planned.entry(key).or_default();
         let names = &self.state.images;
         scored.sort_by(|a, b| {
             b.0.total_cmp(&a.0)
@@ -361,8 +469,7 @@ impl Policy for Planner {
                 self.sizes.insert(id, i.bytes);
             }
             Body::Workload(_) => {
-                self.fits_cache.clear();
-                self.ds_cache.clear();
+                self.pools.clear();
             }
             Body::NodeClaim(c) => {
                 let Some(id) = self.state.claim_names.get(&c.node_claim) else {
@@ -370,9 +477,7 @@ impl Policy for Planner {
                 };
                 match c.phase {
                     ClaimPhase::Created => {
-                        if let Some(info) = self.state.claims.get(&id).cloned() {
-                            self.plan(Key::Claim(id), &info, Some(id), now, out);
-                        }
+                        self.plan(Key::Claim(id), Some(id), now, out);
                     }
                     ClaimPhase::Deleted => {
                         self.planned.remove(&Key::Claim(id));
@@ -392,10 +497,9 @@ impl Policy for Planner {
                     .as_deref()
                     .and_then(|c| self.state.claim_names.get(c));
                 if let Some(id) = claim
-                    && let Some(info) = self.state.claims.get(&id).cloned()
                     && !self.state.claim_node.contains_key(&id)
                 {
-                    self.plan(Key::Claim(id), &info, Some(id), now, out);
+                    self.plan(Key::Claim(id), Some(id), now, out);
                 }
             }
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
@@ -432,7 +536,7 @@ impl Policy for Planner {
                         self.history.entry(info.pool.clone()).or_default().new_nodes += 1;
                         self.fresh
                             .insert(id, (info.pool.clone(), now, HashSet::default()));
-                        self.plan(Key::Node(id), &info, claim, now, out);
+                        self.plan(Key::Node(id), claim, now, out);
                         self.state.consume_scale_up(&info.pool);
                     }
                     NodePhase::Deleted => {
