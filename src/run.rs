@@ -2,6 +2,11 @@
 //! server and the [`controller`](crate::controller) loop, and stops them all
 //! on SIGTERM.
 //!
+//! The event source is an injected channel (tests), an `--events` file, or
+//! else the cluster watchers ([`crate::watch::run`]) publishing on an
+//! in-process bus whose subscriber queue is the controller's input.
+//! `/readyz` turns ready once the watchers' initial lists are done.
+//!
 //! Start-up fails fast with a message naming the cause when there is no
 //! cluster configuration or the API server does not answer, instead of
 //! retrying forever: a controller that never becomes ready is harder to
@@ -12,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::bus::memory::InProcessBus;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, PolicyName, RunArgs};
 use crate::controller::{Controller, Options, Summary, TimeSource};
@@ -21,6 +27,7 @@ use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::{Health, LeaseStatus, Metrics, Server};
 use crate::nominated::NominatedPolicy;
 use crate::policy::{NonePolicy, PopularPolicy, StaticPolicy};
+use crate::watch::Readiness;
 
 /// What can stop `pullahead run`.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +64,20 @@ pub enum Error {
     /// The decision file could not be opened.
     #[error(transparent)]
     Decisions(#[from] crate::decisions::Error),
+    // The messages below embed their cause, so it is not also a `source`
+    // (that would print it twice in `{:#}` chains).
+    /// The event bus between the watchers and the planner could not be made.
+    #[error("creating the event bus: {0}")]
+    Bus(crate::bus::Error),
+    /// The cluster watchers failed.
+    #[error("the cluster watchers failed: {0}")]
+    Watch(crate::watch::Error),
+    /// The cluster watchers ended although nothing asked them to.
+    #[error("the cluster watchers stopped on their own: {0}")]
+    WatchStopped(String),
+    /// Neither events nor a cluster to watch were given.
+    #[error("no event source: give --events FILE, or a cluster to watch")]
+    NoSource,
 }
 
 /// The result type of this module.
@@ -168,7 +189,7 @@ pub async fn main(args: RunArgs) -> Result<()> {
 /// in-process event channel here.
 ///
 /// `events`: the bus feeding the controller. `None` means: read `--events`
-/// if set, else the cluster watchers.
+/// if set, else watch the cluster through `client` (an error without one).
 pub async fn run_with(
     cfg: Config,
     client: Option<kube::Client>,
@@ -182,6 +203,8 @@ pub async fn run_with(
     // the loop ends on its own (end of an event file).
     let (stop_tx, stop) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
+    // Kept to tell a requested stop from watchers that ended on their own.
+    let shutdown_seen = shutdown.clone();
     {
         let stop_tx = stop_tx.clone();
         tokio::spawn(async move {
@@ -231,9 +254,10 @@ pub async fn run_with(
     }
 
     // The event source.
+    let mut watchers = None;
     let source_error: Arc<std::sync::Mutex<Option<crate::event::Error>>> = Arc::default();
-    let (time, events, _keep_open) = match (events, &cfg.events) {
-        (Some(rx), _) => (TimeSource::Live(clock.clone()), rx, None),
+    let (time, events) = match (events, &cfg.events) {
+        (Some(rx), _) => (TimeSource::Live(clock.clone()), rx),
         (None, Some(path)) => {
             let reader = EventReader::open(path)?;
             let (tx, rx) = mpsc::channel(cfg.queue_capacity);
@@ -278,20 +302,61 @@ pub async fn run_with(
             } else {
                 TimeSource::Live(clock.clone())
             };
-            (time, rx, None)
+            (time, rx)
         }
         (None, None) => {
-            // The cluster watchers feed this channel; they are wired in at
-            // merge with the watch branch. Until then nothing arrives, and
-            // the sender is kept so the loop waits instead of ending.
-            tracing::warn!("no event source configured in this build: watchers are not wired yet");
-            let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-            (TimeSource::Live(clock.clone()), rx, Some(tx))
+            let Some(client) = client.clone() else {
+                return Err(Error::NoSource);
+            };
+            // The in-process bus never makes a watcher wait: a full queue
+            // drops and counts, in the series the queue-full alert watches.
+            let bus = InProcessBus::with_dropped_counter(
+                cfg.queue_capacity,
+                metrics.events_dropped.with_label_values(&["queue-full"]),
+            )
+            .map_err(Error::Bus)?;
+            // Subscribed before the watchers start, so no event is missed.
+            let rx = bus.subscribe_local().into_receiver();
+            let watch_cfg = crate::watch::Config::default();
+            let readiness = Readiness::new(&watch_cfg.kinds);
+            {
+                // Ready once every kind's first list is in, so a standby
+                // does not report ready with an empty view of the cluster.
+                let readiness = readiness.clone();
+                let health = health.clone();
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = readiness.wait() => health.set_synced(),
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+            let watch_clock = clock.clone();
+            let mut watch_stop = stop.clone();
+            // The task owns the bus: when it ends, the controller's queue
+            // drains and closes, so the loop ends instead of idling blind.
+            watchers = Some(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = watch_stop.wait_for(|s| *s).await;
+                };
+                crate::watch::run(
+                    client,
+                    &watch_cfg,
+                    &bus,
+                    watch_clock.as_ref(),
+                    readiness,
+                    shutdown,
+                )
+                .await
+            }));
+            (TimeSource::Live(clock.clone()), rx)
         }
     };
-    // A file or an injected bus has nothing to sync first. The cluster
-    // watchers will set this after their first InitDone instead.
-    health.set_synced();
+    if watchers.is_none() {
+        // A file or an injected bus has nothing to list first.
+        health.set_synced();
+    }
 
     let decisions = cfg
         .decisions
@@ -329,7 +394,28 @@ pub async fn run_with(
         Err(e) => tracing::warn!(error = %e, "metrics server task"),
         Ok(Ok(())) => {}
     }
+    let stopped_by_request = *shutdown_seen.borrow();
+    let watch_result = match watchers {
+        Some(task) => match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(stats))) => {
+                tracing::info!(?stats, "watchers stopped");
+                if stopped_by_request {
+                    Ok(())
+                } else {
+                    Err(Error::WatchStopped("every watch stream ended".into()))
+                }
+            }
+            Ok(Ok(Err(e))) => Err(Error::Watch(e)),
+            Ok(Err(e)) => Err(Error::WatchStopped(e.to_string())),
+            Err(_) => {
+                tracing::warn!("the watchers took over 5 s to stop; leaving them");
+                Ok(())
+            }
+        },
+        None => Ok(()),
+    };
     let summary = result?;
+    watch_result?;
     if let Some(e) = source_error.lock().ok().and_then(|mut e| e.take()) {
         return Err(Error::Events(e));
     }
