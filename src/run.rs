@@ -12,6 +12,7 @@
 //! retrying forever: a controller that never becomes ready is harder to
 //! diagnose than one that exits.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ use crate::config::{Config, PolicyName, RunArgs};
 use crate::controller::{Controller, Options, Summary, TimeSource};
 use crate::decisions::DecisionLog;
 use crate::event::{Event, EventReader};
+use crate::forecast::model::Model;
+use crate::forecast::planner::{Planner, PlannerConfig};
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::{Health, LeaseStatus, Metrics, Server};
 use crate::nominated::NominatedPolicy;
@@ -66,6 +69,9 @@ pub enum Error {
     Decisions(#[from] crate::decisions::Error),
     // The messages below embed their cause, so it is not also a `source`
     // (that would print it twice in `{:#}` chains).
+    /// The `--model` file is unusable (its message names the file).
+    #[error("--policy predictive cannot use its --model: {0}")]
+    Model(crate::forecast::Error),
     /// The event bus between the watchers and the planner could not be made.
     #[error("creating the event bus: {0}")]
     Bus(crate::bus::Error),
@@ -83,28 +89,41 @@ pub enum Error {
 /// The result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The planner named in the configuration.
-pub fn policy(name: PolicyName) -> Box<dyn crate::policy::Policy> {
-    match name {
+/// The planner named in the configuration. `model` is the predictive
+/// planner's model file (`None`: the built-in one); a file that cannot be
+/// read or fails its checks is an error naming the file and the problem.
+pub fn policy(name: PolicyName, model: Option<&Path>) -> Result<Box<dyn crate::policy::Policy>> {
+    Ok(match name {
         PolicyName::Nominated => Box::new(NominatedPolicy::new()),
         PolicyName::Popular => Box::new(PopularPolicy::new(10)),
         PolicyName::Static => Box::new(StaticPolicy::from_workloads()),
         PolicyName::None => Box::new(NonePolicy),
         PolicyName::Predictive => {
-            match crate::forecast::model::Model::from_json(crate::replay::DEFAULT_MODEL) {
-                Ok(model) => Box::new(crate::forecast::planner::Planner::new(
-                    model,
-                    crate::forecast::planner::PlannerConfig::default(),
-                )),
-                Err(e) => {
-                    // The built-in model is checked by tests; should it ever
-                    // be bad, fall back to the always-safe nominated policy.
-                    tracing::error!(error = %e, "built-in model unusable; using the nominated policy");
-                    Box::new(NominatedPolicy::new())
+            let model = match model {
+                Some(path) => {
+                    let m = load_model(path)?;
+                    tracing::info!(model = %path.display(), "predictive planner: model loaded");
+                    m
                 }
-            }
+                None => match Model::from_json(crate::replay::DEFAULT_MODEL) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // The built-in model is checked by tests; should it
+                        // ever be bad, fall back to the always-safe nominated
+                        // policy rather than refuse to start.
+                        tracing::error!(error = %e, "built-in model unusable; using the nominated policy");
+                        return Ok(Box::new(NominatedPolicy::new()));
+                    }
+                },
+            };
+            Box::new(Planner::new(model, PlannerConfig::default()))
         }
-    }
+    })
+}
+
+/// Reads and checks a `--model` file.
+pub fn load_model(path: &Path) -> Result<Model> {
+    Model::load(path).map_err(Error::Model)
 }
 
 /// Connects to the cluster named by the environment (KUBECONFIG, then the
@@ -171,6 +190,11 @@ async fn wait_for_signal() {
 /// `pullahead run` from its flags.
 pub async fn main(args: RunArgs) -> Result<()> {
     let cfg = Config::resolve(&args)?;
+    // A bad model is a configuration error: refuse it before waiting on a
+    // cluster, not after.
+    if let Some(path) = &cfg.model {
+        load_model(path)?;
+    }
     let shutdown = shutdown_on_signals();
     // A dry run over a recording needs no cluster at all.
     let client = if cfg.dry_run && cfg.events.is_some() {
@@ -198,6 +222,8 @@ pub async fn run_with(
     metrics: Metrics,
     health: Arc<Health>,
 ) -> Result<Summary> {
+    // First, so a bad model fails before anything is started.
+    let planner = policy(cfg.policy, cfg.model.as_deref())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // One internal stop signal: set by the outside shutdown, or by us when
     // the loop ends on its own (end of an event file).
@@ -371,7 +397,7 @@ pub async fn run_with(
             deadline: cfg.deadline,
             shutdown_timeout: Duration::from_secs_f64(cfg.shutdown_timeout),
         },
-        policy(cfg.policy),
+        planner,
         time,
         metrics,
         client,
