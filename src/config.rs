@@ -52,8 +52,9 @@ pub enum PolicyName {
     Popular,
     /// Every image of every workload seen, on every new node.
     Static,
-    /// The forecaster with the built-in model (models/default.json):
-    /// nominated pods, scale-ups, DaemonSets, pending pods, HPAs and history.
+    /// The forecaster with the built-in model (models/default.json) or the
+    /// one given by `--model`: nominated pods, scale-ups, DaemonSets, pending
+    /// pods, HPAs and history.
     Predictive,
     /// Pull nothing (observe and export metrics only).
     None,
@@ -86,6 +87,12 @@ pub struct RunArgs {
     /// The planner. [default: nominated]
     #[arg(long, env = "PULLAHEAD_POLICY", value_enum)]
     pub policy: Option<PolicyName>,
+
+    /// Model file for `--policy predictive` (as written by `pullahead tune`);
+    /// a bad file is refused at start. [default: the built-in
+    /// models/default.json]
+    #[arg(long, env = "PULLAHEAD_MODEL", value_name = "FILE")]
+    pub model: Option<PathBuf>,
 
     /// Address of the /metrics, /healthz and /readyz server.
     /// [default: 0.0.0.0:8080]
@@ -150,6 +157,7 @@ struct FileConfig {
     decisions: Option<PathBuf>,
     events: Option<PathBuf>,
     policy: Option<PolicyName>,
+    model: Option<PathBuf>,
     metrics_addr: Option<SocketAddr>,
     lease_name: Option<String>,
     lease_namespace: Option<String>,
@@ -175,6 +183,8 @@ pub struct Config {
     pub events: Option<PathBuf>,
     /// The planner.
     pub policy: PolicyName,
+    /// The predictive planner's model file; `None` for the built-in one.
+    pub model: Option<PathBuf>,
     /// The metrics server address.
     pub metrics_addr: SocketAddr,
     /// The Lease name.
@@ -255,6 +265,7 @@ impl Config {
             decisions: args.decisions.clone().or(f.decisions),
             events: args.events.clone().or(f.events),
             policy: args.policy.or(f.policy).unwrap_or(PolicyName::Nominated),
+            model: args.model.clone().or(f.model),
             metrics_addr: args
                 .metrics_addr
                 .or(f.metrics_addr)
@@ -302,6 +313,19 @@ impl Config {
                 args.connect_timeout.or(f.connect_timeout).unwrap_or(10.0),
             )?,
         };
+        if let Some(model) = &cfg.model
+            && cfg.policy != PolicyName::Predictive
+        {
+            // Refused rather than ignored: a model given with another policy
+            // is almost always a forgotten `--policy predictive`.
+            return Err(Error::Invalid(format!(
+                "model {} is set but the policy is {}; only the predictive policy uses a model",
+                model.display(),
+                clap::ValueEnum::to_possible_value(&cfg.policy)
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+            )));
+        }
         if cfg.lease_retry * 2.0 > cfg.lease_duration {
             return Err(Error::Invalid(format!(
                 "lease-retry ({}) must be at most half of lease-duration ({}) so the leader renews in time",
@@ -372,6 +396,25 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("write-concurrency")
+        );
+        let args = RunArgs {
+            model: Some("m.json".into()),
+            ..RunArgs::default()
+        };
+        let e = Config::resolve(&args).unwrap_err().to_string();
+        assert!(
+            e.contains("m.json") && e.contains("policy is nominated"),
+            "{e}"
+        );
+        let f = file("policy: predictive\nmodel: /etc/pullahead/model.json\n");
+        let args = RunArgs {
+            config: Some(f.path().into()),
+            ..RunArgs::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(
+            c.model.as_deref(),
+            Some(Path::new("/etc/pullahead/model.json"))
         );
         let args = RunArgs {
             config: Some("/nonexistent/pullahead.yaml".into()),

@@ -2,25 +2,35 @@
 //! server and the [`controller`](crate::controller) loop, and stops them all
 //! on SIGTERM.
 //!
+//! The event source is an injected channel (tests), an `--events` file, or
+//! else the cluster watchers ([`crate::watch::run`]) publishing on an
+//! in-process bus whose subscriber queue is the controller's input.
+//! `/readyz` turns ready once the watchers' initial lists are done.
+//!
 //! Start-up fails fast with a message naming the cause when there is no
 //! cluster configuration or the API server does not answer, instead of
 //! retrying forever: a controller that never becomes ready is harder to
 //! diagnose than one that exits.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::bus::memory::InProcessBus;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, PolicyName, RunArgs};
 use crate::controller::{Controller, Options, Summary, TimeSource};
 use crate::decisions::DecisionLog;
 use crate::event::{Event, EventReader};
+use crate::forecast::model::Model;
+use crate::forecast::planner::{Planner, PlannerConfig};
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::{Health, LeaseStatus, Metrics, Server};
 use crate::nominated::NominatedPolicy;
 use crate::policy::{NonePolicy, PopularPolicy, StaticPolicy};
+use crate::watch::Readiness;
 
 /// What can stop `pullahead run`.
 #[derive(Debug, thiserror::Error)]
@@ -57,33 +67,63 @@ pub enum Error {
     /// The decision file could not be opened.
     #[error(transparent)]
     Decisions(#[from] crate::decisions::Error),
+    // The messages below embed their cause, so it is not also a `source`
+    // (that would print it twice in `{:#}` chains).
+    /// The `--model` file is unusable (its message names the file).
+    #[error("--policy predictive cannot use its --model: {0}")]
+    Model(crate::forecast::Error),
+    /// The event bus between the watchers and the planner could not be made.
+    #[error("creating the event bus: {0}")]
+    Bus(crate::bus::Error),
+    /// The cluster watchers failed.
+    #[error("the cluster watchers failed: {0}")]
+    Watch(crate::watch::Error),
+    /// The cluster watchers ended although nothing asked them to.
+    #[error("the cluster watchers stopped on their own: {0}")]
+    WatchStopped(String),
+    /// Neither events nor a cluster to watch were given.
+    #[error("no event source: give --events FILE, or a cluster to watch")]
+    NoSource,
 }
 
 /// The result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The planner named in the configuration.
-pub fn policy(name: PolicyName) -> Box<dyn crate::policy::Policy> {
-    match name {
+/// The planner named in the configuration. `model` is the predictive
+/// planner's model file (`None`: the built-in one); a file that cannot be
+/// read or fails its checks is an error naming the file and the problem.
+pub fn policy(name: PolicyName, model: Option<&Path>) -> Result<Box<dyn crate::policy::Policy>> {
+    Ok(match name {
         PolicyName::Nominated => Box::new(NominatedPolicy::new()),
         PolicyName::Popular => Box::new(PopularPolicy::new(10)),
         PolicyName::Static => Box::new(StaticPolicy::from_workloads()),
         PolicyName::None => Box::new(NonePolicy),
         PolicyName::Predictive => {
-            match crate::forecast::model::Model::from_json(crate::replay::DEFAULT_MODEL) {
-                Ok(model) => Box::new(crate::forecast::planner::Planner::new(
-                    model,
-                    crate::forecast::planner::PlannerConfig::default(),
-                )),
-                Err(e) => {
-                    // The built-in model is checked by tests; should it ever
-                    // be bad, fall back to the always-safe nominated policy.
-                    tracing::error!(error = %e, "built-in model unusable; using the nominated policy");
-                    Box::new(NominatedPolicy::new())
+            let model = match model {
+                Some(path) => {
+                    let m = load_model(path)?;
+                    tracing::info!(model = %path.display(), "predictive planner: model loaded");
+                    m
                 }
-            }
+                None => match Model::from_json(crate::replay::DEFAULT_MODEL) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // The built-in model is checked by tests; should it
+                        // ever be bad, fall back to the always-safe nominated
+                        // policy rather than refuse to start.
+                        tracing::error!(error = %e, "built-in model unusable; using the nominated policy");
+                        return Ok(Box::new(NominatedPolicy::new()));
+                    }
+                },
+            };
+            Box::new(Planner::new(model, PlannerConfig::default()))
         }
-    }
+    })
+}
+
+/// Reads and checks a `--model` file.
+pub fn load_model(path: &Path) -> Result<Model> {
+    Model::load(path).map_err(Error::Model)
 }
 
 /// Connects to the cluster named by the environment (KUBECONFIG, then the
@@ -150,6 +190,11 @@ async fn wait_for_signal() {
 /// `pullahead run` from its flags.
 pub async fn main(args: RunArgs) -> Result<()> {
     let cfg = Config::resolve(&args)?;
+    // A bad model is a configuration error: refuse it before waiting on a
+    // cluster, not after.
+    if let Some(path) = &cfg.model {
+        load_model(path)?;
+    }
     let shutdown = shutdown_on_signals();
     // A dry run over a recording needs no cluster at all.
     let client = if cfg.dry_run && cfg.events.is_some() {
@@ -168,7 +213,7 @@ pub async fn main(args: RunArgs) -> Result<()> {
 /// in-process event channel here.
 ///
 /// `events`: the bus feeding the controller. `None` means: read `--events`
-/// if set, else the cluster watchers.
+/// if set, else watch the cluster through `client` (an error without one).
 pub async fn run_with(
     cfg: Config,
     client: Option<kube::Client>,
@@ -177,11 +222,15 @@ pub async fn run_with(
     metrics: Metrics,
     health: Arc<Health>,
 ) -> Result<Summary> {
+    // First, so a bad model fails before anything is started.
+    let planner = policy(cfg.policy, cfg.model.as_deref())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // One internal stop signal: set by the outside shutdown, or by us when
     // the loop ends on its own (end of an event file).
     let (stop_tx, stop) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
+    // Kept to tell a requested stop from watchers that ended on their own.
+    let shutdown_seen = shutdown.clone();
     {
         let stop_tx = stop_tx.clone();
         tokio::spawn(async move {
@@ -231,9 +280,10 @@ pub async fn run_with(
     }
 
     // The event source.
+    let mut watchers = None;
     let source_error: Arc<std::sync::Mutex<Option<crate::event::Error>>> = Arc::default();
-    let (time, events, _keep_open) = match (events, &cfg.events) {
-        (Some(rx), _) => (TimeSource::Live(clock.clone()), rx, None),
+    let (time, events) = match (events, &cfg.events) {
+        (Some(rx), _) => (TimeSource::Live(clock.clone()), rx),
         (None, Some(path)) => {
             let reader = EventReader::open(path)?;
             let (tx, rx) = mpsc::channel(cfg.queue_capacity);
@@ -278,20 +328,61 @@ pub async fn run_with(
             } else {
                 TimeSource::Live(clock.clone())
             };
-            (time, rx, None)
+            (time, rx)
         }
         (None, None) => {
-            // The cluster watchers feed this channel; they are wired in at
-            // merge with the watch branch. Until then nothing arrives, and
-            // the sender is kept so the loop waits instead of ending.
-            tracing::warn!("no event source configured in this build: watchers are not wired yet");
-            let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-            (TimeSource::Live(clock.clone()), rx, Some(tx))
+            let Some(client) = client.clone() else {
+                return Err(Error::NoSource);
+            };
+            // The in-process bus never makes a watcher wait: a full queue
+            // drops and counts, in the series the queue-full alert watches.
+            let bus = InProcessBus::with_dropped_counter(
+                cfg.queue_capacity,
+                metrics.events_dropped.with_label_values(&["queue-full"]),
+            )
+            .map_err(Error::Bus)?;
+            // Subscribed before the watchers start, so no event is missed.
+            let rx = bus.subscribe_local().into_receiver();
+            let watch_cfg = crate::watch::Config::default();
+            let readiness = Readiness::new(&watch_cfg.kinds);
+            {
+                // Ready once every kind's first list is in, so a standby
+                // does not report ready with an empty view of the cluster.
+                let readiness = readiness.clone();
+                let health = health.clone();
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = readiness.wait() => health.set_synced(),
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+            let watch_clock = clock.clone();
+            let mut watch_stop = stop.clone();
+            // The task owns the bus: when it ends, the controller's queue
+            // drains and closes, so the loop ends instead of idling blind.
+            watchers = Some(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = watch_stop.wait_for(|s| *s).await;
+                };
+                crate::watch::run(
+                    client,
+                    &watch_cfg,
+                    &bus,
+                    watch_clock.as_ref(),
+                    readiness,
+                    shutdown,
+                )
+                .await
+            }));
+            (TimeSource::Live(clock.clone()), rx)
         }
     };
-    // A file or an injected bus has nothing to sync first. The cluster
-    // watchers will set this after their first InitDone instead.
-    health.set_synced();
+    if watchers.is_none() {
+        // A file or an injected bus has nothing to list first.
+        health.set_synced();
+    }
 
     let decisions = cfg
         .decisions
@@ -306,7 +397,7 @@ pub async fn run_with(
             deadline: cfg.deadline,
             shutdown_timeout: Duration::from_secs_f64(cfg.shutdown_timeout),
         },
-        policy(cfg.policy),
+        planner,
         time,
         metrics,
         client,
@@ -329,7 +420,28 @@ pub async fn run_with(
         Err(e) => tracing::warn!(error = %e, "metrics server task"),
         Ok(Ok(())) => {}
     }
+    let stopped_by_request = *shutdown_seen.borrow();
+    let watch_result = match watchers {
+        Some(task) => match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(stats))) => {
+                tracing::info!(?stats, "watchers stopped");
+                if stopped_by_request {
+                    Ok(())
+                } else {
+                    Err(Error::WatchStopped("every watch stream ended".into()))
+                }
+            }
+            Ok(Ok(Err(e))) => Err(Error::Watch(e)),
+            Ok(Err(e)) => Err(Error::WatchStopped(e.to_string())),
+            Err(_) => {
+                tracing::warn!("the watchers took over 5 s to stop; leaving them");
+                Ok(())
+            }
+        },
+        None => Ok(()),
+    };
     let summary = result?;
+    watch_result?;
     if let Some(e) = source_error.lock().ok().and_then(|mut e| e.take()) {
         return Err(Error::Events(e));
     }

@@ -275,3 +275,85 @@ fn dry_run_over_a_recording_needs_no_cluster_and_stops_at_bad_lines() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:3", bad.display())), "{err}");
 }
+
+#[test]
+fn a_bad_model_is_refused_at_start_naming_file_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut wrong_version = good.clone();
+    wrong_version["version"] = 2.into();
+    let mut missing = good.clone();
+    missing["features"].as_array_mut().unwrap().pop();
+    missing["weights"].as_array_mut().unwrap().pop();
+    // JSON has no NaN: a NaN weight written by hand is a syntax error.
+    let nan =
+        serde_json::to_string(&good)
+            .unwrap()
+            .replacen(&good["weights"][0].to_string(), "NaN", 1);
+    let cases = [
+        (
+            "wrong-version.json",
+            wrong_version.to_string(),
+            "unsupported model version 2",
+        ),
+        ("nan.json", nan, "expected value at line 1"),
+        (
+            "missing.json",
+            missing.to_string(),
+            "missing feature \"fits\"",
+        ),
+    ];
+    let home = tempfile::tempdir().unwrap();
+    for (name, text, problem) in cases {
+        let model = dir.path().join(name);
+        std::fs::write(&model, text).unwrap();
+        let started = Instant::now();
+        let out = Command::new(BIN)
+            .args(["run", "--policy", "predictive", "--dry-run", "--model"])
+            .arg(&model)
+            .arg("--events")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/replay-data/karpenter-small.jsonl"
+            ))
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(&model.display().to_string()), "{name}: {err}");
+        assert!(err.contains(problem), "{name}: {err}");
+        assert!(err.contains("--model"), "{name}: {err}");
+        // Refused before planning anything.
+        assert!(!err.contains("stopped"), "{name}: {err}");
+    }
+
+    // The committed model is accepted the same way.
+    let out = Command::new(BIN)
+        .args(["run", "--policy", "predictive", "--dry-run", "--model"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json"))
+        .arg("--events")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/replay-data/karpenter-small.jsonl"
+        ))
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,8 +1,9 @@
 //! The in-process bus: bounded queues, one per subscriber.
 //!
 //! Publishing never waits. When a subscriber's queue is full the event is
-//! dropped for that subscriber and counted in
-//! `pullahead_bus_dropped_events_total`, so a stuck planner shows up in the
+//! dropped for that subscriber and counted (in
+//! `pullahead_bus_dropped_events_total`, or the counter given to
+//! [`InProcessBus::with_dropped_counter`]), so a stuck planner shows up in the
 //! metrics instead of stalling the watchers or growing memory without bound.
 
 use std::sync::{Arc, Mutex};
@@ -33,14 +34,24 @@ struct Inner {
 impl InProcessBus {
     /// A bus whose subscribers each queue up to `capacity` events.
     pub fn new(capacity: usize) -> Result<Self> {
+        Self::with_dropped_counter(
+            capacity,
+            IntCounter::new(
+                "pullahead_bus_dropped_events_total",
+                "Events dropped by the in-process bus because a subscriber's queue was full.",
+            )?,
+        )
+    }
+
+    /// A bus that counts its drops in `dropped`: `pullahead run` passes its
+    /// `pullahead_events_dropped_total{reason="queue-full"}` child, so the
+    /// alert on that series sees the watchers' drops too.
+    pub fn with_dropped_counter(capacity: usize, dropped: IntCounter) -> Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
                 subscribers: Mutex::new(Vec::new()),
                 capacity: capacity.max(1),
-                dropped: IntCounter::new(
-                    "pullahead_bus_dropped_events_total",
-                    "Events dropped by the in-process bus because a subscriber's queue was full.",
-                )?,
+                dropped,
                 published: IntCounter::new(
                     "pullahead_bus_published_events_total",
                     "Events published on the in-process bus.",
@@ -142,6 +153,12 @@ impl InProcessSubscription {
     pub fn try_recv(&mut self) -> Option<Event> {
         self.rx.try_recv().ok()
     }
+
+    /// The queue itself, for a consumer that takes a plain channel (the
+    /// controller loop). It ends once the bus is closed or dropped.
+    pub fn into_receiver(self) -> mpsc::Receiver<Event> {
+        self.rx
+    }
 }
 
 impl Subscription for InProcessSubscription {
@@ -207,6 +224,27 @@ mod tests {
         }
         // The oldest events stay; the overflow is what was dropped.
         assert_eq!(kept, vec![0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[tokio::test]
+    async fn drops_go_to_the_given_counter_and_the_receiver_ends_with_the_bus() {
+        let outer = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("dropped_total", "test"),
+            &["reason"],
+        )
+        .unwrap();
+        let bus = InProcessBus::with_dropped_counter(2, outer.with_label_values(&["queue-full"]))
+            .unwrap();
+        let mut rx = bus.subscribe_local().into_receiver();
+        for i in 0..5 {
+            bus.send(node(i));
+        }
+        // The labelled child shares its value with the vector.
+        assert_eq!(outer.with_label_values(&["queue-full"]).get(), 3);
+        drop(bus);
+        assert_eq!(rx.recv().await.map(|e| e.ts), Some(0.0));
+        assert_eq!(rx.recv().await.map(|e| e.ts), Some(1.0));
+        assert!(rx.recv().await.is_none(), "the queue ends with the bus");
     }
 
     #[tokio::test]

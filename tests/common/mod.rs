@@ -6,7 +6,10 @@
 //! selector) to that resource's own script of list and watch answers, and
 //! records every request so tests can assert on what was asked. It answers
 //! both a `tower_test` mock service (the [`ApiServerVerifier`]) and a real
-//! HTTP server on 127.0.0.1 (for tests with a real `kube::Client`).
+//! HTTP server on 127.0.0.1 (for tests with a real `kube::Client`). An answer
+//! can be held back behind a [`Gate`] until the test opens it, and the HTTP
+//! server can hand what the script does not route (writes, Leases, single
+//! objects) to a [`Fallback`], such as the stateful fake of `ops_common`.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -14,6 +17,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -23,6 +27,15 @@ use serde_json::{Value, json};
 /// A response body that may stream.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// Holds an answer's body back until the test sends `true`: the headers go
+/// out at once, the body only after, as from a slow API server.
+pub type Gate = tokio::sync::watch::Receiver<bool>;
+
+/// Answers requests the script has no route for: (method, uri, body) to
+/// (status, JSON body).
+pub type Fallback =
+    Arc<dyn Fn(http::Method, http::Uri, Bytes) -> BoxFuture<'static, (u16, Value)> + Send + Sync>;
+
 /// One scripted answer to a watch request.
 #[derive(Clone, Debug)]
 pub struct WatchScript {
@@ -31,14 +44,24 @@ pub struct WatchScript {
     /// Keep the stream open after the lines (as a real watch does until its
     /// timeout) instead of ending it.
     pub hold: bool,
+    /// Send the lines only once this opens.
+    pub gate: Option<Gate>,
+}
+
+/// One scripted answer to a list request.
+#[derive(Clone, Debug)]
+struct ListAnswer {
+    status: u16,
+    body: Value,
+    gate: Option<Gate>,
 }
 
 #[derive(Debug, Default)]
 struct Route {
-    lists: VecDeque<(u16, Value)>,
+    lists: VecDeque<ListAnswer>,
     watches: VecDeque<WatchScript>,
     /// The last list answer, repeated if the script runs out.
-    last_list: Option<(u16, Value)>,
+    last_list: Option<ListAnswer>,
 }
 
 /// The scripted API.
@@ -68,22 +91,51 @@ impl FakeApi {
 
     /// Queues a list answer for `route`.
     pub fn list(&self, route: &str, status: u16, body: Value) -> &Self {
+        self.push_list(route, status, body, None)
+    }
+
+    /// Queues a list answer for `route` whose body waits for `gate`.
+    pub fn list_gated(&self, route: &str, status: u16, body: Value, gate: Gate) -> &Self {
+        self.push_list(route, status, body, Some(gate))
+    }
+
+    fn push_list(&self, route: &str, status: u16, body: Value, gate: Option<Gate>) -> &Self {
         let mut r = self.routes.lock().unwrap();
         r.entry(route.to_string())
             .or_default()
             .lists
-            .push_back((status, body));
+            .push_back(ListAnswer { status, body, gate });
         self
     }
 
     /// Queues a watch answer for `route`.
     pub fn watch(&self, route: &str, lines: Vec<Value>, hold: bool) -> &Self {
+        self.push_watch(route, lines, hold, None)
+    }
+
+    /// Queues a watch answer for `route` whose lines wait for `gate`.
+    pub fn watch_gated(&self, route: &str, lines: Vec<Value>, hold: bool, gate: Gate) -> &Self {
+        self.push_watch(route, lines, hold, Some(gate))
+    }
+
+    fn push_watch(&self, route: &str, lines: Vec<Value>, hold: bool, gate: Option<Gate>) -> &Self {
         let mut r = self.routes.lock().unwrap();
         r.entry(route.to_string())
             .or_default()
             .watches
-            .push_back(WatchScript { lines, hold });
+            .push_back(WatchScript { lines, hold, gate });
         self
+    }
+
+    /// Whether the script answers GETs of `path` (with `query`'s field
+    /// selector), or the request is for `/version`.
+    pub fn routes(&self, path: &str, query: Option<&str>) -> bool {
+        path == "/version"
+            || self
+                .routes
+                .lock()
+                .unwrap()
+                .contains_key(&route_of(path, query))
     }
 
     /// Every request so far, as `METHOD path?query`.
@@ -119,14 +171,18 @@ impl FakeApi {
                 None => watch_response(WatchScript {
                     lines: vec![],
                     hold: true,
+                    gate: None,
                 }),
             }
         } else {
             let answer = r.lists.pop_front().or_else(|| r.last_list.clone());
             match answer {
-                Some((status, body)) => {
-                    r.last_list = Some((status, body.clone()));
-                    json_response(status, &body)
+                Some(a) => {
+                    r.last_list = Some(a.clone());
+                    match a.gate {
+                        Some(gate) => gated_json_response(a.status, &a.body, gate),
+                        None => json_response(a.status, &a.body),
+                    }
                 }
                 None => json_response(404, &not_found()),
             }
@@ -147,13 +203,44 @@ fn json_response(status: u16, body: &Value) -> Response<Body> {
         .unwrap()
 }
 
-fn watch_response(w: WatchScript) -> Response<Body> {
-    let lines = w.lines.into_iter().map(|l| {
-        let mut b = serde_json::to_vec(&l).unwrap();
-        b.push(b'\n');
-        Ok::<_, Infallible>(Frame::data(Bytes::from(b)))
+/// Waits until `gate` opens (or its sender is gone).
+async fn opened(mut gate: Gate) {
+    let _ = gate.wait_for(|open| *open).await;
+}
+
+fn gated_json_response(status: u16, body: &Value, gate: Gate) -> Response<Body> {
+    let bytes = Bytes::from(serde_json::to_vec(body).unwrap());
+    let body = futures::stream::once(async move {
+        opened(gate).await;
+        Ok::<_, Infallible>(Frame::data(bytes))
     });
-    let stream = futures::stream::iter(lines);
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+            body.boxed(),
+        )))
+        .unwrap()
+}
+
+fn watch_response(w: WatchScript) -> Response<Body> {
+    let lines: Vec<_> = w
+        .lines
+        .into_iter()
+        .map(|l| {
+            let mut b = serde_json::to_vec(&l).unwrap();
+            b.push(b'\n');
+            Ok::<_, Infallible>(Frame::data(Bytes::from(b)))
+        })
+        .collect();
+    let gate = w.gate;
+    let stream = futures::stream::once(async move {
+        if let Some(g) = gate {
+            opened(g).await;
+        }
+        futures::stream::iter(lines)
+    })
+    .flatten();
     let body = if w.hold {
         BodyExt::boxed_unsync(http_body_util::StreamBody::new(
             stream.chain(futures::stream::pending()).boxed(),
@@ -204,6 +291,12 @@ pub fn mock_client(api: FakeApi) -> kube::Client {
 
 /// Serves `api` over plain HTTP on 127.0.0.1; returns the port.
 pub async fn serve_http(api: FakeApi) -> u16 {
+    serve_http_with(api, None).await
+}
+
+/// Serves `api` over plain HTTP on 127.0.0.1, handing every request that is
+/// not a GET the script routes to `fallback`; returns the port.
+pub async fn serve_http_with(api: FakeApi, fallback: Option<Fallback>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -212,10 +305,29 @@ pub async fn serve_http(api: FakeApi) -> u16 {
                 return;
             };
             let api = api.clone();
+            let fallback = fallback.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let resp = api.respond(req.method(), req.uri());
-                    async move { Ok::<_, Infallible>(resp) }
+                    let api = api.clone();
+                    let fallback = fallback.clone();
+                    async move {
+                        let scripted = req.method() == http::Method::GET
+                            && api.routes(req.uri().path(), req.uri().query());
+                        let resp = match fallback {
+                            Some(f) if !scripted => {
+                                let (parts, body) = req.into_parts();
+                                let bytes = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let (status, json) = f(parts.method, parts.uri, bytes).await;
+                                json_response(status, &json)
+                            }
+                            _ => api.respond(req.method(), req.uri()),
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
