@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Replay event files through the policies and score them against each other.
+    /// Replay event files, or a Kafka topic, through the policies and score
+    /// them against each other.
     Replay(replay::cli::Args),
     /// Fit the predictive model on the first part of traces; score it on the rest.
     Tune(forecast::tune::Args),
@@ -109,6 +110,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Where one replay's events come from.
+enum Source<'a> {
+    File(&'a std::path::Path),
+    Kafka(&'a replay::KafkaSource),
+}
+
 fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
     let opts = args.options()?;
     let mut decisions = match &args.decisions {
@@ -119,9 +126,17 @@ fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for file in &args.files {
-        let report =
-            replay::replay_file(file, &opts, decisions.as_mut().map(|d| d as &mut dyn Write))?;
+    let kafka = args.kafka_source()?;
+    let sources = match &kafka {
+        Some(k) => vec![Source::Kafka(k)],
+        None => args.files.iter().map(|f| Source::File(f)).collect(),
+    };
+    for source in sources {
+        let d = decisions.as_mut().map(|d| d as &mut dyn Write);
+        let report = match source {
+            Source::File(file) => replay::replay_file(file, &opts, d)?,
+            Source::Kafka(k) => replay::replay_kafka(k, &opts, d)?,
+        };
         if args.json {
             serde_json::to_writer(&mut out, &report)?;
             writeln!(out)?;

@@ -5,10 +5,13 @@
 //! state it needs to tell a transition from a re-send (pod → phase, node,
 //! claim; workload → fingerprint) and never whole objects.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -267,6 +270,10 @@ pub struct Normalizer {
     image_lists: HashMap<Arc<[Arc<str>]>, ()>,
     stats: Stats,
     applied: u64,
+    /// Scratch buffers reused across changes, so that a re-sent or
+    /// progressing pod costs no allocation beyond the events it emits.
+    scratch_images: Vec<Arc<str>>,
+    scratch_name: String,
 }
 
 /// How many changes pass between two prunings of the interned strings.
@@ -366,13 +373,35 @@ impl Normalizer {
         k
     }
 
-    fn intern_images(&mut self, images: &[String]) -> Arc<[Arc<str>]> {
-        let list: Vec<Arc<str>> = images.iter().map(|i| self.intern(i)).collect();
-        if let Some((k, _)) = self.image_lists.get_key_value(list.as_slice()) {
-            return k.clone();
+    /// The interned list of a pod spec's images, as [`pod_images`] lists
+    /// them; no spec is the empty list.
+    fn intern_pod_images(&mut self, spec: Option<&PodSpec>) -> Arc<[Arc<str>]> {
+        let mut list = std::mem::take(&mut self.scratch_images);
+        list.clear();
+        let containers = spec.into_iter().flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        });
+        for c in containers {
+            if let Some(img) = c.image.as_deref() {
+                let full = full_reference_cow(img);
+                if !list.iter().any(|i| **i == *full) {
+                    list.push(self.intern(&full));
+                }
+            }
         }
-        let k: Arc<[Arc<str>]> = Arc::from(list);
-        self.image_lists.insert(k.clone(), ());
+        let k = match self.image_lists.get_key_value(list.as_slice()) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<[Arc<str>]> = Arc::from(list.as_slice());
+                self.image_lists.insert(k.clone(), ());
+                k
+            }
+        };
+        list.clear();
+        self.scratch_images = list;
         k
     }
 
@@ -392,21 +421,21 @@ impl Normalizer {
 
     fn pod(&mut self, ts: f64, p: &Pod, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
         let name = namespaced(&p.metadata, "Pod")?;
-        let key: Arc<str> = Arc::from(name.as_str());
         let terminal = p
             .status
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
         if deleted || terminal {
-            if let Some(st) = self.pods.remove(&key) {
+            if let Some(st) = self.pods.remove(name.as_str()) {
                 out.push(at(ts, Self::pod_event(&name, &st, PodPhase::Deleted)));
             }
             return Ok(());
         }
-        let images = p.spec.as_ref().map(pod_images).unwrap_or_default();
-        let images = self.intern_images(&images);
-        let workload = pod_workload(&p.metadata).map(|w| self.intern(&w));
+        let images = self.intern_pod_images(p.spec.as_ref());
+        let mut scratch = std::mem::take(&mut self.scratch_name);
+        let workload = pod_workload_into(&p.metadata, &mut scratch).then(|| self.intern(&scratch));
+        self.scratch_name = scratch;
         let spec_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
         let status = p.status.as_ref();
         let nominated = status.and_then(|s| s.nominated_node_name.as_deref());
@@ -436,18 +465,28 @@ impl Normalizer {
             PodPhase::Pending
         };
         let node = spec_node.or(nominated).map(|n| self.intern(n));
-        let prev = self.pods.get(&key).cloned();
-        let mut st = prev.clone().unwrap_or_else(|| PodState {
-            phase: PodPhase::Pending,
-            node: None,
-            claim: None,
-            workload: None,
-            images: images.clone(),
-        });
+        // The state is updated in place: a known pod's key is not allocated
+        // again, and its state is not copied.
+        let is_new = !self.pods.contains_key(name.as_str());
+        if is_new {
+            self.pods.insert(
+                Arc::from(name.as_str()),
+                PodState {
+                    phase: PodPhase::Pending,
+                    node: None,
+                    claim: None,
+                    workload: None,
+                    images: images.clone(),
+                },
+            );
+        }
+        let Some(st) = self.pods.get_mut(name.as_str()) else {
+            return Ok(());
+        };
         st.images = images;
         st.workload = workload;
-        if prev.is_none() {
-            out.push(at(ts, Self::pod_event(&name, &st, PodPhase::Pending)));
+        if is_new {
+            out.push(at(ts, Self::pod_event(&name, st, PodPhase::Pending)));
         }
         // Pods only move forward: a restarted container is not a new start.
         let cur = rank(st.phase);
@@ -459,22 +498,21 @@ impl Normalizer {
                 st.phase = PodPhase::Nominated;
                 st.node = node;
                 st.claim = None;
-                out.push(at(ts, Self::pod_event(&name, &st, PodPhase::Nominated)));
+                out.push(at(ts, Self::pod_event(&name, st, PodPhase::Nominated)));
             }
             PodPhase::Scheduled | PodPhase::Started => {
                 if cur < rank(PodPhase::Scheduled) {
                     st.phase = PodPhase::Scheduled;
                     st.node = node;
-                    out.push(at(ts, Self::pod_event(&name, &st, PodPhase::Scheduled)));
+                    out.push(at(ts, Self::pod_event(&name, st, PodPhase::Scheduled)));
                 }
                 if observed == PodPhase::Started && cur < rank(PodPhase::Started) {
                     st.phase = PodPhase::Started;
-                    out.push(at(ts, Self::pod_event(&name, &st, PodPhase::Started)));
+                    out.push(at(ts, Self::pod_event(&name, st, PodPhase::Started)));
                 }
             }
             _ => {}
         }
-        self.pods.insert(key, st);
         Ok(())
     }
 
@@ -847,7 +885,7 @@ impl Normalizer {
                 (node.map(|n| self.intern(&n)), Some(self.intern(&claim)))
             }
         };
-        let empty = self.intern_images(&[]);
+        let empty = self.intern_pod_images(None);
         let st = self.pods.entry(key).or_insert_with(|| PodState {
             phase: PodPhase::Pending,
             node: None,
@@ -919,11 +957,14 @@ fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
         .map(|o| (o.kind.as_str(), o.name.as_str()))
 }
 
-/// `namespace/name` of the workload that owns a pod; a Deployment's
-/// ReplicaSet is traced to the Deployment through `pod-template-hash`.
-fn pod_workload(meta: &ObjectMeta) -> Option<String> {
+/// Writes `namespace/name` of the workload that owns a pod into `buf`
+/// (`false` when no owner); a Deployment's ReplicaSet is traced to the
+/// Deployment through `pod-template-hash`.
+fn pod_workload_into(meta: &ObjectMeta, buf: &mut String) -> bool {
     let ns = meta.namespace.as_deref().unwrap_or("default");
-    let (kind, name) = controller_of(meta)?;
+    let Some((kind, name)) = controller_of(meta) else {
+        return false;
+    };
     let name = if kind == "ReplicaSet" {
         let hash = meta
             .labels
@@ -936,7 +977,11 @@ fn pod_workload(meta: &ObjectMeta) -> Option<String> {
     } else {
         name
     };
-    Some(format!("{ns}/{name}"))
+    buf.clear();
+    buf.push_str(ns);
+    buf.push('/');
+    buf.push_str(name);
+    true
 }
 
 /// Images of a pod spec, init containers first, each once, as full references.
@@ -1029,19 +1074,25 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
 /// Expands an image name as a container runtime does: `nginx` becomes
 /// `docker.io/library/nginx:latest`.
 pub fn full_reference(image: &str) -> String {
+    full_reference_cow(image).into_owned()
+}
+
+/// [`full_reference`] without a copy when the reference is already full,
+/// as it nearly always is in a pod spec written by a deployment tool.
+fn full_reference_cow(image: &str) -> Cow<'_, str> {
     let image = image.trim();
-    let path = match image.split_once('/') {
+    let path: Cow<'_, str> = match image.split_once('/') {
         Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            image.to_string()
+            Cow::Borrowed(image)
         }
-        Some(_) => format!("docker.io/{image}"),
-        None => format!("docker.io/library/{image}"),
+        Some(_) => Cow::Owned(format!("docker.io/{image}")),
+        None => Cow::Owned(format!("docker.io/library/{image}")),
     };
     let last = path.rsplit('/').next().unwrap_or("");
     if path.contains('@') || last.contains(':') {
         path
     } else {
-        format!("{path}:latest")
+        Cow::Owned(format!("{path}:latest"))
     }
 }
 

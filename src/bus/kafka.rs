@@ -7,7 +7,10 @@
 //!   `acks=all` and bounded in-flight requests), so librdkafka retries failed
 //!   produce requests without duplicating or reordering messages. The message
 //!   timestamp is the event's `ts`, so a replay can find its start with
-//!   `offsets_for_times`.
+//!   `offsets_for_times`. Each message also carries the producer's sequence
+//!   number in the `pullahead-seq` header, so that a replay can put events
+//!   of equal `ts` from different partitions back in the order they were
+//!   published.
 //! - **Consumer.** At least once: automatic offset storing is off, and a
 //!   [`Delivery`]'s offset is stored only when it is acked, after the event
 //!   was applied. Stored offsets are committed in the background and on
@@ -18,17 +21,29 @@
 //!   `-X key=value`; it overrides the defaults set here.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{Bus, Delivery, Error, Result, Subscription, entity_key};
 use crate::event::{Event, EventReader};
+
+/// The header that carries a message's place in its producer's sequence.
+const SEQ_HEADER: &str = "pullahead-seq";
+
+/// The producer sequence number of a message, when it has one.
+fn seq_of<M: Message>(msg: &M) -> Option<u64> {
+    let value = msg.headers()?.iter().find(|h| h.key == SEQ_HEADER)?.value?;
+    Some(u64::from_be_bytes(value.try_into().ok()?))
+}
 
 /// How long metadata and offset look-ups may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,6 +167,8 @@ fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Result<Op
 pub struct KafkaBus {
     config: KafkaConfig,
     producer: FutureProducer,
+    /// The next message's sequence number (see [`SEQ_HEADER`]).
+    seq: AtomicU64,
 }
 
 impl KafkaBus {
@@ -167,7 +184,11 @@ impl KafkaBus {
             ])
             .create()
             .map_err(kafka("creating the producer"))?;
-        Ok(Self { config, producer })
+        Ok(Self {
+            config,
+            producer,
+            seq: AtomicU64::new(0),
+        })
     }
 
     /// The settings this bus was made with.
@@ -180,10 +201,16 @@ impl KafkaBus {
     async fn enqueue(&self, event: &Event) -> Result<DeliveryFuture> {
         let key = entity_key(event);
         let payload = serde_json::to_vec(event).map_err(Error::Encode)?;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed).to_be_bytes();
         loop {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: SEQ_HEADER,
+                value: Some(&seq[..]),
+            });
             let mut record = FutureRecord::to(&self.config.topic)
                 .key(&key)
-                .payload(&payload);
+                .payload(&payload)
+                .headers(headers);
             if let Some(ms) = timestamp_ms(event.ts) {
                 record = record.timestamp(ms);
             }
@@ -238,9 +265,13 @@ impl Bus for KafkaBus {
 }
 
 /// Partitions of `topic`, from the brokers' metadata.
-fn partitions<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>> {
+fn partitions<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>> {
     let md = consumer
-        .fetch_metadata(Some(topic), LOOKUP_TIMEOUT)
+        .fetch_metadata(Some(topic), timeout)
         .map_err(kafka(format!("reading metadata of {topic}")))?;
     let parts: Vec<i32> = md
         .topics()
@@ -275,7 +306,7 @@ impl KafkaSubscription {
             .create()
             .map_err(kafka("creating the consumer"))?;
         let mut tpl = TopicPartitionList::new();
-        for p in partitions(&consumer, &config.topic)? {
+        for p in partitions(&consumer, &config.topic, LOOKUP_TIMEOUT)? {
             tpl.add_partition_offset(&config.topic, p, Offset::Stored)
                 .map_err(kafka("building the assignment"))?;
         }
@@ -362,31 +393,67 @@ impl Ack {
     }
 }
 
+/// The replay reader's client context. librdkafka reports an unreachable
+/// broker as a stream of log lines and global errors while it retries; a
+/// replay read is one bounded call whose own error says what failed, so those
+/// go to debug instead of flooding the terminal at ERROR.
+struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(target: "librdkafka", ?level, fac, "{log_message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, reason, "client error");
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
 /// Reads the events of the topic with `from <= ts <= until`, in time order,
-/// for replay. The start of each partition is found with
+/// for replay; events of equal `ts` keep the order their producer published
+/// them in. The start of each partition is found with
 /// `offsets_for_times`; reading stops at the end offsets seen when the call
 /// began. Blocking: from async code, call it through `spawn_blocking`.
+/// Each broker look-up, and each wait for the next message, gives up after
+/// 10 s; [`read_range_within`] sets that bound.
 pub fn read_range(
     config: &KafkaConfig,
     from: Option<f64>,
     until: Option<f64>,
+) -> Result<Vec<Event>> {
+    read_range_within(config, from, until, LOOKUP_TIMEOUT)
+}
+
+/// [`read_range`] with `timeout` as the bound on each broker look-up and on
+/// each wait for the next message, so that an unreachable broker or a
+/// stalled partition ends in an error instead of a hang.
+pub fn read_range_within(
+    config: &KafkaConfig,
+    from: Option<f64>,
+    until: Option<f64>,
+    timeout: Duration,
 ) -> Result<Vec<Event>> {
     for t in from.iter().chain(until.iter()) {
         if !t.is_finite() {
             return Err(Error::BadTime(*t));
         }
     }
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<QuietContext> = config
         .client(&[
             ("group.id", "pullahead-replay"),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
+            // A replay only reads: a mistyped topic must be an error, not a
+            // new empty topic on brokers that create topics on demand.
+            ("allow.auto.create.topics", "false"),
         ])
-        .create()
+        .create_with_context(QuietContext)
         .map_err(kafka("creating the replay consumer"))?;
     let topic = config.topic.as_str();
-    let parts = partitions(&consumer, topic)?;
+    let parts = partitions(&consumer, topic, timeout)?;
 
     // Where each partition starts and ends.
     let mut starts: Vec<(i32, i64)> = Vec::new();
@@ -399,7 +466,7 @@ pub fn read_range(
             }
             Some(
                 consumer
-                    .offsets_for_times(q, LOOKUP_TIMEOUT)
+                    .offsets_for_times(q, timeout)
                     .map_err(kafka(format!("finding offsets of {topic} by time")))?,
             )
         }
@@ -408,7 +475,7 @@ pub fn read_range(
     let mut remaining = std::collections::HashMap::new();
     for &p in &parts {
         let (low, high) = consumer
-            .fetch_watermarks(topic, p, LOOKUP_TIMEOUT)
+            .fetch_watermarks(topic, p, timeout)
             .map_err(kafka(format!("reading watermarks of {topic}/{p}")))?;
         let start = match by_time.as_ref().and_then(|t| t.find_partition(topic, p)) {
             Some(e) => match e.offset() {
@@ -449,7 +516,7 @@ pub fn read_range(
     let mut last_progress = Instant::now();
     while !remaining.is_empty() {
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
-            if last_progress.elapsed() > LOOKUP_TIMEOUT {
+            if last_progress.elapsed() > timeout {
                 return Err(kafka(format!("reading {topic}"))(
                     KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
                 ));
@@ -463,14 +530,21 @@ pub fn read_range(
             && from.is_none_or(|f| event.ts >= f)
             && until.is_none_or(|u| event.ts <= u)
         {
-            events.push(event);
+            events.push((seq_of(&msg), event));
         }
         if remaining.get(&p).is_some_and(|&high| o + 1 >= high) {
             remaining.remove(&p);
         }
     }
-    // Merge the partitions by time; the sort is stable, so each partition's
-    // (and so each entity's) order is kept among equal times.
-    events.sort_by(|a, b| a.ts.total_cmp(&b.ts));
-    Ok(events)
+    // Merge the partitions by time, and equal times by the producer's
+    // sequence: one recorder's events then come back exactly in the order it
+    // saw them, which the simulator depends on (a node registers before the
+    // pod bound to it in the same second). Messages without a sequence sort
+    // after those with one; the sort is stable, so each partition's (and so
+    // each entity's) order is kept among equal keys.
+    events.sort_by(|(sa, a), (sb, b)| {
+        a.ts.total_cmp(&b.ts)
+            .then_with(|| sa.unwrap_or(u64::MAX).cmp(&sb.unwrap_or(u64::MAX)))
+    });
+    Ok(events.into_iter().map(|(_, e)| e).collect())
 }

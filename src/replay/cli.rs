@@ -1,16 +1,42 @@
 //! The `pullahead replay` command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::Options;
 use super::sim::SimConfig;
+use super::{KafkaSource, Options};
+use crate::bus::kafka::KafkaArgs;
 
-/// Replays event files through each policy and scores them.
+/// Replays event files, or a Kafka topic, through each policy and scores them.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Args {
     /// Event files (schema v1 JSON Lines) to replay; each gets its own report.
-    #[arg(required = true, value_name = "FILE")]
+    /// Without files, `--kafka-brokers` names a topic to replay instead.
+    #[arg(
+        value_name = "FILE",
+        required_unless_present = "kafka_brokers",
+        conflicts_with = "kafka_brokers"
+    )]
     pub files: Vec<PathBuf>,
+    /// Replay the events of a Kafka topic instead of files.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// With a topic: only events at or after this time, in Unix seconds or
+    /// RFC 3339 (`2026-11-28T10:00:00Z`).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    pub from: Option<f64>,
+    /// With a topic: only events at or before this time (as `--from`).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    pub until: Option<f64>,
+    /// With a topic: give up when a broker does not answer, or no message
+    /// arrives, within this time (e.g. `10s`, `1m`).
+    #[arg(
+        long,
+        value_parser = crate::record::parse_duration,
+        default_value = "10s",
+        env = "PULLAHEAD_KAFKA_TIMEOUT"
+    )]
+    pub kafka_timeout: Duration,
     /// Policies to compare, comma-separated: none, static, popular,
     /// predictive, oracle.
     #[arg(
@@ -74,6 +100,43 @@ impl Args {
         self.sim
             .options(self.policy.iter().map(|p| p.trim().to_string()).collect())
     }
+
+    /// The topic to replay, or `None` when the events come from files.
+    pub fn kafka_source(&self) -> super::Result<Option<KafkaSource>> {
+        let config = self
+            .kafka
+            .config()
+            .map_err(|e| super::Error::InvalidOption(e.to_string()))?;
+        // Checked here rather than with clap's `requires`, which does not
+        // see through the flattened Kafka flags.
+        if config.is_none() && (self.from.is_some() || self.until.is_some()) {
+            return Err(super::Error::InvalidOption(
+                "--from and --until select events of a topic: they need --kafka-brokers".into(),
+            ));
+        }
+        Ok(config.map(|config| KafkaSource {
+            config,
+            from: self.from,
+            until: self.until,
+            timeout: self.kafka_timeout,
+        }))
+    }
+}
+
+/// Parses a time bound: Unix seconds (`1732788000`, `1732788000.5`) or an
+/// RFC 3339 timestamp.
+pub fn parse_time(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return if secs.is_finite() {
+            Ok(secs)
+        } else {
+            Err(format!("{s:?} is not a finite number of seconds"))
+        };
+    }
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond() as f64 / 1000.0)
+        .map_err(|e| format!("{s:?} is neither Unix seconds nor an RFC 3339 time: {e}"))
 }
 
 impl SimArgs {

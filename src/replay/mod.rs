@@ -3,7 +3,8 @@
 //!
 //! Every policy sees the same events, in one streaming pass, each against its
 //! own [`sim::Sim`]. The oracle needs the future, so a file is read twice:
-//! once to learn every binding ([`oracle::Foresight`]), once to replay.
+//! once to learn every binding ([`oracle::Foresight`]), once to replay. A
+//! Kafka topic is read once, into memory, and both passes run over that.
 
 pub mod catalog;
 pub mod cli;
@@ -14,8 +15,9 @@ pub mod synth;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::bus::kafka::{self, KafkaConfig};
 use crate::clock::SimClock;
 use crate::event::{self, Event, EventReader};
 use crate::forecast::model::Model;
@@ -49,6 +51,18 @@ pub enum Error {
     /// Writing decisions failed.
     #[error("writing decisions: {0}")]
     Decisions(#[source] std::io::Error),
+    /// The events could not be read from Kafka.
+    #[error("cannot read Kafka topic {topic:?} from brokers {brokers}: {error}")]
+    Kafka {
+        /// The bootstrap servers that were tried.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// What the client said. Part of the message rather than a
+        /// `#[source]`, so that `{:#}` prints it once, on one line; boxed
+        /// because Kafka errors would make every replay `Result` large.
+        error: Box<crate::bus::Error>,
+    },
     /// The static image list could not be read.
     #[error("{path}: {source}")]
     StaticList {
@@ -172,6 +186,64 @@ pub fn replay_file(path: &Path, opts: &Options, decisions: Decisions<'_>) -> Res
     let foresight = Foresight::scan(path)?;
     let label = path.display().to_string();
     replay(&label, EventReader::open(path)?, foresight, opts, decisions)
+}
+
+/// Events to replay from a Kafka topic.
+#[derive(Clone, Debug)]
+pub struct KafkaSource {
+    /// Brokers and topic.
+    pub config: KafkaConfig,
+    /// Only events at or after this time (seconds, as the events' `ts`).
+    pub from: Option<f64>,
+    /// Only events at or before this time.
+    pub until: Option<f64>,
+    /// Bound on each broker look-up and each wait for a message.
+    pub timeout: Duration,
+}
+
+impl KafkaSource {
+    /// How the report names the trace: `kafka://TOPIC`.
+    pub fn label(&self) -> String {
+        format!("kafka://{}", self.config.topic)
+    }
+}
+
+/// Replays the events of a Kafka topic (see [`kafka::read_range`]) with
+/// every policy in `opts`. Blocking.
+pub fn replay_kafka(
+    source: &KafkaSource,
+    opts: &Options,
+    decisions: Decisions<'_>,
+) -> Result<Report> {
+    let events =
+        kafka::read_range_within(&source.config, source.from, source.until, source.timeout)
+            .map_err(|e| Error::Kafka {
+                brokers: source.config.brokers.clone(),
+                topic: source.config.topic.clone(),
+                error: Box::new(e),
+            })?;
+    if events.is_empty() {
+        tracing::warn!(topic = %source.config.topic, "no events in the topic for the time range");
+    }
+    replay_events(&source.label(), events, opts, decisions)
+}
+
+/// Replays events already in memory (the trace called `label`) with every
+/// policy in `opts`; the oracle's foresight comes from the same events.
+pub fn replay_events(
+    label: &str,
+    events: Vec<Event>,
+    opts: &Options,
+    decisions: Decisions<'_>,
+) -> Result<Report> {
+    let foresight = Foresight::from_slice(&events);
+    replay(
+        label,
+        events.into_iter().map(Ok),
+        foresight,
+        opts,
+        decisions,
+    )
 }
 
 struct Lane {

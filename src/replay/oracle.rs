@@ -36,28 +36,52 @@ impl Foresight {
     pub fn from_events(
         events: impl IntoIterator<Item = event::Result<Event>>,
     ) -> event::Result<Self> {
-        let mut incarnation: HashMap<String, u32> = HashMap::default();
-        let mut needs: HashMap<(String, u32), Vec<String>> = HashMap::default();
+        let mut learner = Learner::default();
         for e in events {
-            let e = e?;
-            match &e.body {
-                Body::Node(n) if n.phase == NodePhase::Registered => {
-                    *incarnation.entry(n.node.clone()).or_default() += 1;
-                }
-                Body::Pod(p) if p.phase == PodPhase::Scheduled => {
-                    let Some(node) = &p.node else { continue };
-                    let inc = incarnation.get(node).copied().unwrap_or(0);
-                    let list = needs.entry((node.clone(), inc)).or_default();
-                    for image in &p.images {
-                        if !list.contains(image) {
-                            list.push(image.clone());
-                        }
+            learner.see(&e?);
+        }
+        Ok(learner.finish())
+    }
+
+    /// Learns every binding from events already in memory (a topic read
+    /// whole), without copying them.
+    pub fn from_slice(events: &[Event]) -> Self {
+        let mut learner = Learner::default();
+        events.iter().for_each(|e| learner.see(e));
+        learner.finish()
+    }
+}
+
+/// The fold behind every [`Foresight`] constructor, so that files and
+/// in-memory events are read by the same rules.
+#[derive(Default)]
+struct Learner {
+    incarnation: HashMap<String, u32>,
+    needs: HashMap<(String, u32), Vec<String>>,
+}
+
+impl Learner {
+    fn see(&mut self, e: &Event) {
+        match &e.body {
+            Body::Node(n) if n.phase == NodePhase::Registered => {
+                *self.incarnation.entry(n.node.clone()).or_default() += 1;
+            }
+            Body::Pod(p) if p.phase == PodPhase::Scheduled => {
+                let Some(node) = &p.node else { return };
+                let inc = self.incarnation.get(node).copied().unwrap_or(0);
+                let list = self.needs.entry((node.clone(), inc)).or_default();
+                for image in &p.images {
+                    if !list.contains(image) {
+                        list.push(image.clone());
                     }
                 }
-                _ => {}
             }
+            _ => {}
         }
-        Ok(Self { needs })
+    }
+
+    fn finish(self) -> Foresight {
+        Foresight { needs: self.needs }
     }
 }
 

@@ -251,14 +251,31 @@ pub struct Watcher {
     readiness: Readiness,
     last_ts: f64,
     stats: Stats,
+    /// Scratch space for the key of the object at hand, reused so that a
+    /// watch event costs no allocation just to find its tracker entry.
+    key: String,
 }
 
-fn key_of(meta: &ObjectMeta) -> Option<String> {
-    let name = meta.name.as_deref()?;
-    Some(match meta.namespace.as_deref() {
-        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
-        _ => name.to_string(),
-    })
+/// Writes the object's key (`namespace/name`, or `name`) into `buf`;
+/// `false` when the object has no name.
+fn key_of(meta: &ObjectMeta, buf: &mut String) -> bool {
+    let Some(name) = meta.name.as_deref() else {
+        return false;
+    };
+    buf.clear();
+    if let Some(ns) = meta.namespace.as_deref().filter(|ns| !ns.is_empty()) {
+        buf.push_str(ns);
+        buf.push('/');
+    }
+    buf.push_str(name);
+    true
+}
+
+fn version_of(obj: &Object) -> &str {
+    obj.metadata()
+        .resource_version
+        .as_deref()
+        .unwrap_or_default()
 }
 
 /// An object of `kind` that carries only the name in `key`: what a delete
@@ -329,6 +346,7 @@ impl Watcher {
             readiness,
             last_ts: f64::NEG_INFINITY,
             stats: Stats::default(),
+            key: String::new(),
         }
     }
 
@@ -386,11 +404,10 @@ impl Watcher {
                 tracker.init();
             }
             watcher::Event::InitApply(obj) => {
-                let Some(key) = key_of(obj.metadata()) else {
+                if !key_of(obj.metadata(), &mut self.key) {
                     return;
-                };
-                let rv = obj.metadata().resource_version.clone().unwrap_or_default();
-                match tracker.listed(&key, &rv) {
+                }
+                match tracker.listed(&self.key, version_of(&obj)) {
                     Listed::Changed => self.normalize(ts, Change::Applied(obj), out),
                     Listed::Unchanged => self.stats.unchanged += 1,
                 }
@@ -407,17 +424,16 @@ impl Watcher {
                 self.readiness.listed(kind);
             }
             watcher::Event::Apply(obj) => {
-                let Some(key) = key_of(obj.metadata()) else {
+                if !key_of(obj.metadata(), &mut self.key) {
                     return;
-                };
-                let rv = obj.metadata().resource_version.clone().unwrap_or_default();
-                if tracker.applied(&key, &rv) == Listed::Changed {
+                }
+                if tracker.applied(&self.key, version_of(&obj)) == Listed::Changed {
                     self.normalize(ts, Change::Applied(obj), out);
                 }
             }
             watcher::Event::Delete(obj) => {
-                if let Some(key) = key_of(obj.metadata()) {
-                    tracker.deleted(&key);
+                if key_of(obj.metadata(), &mut self.key) {
+                    tracker.deleted(&self.key);
                 }
                 self.normalize(ts, Change::Deleted(obj), out);
             }

@@ -6,8 +6,9 @@
 //! its last state to the current one: objects that changed are applied again,
 //! objects that did not are skipped, and objects that are gone are deleted.
 
-use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// What to do with an object listed during a relist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,18 +59,32 @@ impl Tracker {
 
     /// A list starts.
     pub fn init(&mut self) {
-        self.listing = Some(HashSet::new());
+        self.listing = Some(HashSet::default());
     }
 
     /// An object arrived in the list.
     pub fn listed(&mut self, key: &str, resource_version: &str) -> Listed {
-        let h = version_hash(resource_version);
         if let Some(l) = self.listing.as_mut() {
             l.insert(key.into());
         }
-        match self.known.insert(key.into(), h) {
-            Some(old) if old == h => Listed::Unchanged,
-            _ => Listed::Changed,
+        self.remember(key, resource_version)
+    }
+
+    /// Records `key` at `resource_version`; says whether that changed it.
+    fn remember(&mut self, key: &str, resource_version: &str) -> Listed {
+        let h = version_hash(resource_version);
+        // Known objects are updated in place: allocating the key again for
+        // every change would dominate the cost of a watch event.
+        match self.known.get_mut(key) {
+            Some(old) if *old == h => Listed::Unchanged,
+            Some(old) => {
+                *old = h;
+                Listed::Changed
+            }
+            None => {
+                self.known.insert(key.into(), h);
+                Listed::Changed
+            }
         }
     }
 
@@ -97,11 +112,7 @@ impl Tracker {
     /// [`Listed::Unchanged`] when this exact version was already seen (a
     /// watch restarted from an older version repeats events).
     pub fn applied(&mut self, key: &str, resource_version: &str) -> Listed {
-        let h = version_hash(resource_version);
-        match self.known.insert(key.into(), h) {
-            Some(old) if old == h => Listed::Unchanged,
-            _ => Listed::Changed,
-        }
+        self.remember(key, resource_version)
     }
 
     /// An object was deleted during a watch. Returns whether it was known.
