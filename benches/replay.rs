@@ -13,6 +13,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pullahead::event::{EventWriter, Header};
 use pullahead::replay::{self, synth};
 
+// The allocator the `pullahead` binary uses, so the figure is the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn trace(dir: &Path, events: u64) -> std::path::PathBuf {
     let path = dir.join(format!("synth-{events}.jsonl"));
     let header = Header::new(0.0, "bench");

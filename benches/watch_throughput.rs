@@ -13,6 +13,10 @@ use pullahead::bus::memory::InProcessBus;
 use pullahead::normalize::Object;
 use pullahead::watch::{Kind, Readiness, Watcher};
 
+// The allocator the `pullahead` binary uses, so the figure is the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PODS: usize = 20_000;
 
 fn inputs() -> Vec<WatchEvent<Object>> {
