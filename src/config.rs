@@ -420,6 +420,40 @@ mod tests {
     }
 
     #[test]
+    fn kafka_settings_come_from_flags_over_the_file_and_exclude_events() {
+        let f = file(
+            "kafka-brokers: k1:9092\nkafka-topic: from-file\nkafka-options: [client.id=a, linger.ms=1]\n",
+        );
+        let mut args = RunArgs {
+            config: Some(f.path().into()),
+            ..RunArgs::default()
+        };
+        // As clap fills them when the flags are not given.
+        args.kafka.kafka_topic = DEFAULT_KAFKA_TOPIC.into();
+        args.kafka.kafka_group = DEFAULT_KAFKA_GROUP.into();
+        args.kafka.kafka_option = vec!["client.id=b".into()];
+        let k = Config::resolve(&args).unwrap().kafka.unwrap();
+        assert_eq!(k.brokers, "k1:9092");
+        assert_eq!(k.topic, "from-file");
+        assert_eq!(k.group, "pullahead");
+        assert_eq!(k.options.last().unwrap(), &("client.id".into(), "b".into()));
+        args.kafka.kafka_topic = "from-flag".into();
+        assert_eq!(
+            Config::resolve(&args).unwrap().kafka.unwrap().topic,
+            "from-flag"
+        );
+        assert!(
+            Config::resolve(&RunArgs::default())
+                .unwrap()
+                .kafka
+                .is_none()
+        );
+        args.events = Some("e.jsonl".into());
+        let e = Config::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("e.jsonl") && e.contains("k1:9092"), "{e}");
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error_naming_file_and_line() {
         let f = file("dry-run: true\nlease-durashun: 5\n");
         let args = RunArgs {

@@ -51,7 +51,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Kafka flags shared by the commands that use a topic.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap servers, `host:port[,host:port…]`. Enables the Kafka bus.
+    /// Kafka bootstrap servers, `host:port[,host:port…]`. Enables the Kafka
+    /// bus: `record` publishes to the topic, `replay` and `run` read from it.
     #[arg(long, env = "PULLAHEAD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// The Kafka topic that carries the events.
