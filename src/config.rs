@@ -147,7 +147,18 @@ pub struct RunArgs {
     /// with an error. [default: 10]
     #[arg(long, env = "PULLAHEAD_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub connect_timeout: Option<f64>,
+
+    /// Consume events from a Kafka topic (as `pullahead record
+    /// --kafka-brokers` fills it) instead of watching the cluster or reading
+    /// `--events`.
+    #[command(flatten)]
+    pub kafka: crate::bus::kafka::KafkaArgs,
 }
+
+/// `KafkaArgs`' clap defaults: a flag still at its default lets the config
+/// file's value through.
+const DEFAULT_KAFKA_TOPIC: &str = "pullahead-events";
+const DEFAULT_KAFKA_GROUP: &str = "pullahead";
 
 /// The same settings as read from a config file.
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +181,10 @@ struct FileConfig {
     deadline: Option<f64>,
     shutdown_timeout: Option<f64>,
     connect_timeout: Option<f64>,
+    kafka_brokers: Option<String>,
+    kafka_topic: Option<String>,
+    kafka_group: Option<String>,
+    kafka_options: Option<Vec<String>>,
 }
 
 /// The resolved settings of `pullahead run`.
@@ -207,8 +222,20 @@ pub struct Config {
     pub deadline: f64,
     /// Grace for in-flight writes after SIGTERM, seconds.
     pub shutdown_timeout: f64,
-    /// Start-up wait for the API, seconds.
+    /// Start-up wait for the API, seconds; also for the Kafka brokers.
     pub connect_timeout: f64,
+    /// A Kafka topic to consume events from, instead of the watchers.
+    pub kafka: Option<crate::bus::kafka::KafkaConfig>,
+}
+
+/// A flag value unless it is empty or still its clap default, else the
+/// file's, else the default.
+fn flag_over_file(flag: &str, file: Option<String>, default: &str) -> String {
+    if !flag.is_empty() && flag != default {
+        flag.to_string()
+    } else {
+        file.unwrap_or_else(|| default.to_string())
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -260,7 +287,7 @@ impl Config {
             .or(f.identity)
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "pullahead".to_string());
-        let cfg = Self {
+        let mut cfg = Self {
             dry_run: args.dry_run || f.dry_run.unwrap_or(false),
             decisions: args.decisions.clone().or(f.decisions),
             events: args.events.clone().or(f.events),
@@ -312,7 +339,33 @@ impl Config {
                 "connect-timeout",
                 args.connect_timeout.or(f.connect_timeout).unwrap_or(10.0),
             )?,
+            kafka: None,
         };
+        if let Some(brokers) = args.kafka.kafka_brokers.clone().or(f.kafka_brokers) {
+            // File options first, so a flag given for the same key wins.
+            let options = f
+                .kafka_options
+                .unwrap_or_default()
+                .iter()
+                .chain(&args.kafka.kafka_option)
+                .map(|o| crate::bus::kafka::parse_option(o))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            cfg.kafka = Some(crate::bus::kafka::KafkaConfig {
+                brokers,
+                topic: flag_over_file(&args.kafka.kafka_topic, f.kafka_topic, DEFAULT_KAFKA_TOPIC),
+                group: flag_over_file(&args.kafka.kafka_group, f.kafka_group, DEFAULT_KAFKA_GROUP),
+                options,
+            });
+        }
+        if let (Some(events), Some(k)) = (&cfg.events, &cfg.kafka) {
+            // Two sources would interleave two unrelated streams of events.
+            return Err(Error::Invalid(format!(
+                "events file {} and Kafka brokers {} are both set; give one event source",
+                events.display(),
+                k.brokers
+            )));
+        }
         if let Some(model) = &cfg.model
             && cfg.policy != PolicyName::Predictive
         {
@@ -364,6 +417,40 @@ mod tests {
         assert_eq!(c.lease_retry, 2.0);
         assert_eq!(c.shutdown_timeout, 10.0);
         assert!(!c.dry_run);
+    }
+
+    #[test]
+    fn kafka_settings_come_from_flags_over_the_file_and_exclude_events() {
+        let f = file(
+            "kafka-brokers: k1:9092\nkafka-topic: from-file\nkafka-options: [client.id=a, linger.ms=1]\n",
+        );
+        let mut args = RunArgs {
+            config: Some(f.path().into()),
+            ..RunArgs::default()
+        };
+        // As clap fills them when the flags are not given.
+        args.kafka.kafka_topic = DEFAULT_KAFKA_TOPIC.into();
+        args.kafka.kafka_group = DEFAULT_KAFKA_GROUP.into();
+        args.kafka.kafka_option = vec!["client.id=b".into()];
+        let k = Config::resolve(&args).unwrap().kafka.unwrap();
+        assert_eq!(k.brokers, "k1:9092");
+        assert_eq!(k.topic, "from-file");
+        assert_eq!(k.group, "pullahead");
+        assert_eq!(k.options.last().unwrap(), &("client.id".into(), "b".into()));
+        args.kafka.kafka_topic = "from-flag".into();
+        assert_eq!(
+            Config::resolve(&args).unwrap().kafka.unwrap().topic,
+            "from-flag"
+        );
+        assert!(
+            Config::resolve(&RunArgs::default())
+                .unwrap()
+                .kafka
+                .is_none()
+        );
+        args.events = Some("e.jsonl".into());
+        let e = Config::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("e.jsonl") && e.contains("k1:9092"), "{e}");
     }
 
     #[test]

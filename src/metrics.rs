@@ -83,6 +83,9 @@ pub struct Metrics {
     pub watch_last_event: GaugeVec,
     /// Messages behind the head of the Kafka topic, by partition.
     pub kafka_consumer_lag: IntGaugeVec,
+    /// Errors of the Kafka event source of `run` (broker errors librdkafka
+    /// reported, failed receives and offset stores); the consumer retries.
+    pub kafka_errors: IntCounter,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
     /// Prefetch pulls running, by node (exported by the node agent).
@@ -139,6 +142,11 @@ impl Metrics {
             &["partition"],
         )?;
         r.register(Box::new(kafka_consumer_lag.clone()))?;
+        let kafka_errors = IntCounter::new(
+            "pullahead_kafka_errors_total",
+            "Errors of the Kafka event source (broker errors, failed receives or offset stores); the consumer keeps retrying.",
+        )?;
+        r.register(Box::new(kafka_errors.clone()))?;
         let leader = IntGauge::new(
             "pullahead_leader",
             "1 while this replica holds the leader Lease, else 0.",
@@ -215,6 +223,7 @@ impl Metrics {
             forecast_brier_score,
             watch_last_event,
             kafka_consumer_lag,
+            kafka_errors,
             leader,
             pulls_in_flight,
             nodeprefetch_writes: counter_vec(
@@ -399,6 +408,7 @@ mod tests {
             "pullahead_forecast_brier_score 0",
             "pullahead_watch_last_event_timestamp_seconds{kind=\"Node\"} 1",
             "pullahead_kafka_consumer_lag{partition=\"0\"} 3",
+            "pullahead_kafka_errors_total 0",
             "pullahead_leader 0",
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");

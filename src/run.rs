@@ -2,10 +2,12 @@
 //! server and the [`controller`](crate::controller) loop, and stops them all
 //! on SIGTERM.
 //!
-//! The event source is an injected channel (tests), an `--events` file, or
-//! else the cluster watchers ([`crate::watch::run`]) publishing on an
-//! in-process bus whose subscriber queue is the controller's input.
-//! `/readyz` turns ready once the watchers' initial lists are done.
+//! The event source is an injected channel (tests), an `--events` file, a
+//! Kafka topic (`--kafka-brokers`, filled by `pullahead record`), or else the
+//! cluster watchers ([`crate::watch::run`]) publishing on an in-process bus
+//! whose subscriber queue is the controller's input. `/readyz` turns ready
+//! once the watchers' initial lists are done, or once the Kafka consumer has
+//! its partitions assigned.
 //!
 //! Start-up fails fast with a message naming the cause when there is no
 //! cluster configuration or the API server does not answer, instead of
@@ -18,6 +20,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::bus::Subscription;
+use crate::bus::kafka::{KafkaConfig, KafkaSubscription, LagProbe};
 use crate::bus::memory::InProcessBus;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, PolicyName, RunArgs};
@@ -82,8 +86,170 @@ pub enum Error {
     #[error("the cluster watchers stopped on their own: {0}")]
     WatchStopped(String),
     /// Neither events nor a cluster to watch were given.
-    #[error("no event source: give --events FILE, or a cluster to watch")]
+    #[error("no event source: give --events FILE, --kafka-brokers, or a cluster to watch")]
     NoSource,
+    /// The Kafka topic could not be subscribed to at start.
+    #[error("cannot consume Kafka topic {topic:?} from brokers {brokers}: {cause}")]
+    Kafka {
+        /// The bootstrap servers.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// What went wrong (the bus error, or a timeout).
+        cause: String,
+    },
+}
+
+/// How often the Kafka consumer lag gauge is refreshed.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+/// Bound on each watermark or offset look-up of a lag refresh.
+const LAG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Subscribes to the configured topic, giving up after `timeout` with an
+/// error naming brokers and topic.
+async fn connect_kafka(
+    config: &KafkaConfig,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> Result<KafkaSubscription> {
+    let failed = |cause: String| Error::Kafka {
+        brokers: config.brokers.clone(),
+        topic: config.topic.clone(),
+        cause,
+    };
+    let errors = metrics.kafka_errors.clone();
+    let cfg = config.clone();
+    let connect = tokio::task::spawn_blocking(move || {
+        KafkaSubscription::connect(&cfg, timeout, Some(errors))
+    });
+    // The look-up inside is bounded by `timeout` already; the outer bound,
+    // with some slack, only guards against librdkafka not honouring it.
+    match tokio::time::timeout(timeout + Duration::from_secs(5), connect).await {
+        Ok(Ok(Ok(sub))) => {
+            tracing::info!(brokers = %config.brokers, topic = %config.topic, group = %config.group, "consuming events from Kafka");
+            Ok(sub)
+        }
+        Ok(Ok(Err(e))) => Err(failed(e.to_string())),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed(format!(
+            "no answer within {} s",
+            timeout.as_secs_f64()
+        ))),
+    }
+}
+
+/// Sets `pullahead_kafka_consumer_lag` from one measurement.
+async fn refresh_lag(probe: &LagProbe, config: &KafkaConfig, metrics: &Metrics) {
+    let p = probe.clone();
+    match tokio::task::spawn_blocking(move || p.lag(LAG_TIMEOUT)).await {
+        Ok(Ok(lags)) => {
+            for (partition, lag) in lags {
+                metrics
+                    .kafka_consumer_lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set(lag);
+            }
+        }
+        Ok(Err(e)) => {
+            metrics.kafka_errors.inc();
+            tracing::warn!(brokers = %config.brokers, topic = %config.topic, error = %e, "kafka: measuring the consumer lag failed");
+        }
+        Err(e) => tracing::warn!(error = %e, "kafka: the lag measurement task failed"),
+    }
+}
+
+/// Hands the topic's events to the controller until `stop`, storing each
+/// offset once its event is in the controller's queue; commits at the end
+/// so that a restart resumes right after the last event handed over.
+/// Receive errors are logged, counted and retried, never fatal: librdkafka
+/// reconnects by itself.
+async fn consume_kafka(
+    mut sub: KafkaSubscription,
+    config: KafkaConfig,
+    tx: mpsc::Sender<Event>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let probe = sub.lag_probe();
+    let lag_task = {
+        let (probe, config, metrics, mut stop) =
+            (probe.clone(), config.clone(), metrics.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LAG_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tick.tick() => {}
+                }
+                refresh_lag(&probe, &config, &metrics).await;
+            }
+        })
+    };
+    loop {
+        let got = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            got = sub.next() => got,
+        };
+        match got {
+            None => {
+                tracing::warn!(brokers = %config.brokers, topic = %config.topic, "kafka: the subscription closed");
+                break;
+            }
+            Some(Err(e @ crate::bus::Error::Decode { .. })) => {
+                // A bad message stays bad: skip it rather than retry.
+                metrics
+                    .events_dropped
+                    .with_label_values(&["malformed"])
+                    .inc();
+                tracing::warn!(error = %e, "kafka: skipping a message that is not an event");
+            }
+            Some(Err(e)) => {
+                metrics.kafka_errors.inc();
+                tracing::warn!(brokers = %config.brokers, topic = %config.topic, error = %e, "kafka: receiving failed; retrying");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Some(Ok(delivery)) => {
+                // Unlike the watchers' bus, a topic keeps what is not read
+                // yet, so a full queue waits here instead of dropping.
+                let sent = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break,
+                    sent = tx.send(delivery.event.clone()) => sent,
+                };
+                if sent.is_err() {
+                    // The controller is gone; this event stays unacked and
+                    // comes again after a restart.
+                    break;
+                }
+                if let Err(e) = delivery.ack() {
+                    metrics.kafka_errors.inc();
+                    tracing::warn!(brokers = %config.brokers, topic = %config.topic, error = %e, "kafka: storing an offset failed");
+                }
+            }
+        }
+    }
+    let _ = lag_task.await;
+    // The background auto-commit may be up to a second behind: make the
+    // stored offsets durable now, then report the final lag.
+    match tokio::task::spawn_blocking(move || {
+        let r = sub.commit();
+        (sub, r)
+    })
+    .await
+    {
+        Ok((_sub, Ok(()))) => {}
+        Ok((_sub, Err(e))) => {
+            metrics.kafka_errors.inc();
+            tracing::warn!(brokers = %config.brokers, topic = %config.topic, error = %e, "kafka: committing offsets at shutdown failed");
+        }
+        Err(e) => tracing::warn!(error = %e, "kafka: the commit task failed"),
+    }
+    refresh_lag(&probe, &config, &metrics).await;
 }
 
 /// The result type of this module.
@@ -197,7 +363,7 @@ pub async fn main(args: RunArgs) -> Result<()> {
     }
     let shutdown = shutdown_on_signals();
     // A dry run over a recording needs no cluster at all.
-    let client = if cfg.dry_run && cfg.events.is_some() {
+    let client = if cfg.dry_run && (cfg.events.is_some() || cfg.kafka.is_some()) {
         None
     } else {
         Some(connect(Duration::from_secs_f64(cfg.connect_timeout)).await?)
@@ -213,7 +379,8 @@ pub async fn main(args: RunArgs) -> Result<()> {
 /// in-process event channel here.
 ///
 /// `events`: the bus feeding the controller. `None` means: read `--events`
-/// if set, else watch the cluster through `client` (an error without one).
+/// if set, else consume the Kafka topic if set, else watch the cluster
+/// through `client` (an error without one).
 pub async fn run_with(
     cfg: Config,
     client: Option<kube::Client>,
@@ -281,6 +448,7 @@ pub async fn run_with(
 
     // The event source.
     let mut watchers = None;
+    let mut kafka_task = None;
     let source_error: Arc<std::sync::Mutex<Option<crate::event::Error>>> = Arc::default();
     let (time, events) = match (events, &cfg.events) {
         (Some(rx), _) => (TimeSource::Live(clock.clone()), rx),
@@ -329,6 +497,23 @@ pub async fn run_with(
                 TimeSource::Live(clock.clone())
             };
             (time, rx)
+        }
+        (None, None) if cfg.kafka.is_some() => {
+            let Some(kcfg) = cfg.kafka.clone() else {
+                return Err(Error::NoSource);
+            };
+            let timeout = Duration::from_secs_f64(cfg.connect_timeout);
+            let sub = connect_kafka(&kcfg, timeout, &metrics).await?;
+            let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+            kafka_task = Some(tokio::spawn(consume_kafka(
+                sub,
+                kcfg,
+                tx,
+                metrics.clone(),
+                stop.clone(),
+            )));
+            // A topic is a live feed: deadlines run on the wall clock.
+            (TimeSource::Live(clock.clone()), rx)
         }
         (None, None) => {
             let Some(client) = client.clone() else {
@@ -380,7 +565,8 @@ pub async fn run_with(
         }
     };
     if watchers.is_none() {
-        // A file or an injected bus has nothing to list first.
+        // A file or an injected bus has nothing to list first; a Kafka
+        // consumer has its partitions assigned by now.
         health.set_synced();
     }
 
@@ -419,6 +605,15 @@ pub async fn run_with(
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics server"),
         Err(e) => tracing::warn!(error = %e, "metrics server task"),
         Ok(Ok(())) => {}
+    }
+    if let Some(task) = kafka_task
+        && tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "the Kafka consumer took over 10 s to stop; offsets since the last auto-commit may be read again"
+        );
     }
     let stopped_by_request = *shutdown_seen.borrow();
     let watch_result = match watchers {

@@ -51,7 +51,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Kafka flags shared by the commands that use a topic.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct KafkaArgs {
-    /// Kafka bootstrap servers, `host:port[,host:port…]`. Enables the Kafka bus.
+    /// Kafka bootstrap servers, `host:port[,host:port…]`. Enables the Kafka
+    /// bus: `record` publishes to the topic, `replay` and `run` read from it.
     #[arg(long, env = "PULLAHEAD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// The Kafka topic that carries the events.
@@ -98,7 +99,7 @@ pub fn parse_option(s: &str) -> Result<(String, String)> {
 }
 
 /// Where the events live and how to talk to the brokers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KafkaConfig {
     /// Bootstrap servers.
     pub brokers: String,
@@ -285,17 +286,87 @@ fn partitions<X: ConsumerContext, C: Consumer<X>>(
     Ok(parts)
 }
 
+/// The subscription's client context. librdkafka reports broker trouble as
+/// log lines and global errors while it retries by itself. Until the
+/// subscription is assigned, start-up returns its own error naming what
+/// failed, so these go to debug; afterwards each one is a warning naming the
+/// brokers and topic, and is counted, because nothing else surfaces it.
+pub struct SubscriptionContext {
+    brokers: String,
+    topic: String,
+    live: std::sync::atomic::AtomicBool,
+    errors: Option<prometheus::IntCounter>,
+}
+
+impl SubscriptionContext {
+    fn count(&self) {
+        if let Some(c) = &self.errors {
+            c.inc();
+        }
+    }
+}
+
+impl ClientContext for SubscriptionContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let live = self.live.load(Ordering::Relaxed);
+        if live && (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            tracing::warn!(target: "librdkafka", brokers = %self.brokers, topic = %self.topic, fac, "{log_message}");
+        } else {
+            tracing::debug!(target: "librdkafka", ?level, fac, "{log_message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.live.load(Ordering::Relaxed) {
+            self.count();
+            tracing::warn!(
+                brokers = %self.brokers,
+                topic = %self.topic,
+                %error,
+                reason,
+                "kafka client error; librdkafka keeps retrying"
+            );
+        } else {
+            tracing::debug!(target: "librdkafka", %error, reason, "client error");
+        }
+    }
+}
+
+impl ConsumerContext for SubscriptionContext {}
+
+type SubConsumer = StreamConsumer<SubscriptionContext>;
+
 /// An at-least-once consumer of every partition of the topic.
 pub struct KafkaSubscription {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<SubConsumer>,
     topic: String,
 }
 
 impl KafkaSubscription {
     /// Assigns every partition of the topic, starting from the group's
     /// committed offsets (the earliest offset where there are none).
+    /// Blocking for up to 10 s while it reads the topic's metadata.
     pub fn new(config: &KafkaConfig) -> Result<Self> {
-        let consumer: StreamConsumer = config
+        Self::connect(config, LOOKUP_TIMEOUT, None)
+    }
+
+    /// [`KafkaSubscription::new`] with `timeout` as the bound on the
+    /// metadata look-up, so an unreachable broker is an error instead of a
+    /// hang, and `errors` counting the broker errors reported once the
+    /// subscription is assigned. Blocking: from async code, call it through
+    /// `spawn_blocking`.
+    pub fn connect(
+        config: &KafkaConfig,
+        timeout: Duration,
+        errors: Option<prometheus::IntCounter>,
+    ) -> Result<Self> {
+        let context = SubscriptionContext {
+            brokers: config.brokers.clone(),
+            topic: config.topic.clone(),
+            live: std::sync::atomic::AtomicBool::new(false),
+            errors,
+        };
+        let consumer: SubConsumer = config
             .client(&[
                 ("group.id", config.group.as_str()),
                 ("enable.auto.commit", "true"),
@@ -303,20 +374,81 @@ impl KafkaSubscription {
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", "earliest"),
             ])
-            .create()
+            .create_with_context(context)
             .map_err(kafka("creating the consumer"))?;
         let mut tpl = TopicPartitionList::new();
-        for p in partitions(&consumer, &config.topic, LOOKUP_TIMEOUT)? {
+        for p in partitions(&consumer, &config.topic, timeout)? {
             tpl.add_partition_offset(&config.topic, p, Offset::Stored)
                 .map_err(kafka("building the assignment"))?;
         }
         consumer
             .assign(&tpl)
             .map_err(kafka(format!("assigning {}", config.topic)))?;
+        consumer.context().live.store(true, Ordering::Relaxed);
         Ok(Self {
             consumer: Arc::new(consumer),
             topic: config.topic.clone(),
         })
+    }
+
+    /// A handle that measures this subscription's lag; it stays usable
+    /// while the subscription itself is busy in [`Subscription::next`].
+    pub fn lag_probe(&self) -> LagProbe {
+        LagProbe {
+            consumer: self.consumer.clone(),
+            topic: self.topic.clone(),
+        }
+    }
+}
+
+/// Measures how far a [`KafkaSubscription`] is behind the head of its topic.
+#[derive(Clone)]
+pub struct LagProbe {
+    consumer: Arc<SubConsumer>,
+    topic: String,
+}
+
+impl LagProbe {
+    /// Per assigned partition, `(partition, high watermark - position)`:
+    /// the messages not yet handed to the application. Where nothing was
+    /// read yet, the position is the group's committed offset, else the
+    /// partition's low watermark. Blocking (one broker round trip per
+    /// partition, each bounded by `timeout`): from async code, call it
+    /// through `spawn_blocking`.
+    pub fn lag(&self, timeout: Duration) -> Result<Vec<(i32, i64)>> {
+        let position = self
+            .consumer
+            .position()
+            .map_err(kafka(format!("reading the position on {}", self.topic)))?;
+        let mut committed = None;
+        let mut out = Vec::new();
+        for e in position.elements_for_topic(&self.topic) {
+            let p = e.partition();
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, timeout)
+                .map_err(kafka(format!("reading watermarks of {}/{p}", self.topic)))?;
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => {
+                    if committed.is_none() {
+                        committed = Some(self.consumer.committed(timeout).map_err(kafka(
+                            format!("reading committed offsets of {}", self.topic),
+                        ))?);
+                    }
+                    match committed
+                        .as_ref()
+                        .and_then(|c| c.find_partition(&self.topic, p))
+                        .map(|c| c.offset())
+                    {
+                        Some(Offset::Offset(o)) => o,
+                        _ => low,
+                    }
+                }
+            };
+            out.push((p, (high - at.max(low)).max(0)));
+        }
+        Ok(out)
     }
 }
 
@@ -369,7 +501,7 @@ impl Subscription for KafkaSubscription {
 
 /// The position of a delivered message, to store once it has been applied.
 pub(super) struct Ack {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<SubConsumer>,
     topic: String,
     partition: i32,
     offset: i64,
