@@ -14,18 +14,6 @@ use crate::policy::{Policy, PullOrder, Reason, Target};
 use crate::state::{ClusterState, HpaInfo, ImageId, NodeInfo};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-/// `ln(1 + v)`, from a table for the small whole counts most features are.
-fn ln_1p(v: f64) -> f64 {
-    const N: usize = 64;
-    static TABLE: std::sync::LazyLock<[f64; N]> =
-        std::sync::LazyLock::new(|| std::array::from_fn(|i| (i as f64).ln_1p()));
-    if v >= 0.0 && v < N as f64 && v.fract() == 0.0 {
-        TABLE[v as usize]
-    } else {
-        v.ln_1p()
-    }
-}
-
 /// Planner settings that are not part of the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PlannerConfig {
@@ -93,7 +81,7 @@ pub struct Planner {
     node_claim: HashMap<u32, u32>,
     holt: Holt,
     trends: HashMap<u32, HoltState>,
-    /// Pool → what its workloads say, whatever the moment; dropped when a
+    /// Pool → the candidates its workloads give at any moment; dropped when a
     /// workload changes.
     pools: HashMap<String, PoolBase>,
     scratch: Scratch,
@@ -112,7 +100,7 @@ struct PoolBase {
 }
 
 /// Feature rows indexed by image id, reused from plan to plan so that a
-/// plan allocates nothing in the steady state.
+/// plan does not build a map of its candidates each time.
 #[derive(Debug, Default)]
 struct Scratch {
     rows: Vec<Features>,
@@ -325,7 +313,7 @@ impl Planner {
             for k in [0, 1, 3, 4, 5] {
                 let v = &mut c.rows[i as usize][k];
                 if *v != 0.0 {
-                    *v = ln_1p(*v);
+                    *v = v.ln_1p();
                 }
             }
         }
