@@ -216,14 +216,25 @@ impl PopularPolicy {
         let Some(counts) = self.demand.get(pool) else {
             return Vec::new();
         };
-        let mut ranked: Vec<(&String, &u64)> = counts.iter().collect();
         // Ties break by name so that the result does not depend on hashing.
         let order =
             |a: &(&String, &u64), b: &(&String, &u64)| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0));
-        if ranked.len() > self.k && self.k > 0 {
-            ranked.select_nth_unstable_by(self.k - 1, order);
-            ranked.truncate(self.k);
-        }
+        let mut ranked: Vec<(&String, &u64)> = if counts.len() > self.k && self.k > 0 {
+            // Only images with at least the k-th highest count can make the
+            // top k: a pass over the counts alone finds that floor, so the
+            // name comparisons run on the few above it, not the whole pool.
+            let mut by_count: Vec<u64> = counts.values().copied().collect();
+            let (_, floor, _) = by_count.select_nth_unstable_by(self.k - 1, |a, b| b.cmp(a));
+            let floor = *floor;
+            let mut ranked: Vec<_> = counts.iter().filter(|(_, c)| **c >= floor).collect();
+            if ranked.len() > self.k {
+                ranked.select_nth_unstable_by(self.k - 1, order);
+                ranked.truncate(self.k);
+            }
+            ranked
+        } else {
+            counts.iter().collect()
+        };
         ranked.sort_by(order);
         ranked
             .into_iter()
@@ -258,9 +269,21 @@ impl Policy for PopularPolicy {
                     .as_ref()
                     .and_then(|n| self.node_pool.get(n))
                     .map_or(crate::event::DEFAULT_POOL, String::as_str);
-                let counts = self.demand.entry(pool.to_string()).or_default();
+                // Looked up before inserting, so that a name is copied only
+                // the first time it is seen.
+                if !self.demand.contains_key(pool) {
+                    self.demand.insert(pool.to_string(), HashMap::default());
+                }
+                let Some(counts) = self.demand.get_mut(pool) else {
+                    return;
+                };
                 for image in &p.images {
-                    *counts.entry(image.clone()).or_default() += 1;
+                    match counts.get_mut(image) {
+                        Some(n) => *n += 1,
+                        None => {
+                            counts.insert(image.clone(), 1);
+                        }
+                    }
                 }
             }
             _ => {}

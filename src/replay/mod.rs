@@ -26,7 +26,7 @@ use crate::policy::{NonePolicy, Policy, PopularPolicy, PullOrder, StaticPolicy};
 use catalog::Catalog;
 use oracle::{Foresight, OraclePolicy};
 pub use report::{PolicyReport, Report};
-use sim::{Sim, SimConfig};
+use sim::{Keys, Names, Sim, SimConfig};
 
 /// Errors from a replay.
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +185,14 @@ pub type Decisions<'a> = Option<&'a mut dyn Write>;
 pub fn replay_file(path: &Path, opts: &Options, decisions: Decisions<'_>) -> Result<Report> {
     let foresight = Foresight::scan(path)?;
     let label = path.display().to_string();
-    replay(&label, EventReader::open(path)?, foresight, opts, decisions)
+    let mut reader = EventReader::open(path)?;
+    let mut replayer = Replayer::new(&label, build_policies(foresight, opts)?, opts, decisions);
+    // One event, overwritten line after line: the reader reuses its strings.
+    let mut event = Event::blank();
+    while reader.read_into(&mut event)? {
+        replayer.feed(&event)?;
+    }
+    Ok(replayer.finish())
 }
 
 /// Events to replay from a Kafka topic.
@@ -267,6 +274,13 @@ pub fn replay(
     opts: &Options,
     decisions: Decisions<'_>,
 ) -> Result<Report> {
+    let policies = build_policies(foresight, opts)?;
+    replay_policies(label, events, policies, opts, decisions)
+}
+
+/// The policies of `opts`, each with whether it is reported, then the hidden
+/// `none` and `oracle` that oracle capture needs.
+fn build_policies(foresight: Foresight, opts: &Options) -> Result<Vec<(Box<dyn Policy>, bool)>> {
     let mut foresight = Some(foresight);
     let mut names: Vec<&str> = opts.policies.iter().map(String::as_str).collect();
     names.dedup();
@@ -281,7 +295,7 @@ pub fn replay(
         }
         policies.push((build_policy(name, opts, &mut foresight)?, shown));
     }
-    replay_policies(label, events, policies, opts, decisions)
+    Ok(policies)
 }
 
 /// Replays `events` with ready-made policies; each comes with whether it is
@@ -292,42 +306,97 @@ pub fn replay_policies(
     events: impl IntoIterator<Item = event::Result<Event>>,
     policies: Vec<(Box<dyn Policy>, bool)>,
     opts: &Options,
-    mut decisions: Decisions<'_>,
+    decisions: Decisions<'_>,
 ) -> Result<Report> {
-    let mut lanes: Vec<Lane> = policies
-        .into_iter()
-        .map(|(policy, shown)| Lane {
-            policy,
-            sim: Sim::new(opts.sim),
-            next_tick: None,
-            shown,
-        })
-        .collect();
-
-    let clock = SimClock::new(0.0);
-    let mut catalog = Catalog::new(opts.default_image_bytes);
-    let mut orders: Vec<PullOrder> = Vec::new();
-    let mut count: u64 = 0;
-    let (mut first_ts, mut last_ts) = (None, 0.0);
-    let started = Instant::now();
-    let mut last_progress = started;
+    let mut replayer = Replayer::new(label, policies, opts, decisions);
     for event in events {
-        let event = event?;
-        count += 1;
-        if count & 0xffff == 0 && opts.progress {
+        replayer.feed(&event?)?;
+    }
+    Ok(replayer.finish())
+}
+
+/// One streaming replay: events go in one at a time, the report comes out
+/// at the end.
+struct Replayer<'l, 'd> {
+    label: &'l str,
+    lanes: Vec<Lane>,
+    progress: bool,
+    decisions: Decisions<'d>,
+    clock: SimClock,
+    catalog: Catalog,
+    /// Names interned for every lane, and the current event's ids: resolved
+    /// once an event, not once a lane.
+    names: Names,
+    keys: Keys,
+    orders: Vec<PullOrder>,
+    count: u64,
+    first_ts: Option<f64>,
+    last_ts: f64,
+    started: Instant,
+    last_progress: Instant,
+}
+
+impl<'l, 'd> Replayer<'l, 'd> {
+    fn new(
+        label: &'l str,
+        policies: Vec<(Box<dyn Policy>, bool)>,
+        opts: &Options,
+        decisions: Decisions<'d>,
+    ) -> Self {
+        let lanes = policies
+            .into_iter()
+            .map(|(policy, shown)| Lane {
+                policy,
+                sim: Sim::new(opts.sim),
+                next_tick: None,
+                shown,
+            })
+            .collect();
+        let started = Instant::now();
+        Self {
+            label,
+            lanes,
+            progress: opts.progress,
+            decisions,
+            clock: SimClock::new(0.0),
+            catalog: Catalog::new(opts.default_image_bytes),
+            names: Names::default(),
+            keys: Keys::default(),
+            orders: Vec::new(),
+            count: 0,
+            first_ts: None,
+            last_ts: 0.0,
+            started,
+            last_progress: started,
+        }
+    }
+
+    /// Runs one event through every lane.
+    fn feed(&mut self, event: &Event) -> Result<()> {
+        self.count += 1;
+        let count = self.count;
+        if count & 0xffff == 0 && self.progress {
             let now = Instant::now();
-            if now.duration_since(last_progress).as_secs_f64() >= 1.0 {
-                last_progress = now;
-                let rate = count as f64 / now.duration_since(started).as_secs_f64();
-                eprintln!("replay {label}: {count} events ({rate:.0} events/s)");
+            if now.duration_since(self.last_progress).as_secs_f64() >= 1.0 {
+                self.last_progress = now;
+                let rate = count as f64 / now.duration_since(self.started).as_secs_f64();
+                eprintln!("replay {}: {count} events ({rate:.0} events/s)", self.label);
             }
         }
-        first_ts.get_or_insert(event.ts);
-        last_ts = event.ts;
+        self.first_ts.get_or_insert(event.ts);
+        self.last_ts = event.ts;
         if let event::Body::Image(image) = &event.body {
-            catalog.learn(image);
+            self.catalog.learn(image);
         }
-        for lane in &mut lanes {
+        self.keys.resolve(event, &mut self.names, &mut self.catalog);
+        let clock = &self.clock;
+        let mut out = Out {
+            orders: &mut self.orders,
+            catalog: &mut self.catalog,
+            names: &mut self.names,
+            decisions: &mut self.decisions,
+        };
+        for lane in &mut self.lanes {
             if let Some(interval) = lane.policy.tick_interval().filter(|i| *i > 0.0) {
                 let mut tick = *lane
                     .next_tick
@@ -337,55 +406,66 @@ pub fn replay_policies(
                 }
                 while tick <= event.ts {
                     clock.set(tick);
-                    lane.policy.on_tick(&clock, &mut orders);
-                    deliver(lane, &mut orders, tick, &mut catalog, &mut decisions)?;
+                    lane.policy.on_tick(clock, out.orders);
+                    out.deliver(lane, tick)?;
                     tick += interval;
                 }
                 lane.next_tick = Some(tick);
             }
             clock.set(event.ts);
-            lane.sim.on_event(&event, &mut catalog);
-            lane.policy.on_event(&event, &clock, &mut orders);
-            deliver(lane, &mut orders, event.ts, &mut catalog, &mut decisions)?;
+            lane.sim.on_event(event, &self.keys, out.catalog);
+            lane.policy.on_event(event, clock, out.orders);
+            out.deliver(lane, event.ts)?;
         }
-    }
-    if opts.progress && started.elapsed().as_secs_f64() >= 1.0 {
-        eprintln!(
-            "replay {label}: done, {count} events in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
+        Ok(())
     }
 
-    let mut outcomes = Vec::new();
-    for lane in lanes {
-        let name = lane.policy.name().to_string();
-        outcomes.push((name, lane.shown, lane.sim.finish(&mut catalog)));
+    /// Settles every lane and scores it.
+    fn finish(mut self) -> Report {
+        if self.progress && self.started.elapsed().as_secs_f64() >= 1.0 {
+            eprintln!(
+                "replay {}: done, {} events in {:.1}s",
+                self.label,
+                self.count,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+        let mut outcomes = Vec::new();
+        for lane in self.lanes {
+            let name = lane.policy.name().to_string();
+            outcomes.push((name, lane.shown, lane.sim.finish(&mut self.catalog)));
+        }
+        report::build(
+            self.label,
+            self.count,
+            self.last_ts - self.first_ts.unwrap_or(self.last_ts),
+            self.catalog.defaulted_images(),
+            outcomes,
+        )
     }
-    Ok(report::build(
-        label,
-        count,
-        last_ts - first_ts.unwrap_or(last_ts),
-        catalog.defaulted_images(),
-        outcomes,
-    ))
 }
 
-/// Hands a lane's new orders to its simulator, and to the decisions file.
-fn deliver(
-    lane: &mut Lane,
-    orders: &mut Vec<PullOrder>,
-    ts: f64,
-    catalog: &mut Catalog,
-    decisions: &mut Decisions<'_>,
-) -> Result<()> {
-    for order in orders.drain(..) {
-        if lane.shown
-            && let Some(out) = decisions.as_deref_mut()
-        {
-            crate::decisions::write_line(out, ts, lane.policy.name(), &order)
-                .map_err(|e| Error::Decisions(e.into()))?;
+/// What a lane's orders go to, borrowed apart from the lanes.
+struct Out<'a, 'd> {
+    orders: &'a mut Vec<PullOrder>,
+    catalog: &'a mut Catalog,
+    names: &'a mut Names,
+    decisions: &'a mut Decisions<'d>,
+}
+
+impl Out<'_, '_> {
+    /// Hands a lane's new orders to its simulator, and to the decisions
+    /// file.
+    fn deliver(&mut self, lane: &mut Lane, ts: f64) -> Result<()> {
+        for order in self.orders.drain(..) {
+            if lane.shown
+                && let Some(out) = self.decisions.as_deref_mut()
+            {
+                crate::decisions::write_line(out, ts, lane.policy.name(), &order)
+                    .map_err(|e| Error::Decisions(e.into()))?;
+            }
+            lane.sim.order(&order, ts, self.names, self.catalog);
         }
-        lane.sim.order(order, ts, catalog);
+        Ok(())
     }
-    Ok(())
 }

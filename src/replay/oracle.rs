@@ -3,8 +3,10 @@
 //! upper bound that oracle capture is measured against, and the only policy
 //! allowed to see the future.
 
+use memchr::memmem::Finder;
 use rustc_hash::FxHashMap as HashMap;
 use std::path::Path;
+use std::sync::LazyLock;
 
 use crate::clock::Clock;
 use crate::event::{self, Body, Event, EventReader, NodePhase, PodPhase};
@@ -14,9 +16,29 @@ use crate::policy::{Policy, PullOrder, Reason, Target};
 /// its pods will need, in order of first need.
 #[derive(Debug, Default)]
 pub struct Foresight {
-    /// (node, incarnation) → images in order of first need.
-    needs: HashMap<(String, u32), Vec<String>>,
+    /// Node → its registrations and needs. Keyed by the node alone, so that
+    /// a binding is looked up without building a key.
+    nodes: HashMap<String, NodeFuture>,
 }
+
+#[derive(Debug, Default)]
+struct NodeFuture {
+    /// Registrations counted so far: by the learner while it reads, then
+    /// by the oracle while it replays.
+    registrations: u32,
+    /// Incarnation → images in order of first need; incarnation 0 is a node
+    /// bound before any registration of it.
+    needs: Vec<Vec<String>>,
+}
+
+/// The lines the scan parses: bindings, registrations, and the header.
+static SCAN_WORDS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
+    [
+        Finder::new(b"scheduled"),
+        Finder::new(b"registered"),
+        Finder::new(b"\"trace\""),
+    ]
+});
 
 impl Foresight {
     /// Reads `path` once to learn every binding. Lines that cannot be a
@@ -24,19 +46,22 @@ impl Foresight {
     /// follows checks every line.
     pub fn scan(path: &Path) -> event::Result<Self> {
         let mut reader = EventReader::open(path)?;
-        reader.set_filter(|line| {
-            memchr::memmem::find(line, b"scheduled").is_some()
-                || memchr::memmem::find(line, b"registered").is_some()
-                || memchr::memmem::find(line, b"\"trace\"").is_some()
-        });
-        Self::from_events(reader)
+        // Searchers built once: building one per line cost more than the
+        // search.
+        reader.set_filter(|line| SCAN_WORDS.iter().any(|w| w.find(line).is_some()));
+        let mut learner = Self::default();
+        let mut event = Event::blank();
+        while reader.read_into(&mut event)? {
+            learner.see(&event);
+        }
+        Ok(learner.finish())
     }
 
     /// Learns every binding from `events`.
     pub fn from_events(
         events: impl IntoIterator<Item = event::Result<Event>>,
     ) -> event::Result<Self> {
-        let mut learner = Learner::default();
+        let mut learner = Self::default();
         for e in events {
             learner.see(&e?);
         }
@@ -46,30 +71,29 @@ impl Foresight {
     /// Learns every binding from events already in memory (a topic read
     /// whole), without copying them.
     pub fn from_slice(events: &[Event]) -> Self {
-        let mut learner = Learner::default();
+        let mut learner = Self::default();
         events.iter().for_each(|e| learner.see(e));
         learner.finish()
     }
-}
 
-/// The fold behind every [`Foresight`] constructor, so that files and
-/// in-memory events are read by the same rules.
-#[derive(Default)]
-struct Learner {
-    incarnation: HashMap<String, u32>,
-    needs: HashMap<(String, u32), Vec<String>>,
-}
-
-impl Learner {
+    /// The fold behind every constructor, so that files and in-memory events
+    /// are read by the same rules.
     fn see(&mut self, e: &Event) {
         match &e.body {
             Body::Node(n) if n.phase == NodePhase::Registered => {
-                *self.incarnation.entry(n.node.clone()).or_default() += 1;
+                if let Some(future) = self.node(&n.node) {
+                    future.registrations += 1;
+                }
             }
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
-                let Some(node) = &p.node else { return };
-                let inc = self.incarnation.get(node).copied().unwrap_or(0);
-                let list = self.needs.entry((node.clone(), inc)).or_default();
+                let Some(future) = p.node.as_deref().and_then(|n| self.node(n)) else {
+                    return;
+                };
+                let inc = future.registrations as usize;
+                if future.needs.len() <= inc {
+                    future.needs.resize_with(inc + 1, Vec::new);
+                }
+                let list = &mut future.needs[inc];
                 for image in &p.images {
                     if !list.contains(image) {
                         list.push(image.clone());
@@ -80,8 +104,19 @@ impl Learner {
         }
     }
 
-    fn finish(self) -> Foresight {
-        Foresight { needs: self.needs }
+    /// The entry of node `name`, made on first sight (looked up first, so
+    /// that the name is copied once).
+    fn node(&mut self, name: &str) -> Option<&mut NodeFuture> {
+        if !self.nodes.contains_key(name) {
+            self.nodes.insert(name.to_string(), NodeFuture::default());
+        }
+        self.nodes.get_mut(name)
+    }
+
+    /// Rewinds the registration counts for the oracle's replay.
+    fn finish(mut self) -> Self {
+        self.nodes.values_mut().for_each(|f| f.registrations = 0);
+        self
     }
 }
 
@@ -89,16 +124,12 @@ impl Learner {
 #[derive(Debug)]
 pub struct OraclePolicy {
     foresight: Foresight,
-    incarnation: HashMap<String, u32>,
 }
 
 impl OraclePolicy {
     /// An oracle that knows `foresight`.
     pub fn new(foresight: Foresight) -> Self {
-        Self {
-            foresight,
-            incarnation: HashMap::default(),
-        }
+        Self { foresight }
     }
 }
 
@@ -112,11 +143,15 @@ impl Policy for OraclePolicy {
         if n.phase != NodePhase::Registered {
             return;
         }
-        let inc = self.incarnation.entry(n.node.clone()).or_default();
-        *inc += 1;
-        let Some(images) = self.foresight.needs.remove(&(n.node.clone(), *inc)) else {
+        // A node no pod is ever bound to needs nothing, whatever incarnation.
+        let Some(future) = self.foresight.nodes.get_mut(&n.node) else {
             return;
         };
+        future.registrations += 1;
+        let Some(images) = future.needs.get_mut(future.registrations as usize) else {
+            return;
+        };
+        let images = std::mem::take(images);
         let count = images.len() as u32;
         out.extend(images.into_iter().enumerate().map(|(i, image)| PullOrder {
             target: Target::Node(n.node.clone()),

@@ -147,18 +147,130 @@ impl NodeSim {
     }
 }
 
+/// No id: an empty slot of an id-indexed table.
+const NONE: u32 = u32::MAX;
+
+/// Names to small integers, given in order of first sight.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Box<str>, u32>,
+}
+
+impl Interner {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.ids.len() as u32;
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+}
+
+/// Node, pod and NodeClaim names, interned once for every lane: each
+/// [`Sim`] indexes its tables by these ids, so that an event's names are
+/// hashed once rather than once a lane.
+#[derive(Debug, Default)]
+pub struct Names {
+    nodes: Interner,
+    pods: Interner,
+    claims: Interner,
+}
+
+/// The ids of the names in one event that the simulator reads, resolved
+/// once by [`Keys::resolve`] and shared by every lane.
+#[derive(Debug)]
+pub struct Keys {
+    node: u32,
+    pod: u32,
+    claim: u32,
+    images: Vec<ImageId>,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            node: NONE,
+            pod: NONE,
+            claim: NONE,
+            images: Vec::new(),
+        }
+    }
+}
+
+impl Keys {
+    /// Resolves the names of `event`, interning the ones seen first.
+    pub fn resolve(&mut self, event: &Event, names: &mut Names, catalog: &mut Catalog) {
+        self.node = NONE;
+        self.pod = NONE;
+        self.claim = NONE;
+        self.images.clear();
+        match &event.body {
+            Body::Node(n) => {
+                self.node = names.nodes.id(&n.node);
+                if n.phase != NodePhase::Deleted {
+                    let images = n.images.iter().flatten();
+                    self.images.extend(images.map(|i| catalog.intern(i)));
+                }
+            }
+            Body::NodeClaim(c) => {
+                self.claim = names.claims.id(&c.node_claim);
+                if let Some(node) = &c.node {
+                    self.node = names.nodes.id(node);
+                }
+            }
+            Body::Pod(p) => match (p.phase, &p.node) {
+                (PodPhase::Scheduled, Some(node)) => {
+                    self.pod = names.pods.id(&p.pod);
+                    self.node = names.nodes.id(node);
+                    let images = p.images.iter().map(|i| catalog.intern(i));
+                    self.images.extend(images);
+                }
+                // A pod never bound has no id, and nothing to close.
+                (PodPhase::Deleted, _) => self.pod = names.pods.get(&p.pod).unwrap_or(NONE),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+/// The entry for `id` in an id-indexed table, grown as needed.
+fn slot(table: &mut Vec<u32>, id: u32) -> &mut u32 {
+    let i = id as usize;
+    if i >= table.len() {
+        table.resize(i + 1, NONE);
+    }
+    &mut table[i]
+}
+
+/// The entry for `id` in an id-indexed table, [`NONE`] past its end.
+fn peek(table: &[u32], id: u32) -> u32 {
+    table.get(id as usize).copied().unwrap_or(NONE)
+}
+
+/// An order held until its node exists: the image and the priority.
+type Held = (ImageId, u32);
+
 /// One policy's simulated cluster.
 #[derive(Debug)]
 pub struct Sim {
     cfg: SimConfig,
     nodes: Vec<NodeSim>,
-    node_ids: HashMap<String, usize>,
-    claim_nodes: HashMap<String, String>,
-    held_for_node: HashMap<String, Vec<PullOrder>>,
-    held_for_claim: HashMap<String, Vec<PullOrder>>,
+    /// Node name id → index in `nodes` of its live incarnation.
+    node_slot: Vec<u32>,
+    /// Claim id → node name id, once the claim names its node.
+    claim_node: Vec<u32>,
+    held_for_node: HashMap<u32, Vec<Held>>,
+    held_for_claim: HashMap<u32, Vec<Held>>,
     held: usize,
     pods: Vec<PodWait>,
-    pod_ids: HashMap<String, usize>,
+    /// Pod name id → index in `pods` of its binding.
+    pod_slot: Vec<u32>,
     seq: u64,
     out: Outcome,
 }
@@ -169,59 +281,66 @@ impl Sim {
         Self {
             cfg,
             nodes: Vec::new(),
-            node_ids: HashMap::default(),
-            claim_nodes: HashMap::default(),
+            node_slot: Vec::new(),
+            claim_node: Vec::new(),
             held_for_node: HashMap::default(),
             held_for_claim: HashMap::default(),
             held: 0,
             pods: Vec::new(),
-            pod_ids: HashMap::default(),
+            pod_slot: Vec::new(),
             seq: 0,
             out: Outcome::default(),
         }
     }
 
-    /// Applies one input event at its time. Outcomes (`pull`, pod
-    /// `started`) are ignored: the simulator computes its own.
-    pub fn on_event(&mut self, event: &Event, catalog: &mut Catalog) {
+    /// Applies one input event at its time; `keys` are its names, resolved
+    /// against the same [`Names`] and `catalog` as every earlier event.
+    /// Outcomes (`pull`, pod `started`) are ignored: the simulator computes
+    /// its own.
+    pub fn on_event(&mut self, event: &Event, keys: &Keys, catalog: &mut Catalog) {
         let t = event.ts;
         match &event.body {
             Body::Node(n) => match n.phase {
                 NodePhase::Registered | NodePhase::Ready => {
-                    let (idx, new) = self.node_at(&n.node, t, catalog);
+                    let (idx, new) = self.node_at(keys.node, t, catalog);
                     if new {
-                        for image in n.images.iter().flatten() {
-                            let id = catalog.intern(image);
+                        for &id in &keys.images {
                             self.mark_present(idx, id, t, catalog);
                         }
-                        self.release_held_for_node(&n.node, t, catalog);
+                        self.release_held_for_node(keys.node, t, catalog);
                     }
                 }
-                NodePhase::Deleted => self.delete_node(&n.node, t, catalog),
+                NodePhase::Deleted => self.delete_node(keys.node, t, catalog),
             },
             Body::NodeClaim(c) => {
-                if let Some(node) = &c.node {
-                    self.claim_nodes.insert(c.node_claim.clone(), node.clone());
-                    if self.node_ids.contains_key(node) {
-                        self.release_held_for_claim(&c.node_claim, t, catalog);
+                if c.node.is_some() {
+                    *slot(&mut self.claim_node, keys.claim) = keys.node;
+                    if peek(&self.node_slot, keys.node) != NONE {
+                        self.release_held_for_claim(keys.claim, t, catalog);
                     }
                 }
                 if c.phase == ClaimPhase::Deleted {
-                    self.claim_nodes.remove(&c.node_claim);
-                    self.drop_held(true, &c.node_claim);
+                    if let Some(n) = self.claim_node.get_mut(keys.claim as usize) {
+                        *n = NONE;
+                    }
+                    self.drop_held(true, keys.claim);
                 }
             }
             Body::Pod(p) => match p.phase {
                 PodPhase::Scheduled => {
-                    if let Some(node) = &p.node {
-                        self.bind(&p.pod, node, &p.images, t, catalog);
+                    if p.node.is_some() {
+                        self.bind(keys.pod, keys.node, &keys.images, t, catalog);
                     }
                 }
                 PodPhase::Deleted => {
-                    if let Some(pid) = self.pod_ids.remove(&p.pod) {
-                        let node = self.pods[pid].node;
+                    let pid = self
+                        .pod_slot
+                        .get_mut(keys.pod as usize)
+                        .map_or(NONE, |s| std::mem::replace(s, NONE));
+                    if pid != NONE {
+                        let node = self.pods[pid as usize].node;
                         self.advance(node, t, catalog);
-                        self.close_pod(pid, t);
+                        self.close_pod(pid as usize, t);
                     }
                 }
                 _ => {}
@@ -231,24 +350,28 @@ impl Sim {
     }
 
     /// Takes one order from the policy at time `t`.
-    pub fn order(&mut self, order: PullOrder, t: f64, catalog: &mut Catalog) {
+    pub fn order(&mut self, order: &PullOrder, t: f64, names: &mut Names, catalog: &mut Catalog) {
         if t >= self.cfg.score_from {
             self.out.orders += 1;
         }
+        let image = catalog.intern(&order.image);
+        let held = (image, order.priority);
         let node = match &order.target {
-            Target::Node(n) => n.clone(),
-            Target::NodeClaim(c) => match self.claim_nodes.get(c) {
-                Some(n) if self.node_ids.contains_key(n) => n.clone(),
-                _ => {
-                    let c = c.clone();
-                    self.hold(true, c, order);
-                    return;
+            Target::Node(n) => names.nodes.id(n),
+            Target::NodeClaim(c) => {
+                let claim = names.claims.id(c);
+                match peek(&self.claim_node, claim) {
+                    n if n != NONE && peek(&self.node_slot, n) != NONE => n,
+                    _ => {
+                        self.hold(true, claim, held);
+                        return;
+                    }
                 }
-            },
+            }
         };
-        match self.node_ids.get(&node) {
-            Some(&idx) => self.enqueue_prefetch(idx, &order, t, catalog),
-            None => self.hold(false, node, order),
+        match peek(&self.node_slot, node) {
+            NONE => self.hold(false, node, held),
+            idx => self.enqueue_prefetch(idx as usize, held, t, catalog),
         }
     }
 
@@ -266,7 +389,7 @@ impl Sim {
         self.out
     }
 
-    fn hold(&mut self, claim: bool, key: String, order: PullOrder) {
+    fn hold(&mut self, claim: bool, key: u32, order: Held) {
         if self.held >= MAX_HELD_ORDERS {
             self.out.orders_dropped += 1;
             return;
@@ -280,57 +403,60 @@ impl Sim {
         map.entry(key).or_default().push(order);
     }
 
-    fn drop_held(&mut self, claim: bool, key: &str) {
+    fn drop_held(&mut self, claim: bool, key: u32) {
         let map = if claim {
             &mut self.held_for_claim
         } else {
             &mut self.held_for_node
         };
-        if let Some(v) = map.remove(key) {
+        if let Some(v) = map.remove(&key) {
             self.held -= v.len();
             self.out.orders_dropped += v.len() as u64;
         }
     }
 
-    fn release_held_for_node(&mut self, node: &str, t: f64, catalog: &mut Catalog) {
-        if let Some(orders) = self.held_for_node.remove(node) {
+    fn release_held_for_node(&mut self, node: u32, t: f64, catalog: &mut Catalog) {
+        if let Some(orders) = self.held_for_node.remove(&node) {
             self.held -= orders.len();
-            let idx = self.node_ids[node];
+            let idx = peek(&self.node_slot, node) as usize;
             for o in orders {
-                self.enqueue_prefetch(idx, &o, t, catalog);
+                self.enqueue_prefetch(idx, o, t, catalog);
             }
         }
         if self.held_for_claim.is_empty() {
             return;
         }
-        let claims: Vec<String> = self
-            .claim_nodes
-            .iter()
-            .filter(|(c, n)| n.as_str() == node && self.held_for_claim.contains_key(*c))
-            .map(|(c, _)| c.clone())
+        // In claim order, so that the queue order does not depend on hashing.
+        let mut claims: Vec<u32> = self
+            .held_for_claim
+            .keys()
+            .copied()
+            .filter(|&c| peek(&self.claim_node, c) == node)
             .collect();
+        claims.sort_unstable();
         for c in claims {
-            self.release_held_for_claim(&c, t, catalog);
+            self.release_held_for_claim(c, t, catalog);
         }
     }
 
-    fn release_held_for_claim(&mut self, claim: &str, t: f64, catalog: &mut Catalog) {
-        let Some(orders) = self.held_for_claim.remove(claim) else {
+    fn release_held_for_claim(&mut self, claim: u32, t: f64, catalog: &mut Catalog) {
+        let Some(orders) = self.held_for_claim.remove(&claim) else {
             return;
         };
         self.held -= orders.len();
-        let idx = self.node_ids[&self.claim_nodes[claim]];
+        let idx = peek(&self.node_slot, peek(&self.claim_node, claim)) as usize;
         for o in orders {
-            self.enqueue_prefetch(idx, &o, t, catalog);
+            self.enqueue_prefetch(idx, o, t, catalog);
         }
     }
 
-    /// The node called `name`, created if it is new; a node seen first in a
-    /// binding existed before the trace began.
-    fn node_at(&mut self, name: &str, t: f64, catalog: &mut Catalog) -> (usize, bool) {
-        if let Some(&idx) = self.node_ids.get(name) {
-            self.advance(idx, t, catalog);
-            return (idx, false);
+    /// The node with name id `node`, created if it is new; a node seen first
+    /// in a binding existed before the trace began.
+    fn node_at(&mut self, node: u32, t: f64, catalog: &mut Catalog) -> (usize, bool) {
+        let idx = peek(&self.node_slot, node);
+        if idx != NONE {
+            self.advance(idx as usize, t, catalog);
+            return (idx as usize, false);
         }
         let idx = self.nodes.len();
         self.nodes.push(NodeSim {
@@ -338,14 +464,15 @@ impl Sim {
             now: t,
             ..NodeSim::default()
         });
-        self.node_ids.insert(name.to_string(), idx);
+        *slot(&mut self.node_slot, node) = idx as u32;
         (idx, true)
     }
 
-    fn delete_node(&mut self, name: &str, t: f64, catalog: &mut Catalog) {
-        self.drop_held(false, name);
-        let Some(idx) = self.node_ids.remove(name) else {
-            return;
+    fn delete_node(&mut self, node: u32, t: f64, catalog: &mut Catalog) {
+        self.drop_held(false, node);
+        let idx = match self.node_slot.get_mut(node as usize) {
+            Some(s) if *s != NONE => std::mem::replace(s, NONE) as usize,
+            _ => return,
         };
         self.advance(idx, t, catalog);
         // Pulls cut short still moved bytes; a prefetch's count as waste.
@@ -391,12 +518,13 @@ impl Sim {
         }
     }
 
-    fn bind(&mut self, pod: &str, node: &str, images: &[String], t: f64, catalog: &mut Catalog) {
-        if let Some(&pid) = self.pod_ids.get(pod)
-            && self.pods[pid].node < self.nodes.len()
-            && self.nodes[self.pods[pid].node].alive
-        {
-            return; // already bound; a repeated event
+    fn bind(&mut self, pod: u32, node: u32, images: &[ImageId], t: f64, catalog: &mut Catalog) {
+        let bound = peek(&self.pod_slot, pod);
+        if bound != NONE {
+            let at = self.pods[bound as usize].node;
+            if at < self.nodes.len() && self.nodes[at].alive {
+                return; // already bound; a repeated event
+            }
         }
         let (idx, _) = self.node_at(node, t, catalog);
         let pid = self.pods.len();
@@ -408,7 +536,7 @@ impl Sim {
             open: true,
             scored,
         });
-        self.pod_ids.insert(pod.to_string(), pid);
+        *slot(&mut self.pod_slot, pod) = pid as u32;
         // Counters of an unscored binding go to a scratch copy.
         let mut scratch = Outcome::default();
         let out = if scored {
@@ -418,8 +546,7 @@ impl Sim {
             &mut scratch
         };
         let mut outstanding = 0;
-        for image in images {
-            let id = catalog.intern(image);
+        for &id in images {
             let n = &mut self.nodes[idx];
             let entry = n.images.entry(id).or_insert(ImgEntry {
                 state: ImgState::KubeletQueued,
@@ -473,9 +600,9 @@ impl Sim {
         }
     }
 
-    fn enqueue_prefetch(&mut self, idx: usize, order: &PullOrder, t: f64, catalog: &mut Catalog) {
+    fn enqueue_prefetch(&mut self, idx: usize, order: Held, t: f64, catalog: &mut Catalog) {
         self.advance(idx, t, catalog);
-        let id = catalog.intern(&order.image);
+        let (id, priority) = order;
         let node = &mut self.nodes[idx];
         if node.images.contains_key(&id) {
             self.out.orders_duplicate += 1;
@@ -492,8 +619,7 @@ impl Sim {
             },
         );
         self.seq += 1;
-        node.prefetch_queue
-            .push((order.priority, Reverse(self.seq), id));
+        node.prefetch_queue.push((priority, Reverse(self.seq), id));
         self.start_pulls(idx, catalog);
     }
 
@@ -683,7 +809,9 @@ impl Sim {
 fn start_pull(node: &mut NodeSim, id: ImageId, kubelet: bool, latency: f64, catalog: &mut Catalog) {
     let mut bytes = 0;
     let mut layers = Vec::new();
-    for &l in catalog.layers(id).to_vec().iter() {
+    // By index: `layer_bytes` needs the catalogue mutably.
+    for i in 0..catalog.layers(id).len() {
+        let l = catalog.layers(id)[i];
         if let std::collections::hash_map::Entry::Vacant(v) = node.layers.entry(l) {
             v.insert(false);
             bytes += catalog.layer_bytes(l);
