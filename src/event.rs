@@ -653,10 +653,10 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat("\"")?;
         let b = &self.s.as_bytes()[self.i..];
-        let end = b
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-        if b[end] != b'"' {
+        // memchr2 searches with SIMD, far faster than a byte loop that also
+        // tests for control characters; that test is a second, short pass.
+        let end = memchr::memchr2(b'"', b'\\', b)?;
+        if b[end] != b'"' || b[..end].iter().any(|&c| c < 0x20) {
             return None;
         }
         let s = self.s.get(self.i..self.i + end)?;
@@ -899,24 +899,43 @@ impl<R: BufRead> EventReader<R> {
         }
     }
 
-    /// Reads the next line into `buf`; `false` at end of input.
+    /// Reads the next line into `buf`; `false` at end of input. Takes at
+    /// most [`MAX_LINE_BYTES`] + 1 bytes, so that a longer line is refused
+    /// without reading it all. It searches the reader's own buffer with the
+    /// `memchr` crate: `read_until`'s search showed in replay profiles.
     fn next_line(&mut self) -> Result<bool> {
         self.buf.clear();
-        let limit = MAX_LINE_BYTES as u64 + 1;
-        let n = (&mut self.input)
-            .take(limit)
-            .read_until(b'\n', &mut self.buf)
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let limit = MAX_LINE_BYTES + 1;
+        loop {
+            let available = match self.input.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            };
+            let window = &available[..available.len().min(limit - self.buf.len())];
+            let (used, found) = match memchr::memchr(b'\n', window) {
+                Some(i) => (i + 1, true),
+                None => (window.len(), false),
+            };
+            self.buf.extend_from_slice(&window[..used]);
+            self.input.consume(used);
+            if found || used == 0 || self.buf.len() == limit {
+                break;
+            }
+        }
+        let n = self.buf.len();
         if n == 0 {
             return Ok(false);
         }
         self.stats.lines += 1;
         if self.buf.last() == Some(&b'\n') {
             self.buf.pop();
-        } else if n as u64 == limit {
+        } else if n == limit {
             return Err(Error::LineTooLong {
                 path: self.path.clone(),
                 line: self.stats.lines,

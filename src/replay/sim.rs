@@ -142,6 +142,20 @@ struct NodeSim {
 }
 
 impl NodeSim {
+    /// Empties a retired node for reuse, keeping its tables' memory.
+    fn reset(&mut self, now: f64) {
+        self.alive = true;
+        self.now = now;
+        self.layers.clear();
+        self.images.clear();
+        self.active.clear();
+        self.finishing.clear();
+        self.prefetch_queue.clear();
+        self.kubelet_queue.clear();
+        self.kubelet_on = None;
+        self.waiters.clear();
+    }
+
     fn prefetch_active(&self) -> usize {
         self.active.iter().filter(|p| !p.kubelet).count()
     }
@@ -271,6 +285,12 @@ pub struct Sim {
     pods: Vec<PodWait>,
     /// Pod name id → index in `pods` of its binding.
     pod_slot: Vec<u32>,
+    /// Retired nodes, for new ones to reuse: a trace registers thousands of
+    /// nodes, and growing fresh tables for each showed in profiles.
+    spare: Vec<NodeSim>,
+    /// Scratch lists of `complete_due`, kept to save an allocation a call.
+    done: Vec<ActivePull>,
+    landed: Vec<ImageId>,
     seq: u64,
     out: Outcome,
 }
@@ -288,6 +308,9 @@ impl Sim {
             held: 0,
             pods: Vec::new(),
             pod_slot: Vec::new(),
+            spare: Vec::new(),
+            done: Vec::new(),
+            landed: Vec::new(),
             seq: 0,
             out: Outcome::default(),
         }
@@ -459,11 +482,18 @@ impl Sim {
             return (idx as usize, false);
         }
         let idx = self.nodes.len();
-        self.nodes.push(NodeSim {
-            alive: true,
-            now: t,
-            ..NodeSim::default()
-        });
+        let fresh = match self.spare.pop() {
+            Some(mut n) => {
+                n.reset(t);
+                n
+            }
+            None => NodeSim {
+                alive: true,
+                now: t,
+                ..NodeSim::default()
+            },
+        };
+        self.nodes.push(fresh);
         *slot(&mut self.node_slot, node) = idx as u32;
         (idx, true)
     }
@@ -502,7 +532,7 @@ impl Sim {
             }
         }
         let waiting: Vec<usize> = node.waiters.drain().flat_map(|(_, v)| v).collect();
-        *node = NodeSim::default();
+        self.spare.push(std::mem::take(node));
         for pid in waiting {
             self.close_pod(pid, t);
         }
@@ -746,7 +776,7 @@ impl Sim {
         let node = &mut self.nodes[idx];
         let now = node.now;
         let tolerance = 1e-9 * self.cfg.bandwidth_bytes_per_second.max(1.0);
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.done);
         let mut i = 0;
         while i < node.active.len() {
             let p = &node.active[i];
@@ -756,7 +786,7 @@ impl Sim {
                 i += 1;
             }
         }
-        for p in done {
+        for p in done.drain(..) {
             for &l in &p.layers {
                 node.layers.insert(l, true);
             }
@@ -770,8 +800,9 @@ impl Sim {
             }
             node.finishing.push(p.image);
         }
+        self.done = done;
         // An image is present once all its layers are, whichever pull brought them.
-        let mut landed = Vec::new();
+        let mut landed = std::mem::take(&mut self.landed);
         node.finishing.retain(|&id| {
             let ready = catalog
                 .layers(id)
@@ -782,7 +813,7 @@ impl Sim {
             }
             !ready
         });
-        for id in landed {
+        for id in landed.drain(..) {
             if let Some(e) = node.images.get_mut(&id) {
                 e.state = ImgState::Present { at: now };
             }
@@ -800,6 +831,7 @@ impl Sim {
                 }
             }
         }
+        self.landed = landed;
         self.start_pulls(idx, catalog);
     }
 }
