@@ -1269,7 +1269,8 @@ mod tests {
         // Hand lines first: they are at time 0, where the synthetic trace starts.
         let lines: Vec<&str> = hand.into_iter().chain(text.lines().skip(1)).collect();
         let mut event = Event::blank();
-        let mut fast = EventReader::new(lines.join("\n").as_bytes(), "t");
+        let joined = lines.join("\n");
+        let mut fast = EventReader::new(joined.as_bytes(), "t");
         for line in lines {
             let want = EventReader::new(slow(line).as_bytes(), "t")
                 .next()

@@ -350,10 +350,8 @@ impl Sim {
                 }
             }
             Body::Pod(p) => match p.phase {
-                PodPhase::Scheduled => {
-                    if p.node.is_some() {
-                        self.bind(keys.pod, keys.node, &keys.images, t, catalog);
-                    }
+                PodPhase::Scheduled if p.node.is_some() => {
+                    self.bind(keys.pod, keys.node, &keys.images, t, catalog);
                 }
                 PodPhase::Deleted => {
                     let pid = self
