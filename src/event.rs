@@ -779,31 +779,40 @@ impl<'a> Cursor<'a> {
     }
 
     fn node_claim(&mut self, body: &mut Body) -> Option<()> {
-        if !matches!(body, Body::NodeClaim(_)) {
-            *body = Body::NodeClaim(NodeClaim {
-                node_claim: String::new(),
-                pool: String::new(),
-                phase: ClaimPhase::Created,
-                labels: BTreeMap::new(),
-                taints: None,
-                node: None,
-            });
-        }
-        let Body::NodeClaim(c) = body else {
-            return None;
-        };
         self.need("node_claim")?;
-        set_str(&mut c.node_claim, self.string()?);
+        let name = self.string()?;
         self.need("pool")?;
-        set_str(&mut c.pool, self.string()?);
+        let pool = self.string()?;
         self.need("phase")?;
-        c.phase = match self.string()? {
+        let phase = match self.string()? {
             "created" => ClaimPhase::Created,
             "launched" => ClaimPhase::Launched,
             "registered" => ClaimPhase::Registered,
             "initialized" => ClaimPhase::Initialized,
             "deleted" => ClaimPhase::Deleted,
             _ => return None,
+        };
+        let c = match body {
+            Body::NodeClaim(c) => {
+                set_str(&mut c.node_claim, name);
+                set_str(&mut c.pool, pool);
+                c.phase = phase;
+                c
+            }
+            other => {
+                *other = Body::NodeClaim(NodeClaim {
+                    node_claim: name.to_owned(),
+                    pool: pool.to_owned(),
+                    phase,
+                    labels: BTreeMap::new(),
+                    taints: None,
+                    node: None,
+                });
+                let Body::NodeClaim(c) = other else {
+                    return None;
+                };
+                c
+            }
         };
         self.need("labels")?;
         self.map(&mut c.labels)?;
