@@ -202,12 +202,17 @@ pub struct ClusterState {
     pub hpas: HashMap<u32, HpaInfo>,
     /// Scale-ups by group whose nodes are still coming.
     pub scale_ups: HashMap<String, Vec<PendingScaleUp>>,
+    /// Workloads whose pending pods or HPA the last [`apply`](Self::apply)
+    /// changed, so that a reader can update what it derived from them
+    /// without rescanning. Cleared at the start of every `apply`.
+    pub changed_workloads: Vec<u32>,
 }
 
 impl ClusterState {
     /// Folds one event into the view.
     pub fn apply(&mut self, event: &Event) {
         let t = event.ts;
+        self.changed_workloads.clear();
         match &event.body {
             Body::Workload(w) => {
                 let id = self.workload_names.intern(&w.workload);
@@ -240,6 +245,7 @@ impl ClusterState {
                     e.series.pop_front();
                 }
                 e.series.push_back((t, h.desired_replicas as f64));
+                self.changed_workloads.push(w);
             }
             Body::ScaleUp(s) => {
                 let pods = s
@@ -330,12 +336,27 @@ impl ClusterState {
             return;
         }
         let workload = p.workload.as_deref().map(|w| self.workload_names.intern(w));
-        let images: Box<[ImageId]> = p.images.iter().map(|i| self.images.intern(i)).collect();
         let node = p.node.as_deref().map(|n| self.node_names.intern(n));
         let claim = p.node_claim.as_deref().map(|c| self.claim_names.intern(c));
-        if let Some(old) = self.pods.remove(&id) {
-            self.unindex(id, &old);
+        let old = self.pods.remove(&id);
+        if let Some(old) = &old {
+            self.unindex(id, old);
         }
+        // A pod's images rarely change between its events: comparing names
+        // is cheaper than interning them again.
+        let images = match old {
+            Some(old)
+                if old.images.len() == p.images.len()
+                    && old
+                        .images
+                        .iter()
+                        .zip(&p.images)
+                        .all(|(&i, name)| self.images.name(i) == name) =>
+            {
+                old.images
+            }
+            _ => p.images.iter().map(|i| self.images.intern(i)).collect(),
+        };
         let info = PodInfo {
             workload,
             images,
@@ -345,8 +366,10 @@ impl ClusterState {
         };
         match info.phase {
             PodPhase::Pending | PodPhase::Nominated => {
-                if let Some(w) = workload {
-                    self.pending.entry(w).or_default().insert(id);
+                if let Some(w) = workload
+                    && self.pending.entry(w).or_default().insert(id)
+                {
+                    self.changed_workloads.push(w);
                 }
                 if let Some(c) = claim {
                     self.nominated_to_claim.entry(c).or_default().insert(id);
@@ -365,8 +388,9 @@ impl ClusterState {
     fn unindex(&mut self, id: u32, old: &PodInfo) {
         if let Some(w) = old.workload
             && let Some(set) = self.pending.get_mut(&w)
+            && set.remove(&id)
         {
-            set.remove(&id);
+            self.changed_workloads.push(w);
             if set.is_empty() {
                 self.pending.remove(&w);
             }

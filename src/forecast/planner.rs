@@ -11,7 +11,7 @@ use super::trend::{Holt, HoltState};
 use crate::clock::Clock;
 use crate::event::{Body, ClaimPhase, Event, NodePhase, PodPhase};
 use crate::policy::{Policy, PullOrder, Reason, Target};
-use crate::state::{ClusterState, HpaInfo, ImageId, NodeInfo};
+use crate::state::{ClusterState, ImageId, NodeInfo};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// Planner settings that are not part of the model.
@@ -61,10 +61,15 @@ pub struct Candidate {
     pub features: Features,
 }
 
+/// Which images the pool's new nodes needed within the horizon.
 #[derive(Debug, Default)]
 struct PoolHistory {
     new_nodes: u64,
-    needs: HashMap<ImageId, u64>,
+    /// (image, how many new nodes needed it); a list, because every plan
+    /// walks it.
+    needs: Vec<(ImageId, u64)>,
+    /// Image → its index in `needs`.
+    at: HashMap<ImageId, usize>,
 }
 
 /// The predictive planner.
@@ -81,22 +86,78 @@ pub struct Planner {
     node_claim: HashMap<u32, u32>,
     holt: Holt,
     trends: HashMap<u32, HoltState>,
-    /// Pool → the candidates its workloads give at any moment; dropped when a
-    /// workload changes.
-    pools: HashMap<String, PoolBase>,
+    /// Per HPA'd workload: its pressure (desired − current) and the replicas
+    /// its trend forecasts beyond the current ones over the horizon; kept
+    /// up to date at HPA events and ticks, so a plan only reads them.
+    hpa_signals: HashMap<u32, [f64; 2]>,
+    /// Pool name → its view in `views`; both dropped when a workload changes.
+    pool_ix: HashMap<String, usize>,
+    views: Vec<PoolView>,
+    /// Workload → the views whose pool it fits, to mark them stale.
+    wl_views: HashMap<u32, Vec<usize>>,
     scratch: Scratch,
     collect: Option<Vec<Candidate>>,
 }
 
-/// The part of a pool's candidates that changes only with workloads: a plan
-/// starts from it instead of walking every workload again.
+/// A pool's candidates as its workloads give them, and which of them pass
+/// the threshold on the pool's signals alone. A plan scores those, plus the
+/// images of the claim's own pods and of the pool's history, instead of
+/// every image of every workload that fits: any other image has only pool
+/// signals, so it fails the threshold.
 #[derive(Debug, Default)]
-struct PoolBase {
-    /// Workloads (not DaemonSets) that fit the pool's nodes, sorted.
-    fits: Vec<u32>,
-    /// Each image those workloads or the matching DaemonSets name, with its
-    /// `daemonset` feature and its `fits` feature (already on a log scale).
-    images: Vec<(ImageId, f64, f64)>,
+struct PoolView {
+    /// Each image that the workloads or DaemonSets fitting the pool name,
+    /// sorted.
+    images: Vec<PoolImage>,
+    /// Image id → its index in `images`, or `NONE`; dense, because every
+    /// plan looks up each history image.
+    at: Vec<u32>,
+    /// Indexes in `images` whose pool signals alone pass the threshold.
+    passing: HashSet<usize>,
+    /// Workloads whose pending pods or HPA changed since the last plan.
+    dirty: Vec<u32>,
+    /// Every image must be scored again (a new view, or too many changes).
+    stale: bool,
+}
+
+/// One image of a [`PoolView`].
+#[derive(Debug)]
+struct PoolImage {
+    image: ImageId,
+    /// The `daemonset` feature.
+    ds: f64,
+    /// The `fits` feature, already on a log scale.
+    fits: f64,
+    /// The fitting workloads that name it, sorted, once per mention: the
+    /// pending and HPA features are sums over them.
+    workloads: Box<[u32]>,
+    /// The model's log-odds on the pool signals alone.
+    z: f64,
+}
+
+impl PoolView {
+    const NONE: u32 = u32::MAX;
+
+    /// The index of `image` in `images`.
+    fn index(&self, image: ImageId) -> Option<usize> {
+        match self.at.get(image as usize) {
+            Some(&k) if k != Self::NONE => Some(k as usize),
+            _ => None,
+        }
+    }
+
+    /// Notes that `w`'s pending pods or HPA changed.
+    fn mark(&mut self, w: u32) {
+        if self.stale {
+            return;
+        }
+        self.dirty.push(w);
+        // Bounded: past this, scoring every image again is cheaper.
+        if self.dirty.len() > self.images.len() + 64 {
+            self.stale = true;
+            self.dirty.clear();
+        }
+    }
 }
 
 /// Feature rows indexed by image id, reused from plan to plan so that a
@@ -120,6 +181,10 @@ impl Scratch {
             self.touched.push(image);
         }
         &mut self.rows[i]
+    }
+
+    fn has(&self, image: ImageId) -> bool {
+        self.seen.get(image as usize).copied().unwrap_or(false)
     }
 
     fn add(&mut self, images: &[ImageId], f: usize, v: f64) {
@@ -151,7 +216,10 @@ impl Planner {
             node_claim: HashMap::default(),
             holt: Holt::default(),
             trends: HashMap::default(),
-            pools: HashMap::default(),
+            hpa_signals: HashMap::default(),
+            pool_ix: HashMap::default(),
+            views: Vec::new(),
+            wl_views: HashMap::default(),
             scratch: Scratch::default(),
             collect: None,
         }
@@ -185,59 +253,153 @@ impl Planner {
             .max(1)
     }
 
-    /// The pool's workload-derived base, built on first use after a change.
-    fn pool_base<'a>(
-        pools: &'a mut HashMap<String, PoolBase>,
+    /// The index in `views` of the pool of `info`, built on first use after
+    /// a workload change.
+    fn view_of(
+        pool_ix: &mut HashMap<String, usize>,
+        views: &mut Vec<PoolView>,
+        wl_views: &mut HashMap<u32, Vec<usize>>,
         state: &ClusterState,
         info: &NodeInfo,
-    ) -> &'a PoolBase {
-        pools.entry(info.pool.clone()).or_insert_with(|| {
-            let mut fits = Vec::new();
-            let mut rows: HashMap<ImageId, (f64, f64)> = HashMap::default();
-            for (&id, w) in &state.workloads {
-                if !w.fits(&info.labels, &info.taints) {
-                    continue;
-                }
-                for &i in w.images.iter() {
-                    let row = rows.entry(i).or_default();
-                    if w.is_daemonset() {
-                        row.0 = 1.0;
-                    } else {
-                        row.1 += 1.0;
-                    }
-                }
-                if !w.is_daemonset() {
-                    fits.push(id);
+    ) -> usize {
+        if let Some(&v) = pool_ix.get(&info.pool) {
+            return v;
+        }
+        let v = views.len();
+        let mut rows: HashMap<ImageId, (f64, f64, Vec<u32>)> = HashMap::default();
+        for (&id, w) in &state.workloads {
+            if !w.fits(&info.labels, &info.taints) {
+                continue;
+            }
+            let ds = w.is_daemonset();
+            for &i in w.images.iter() {
+                let row = rows.entry(i).or_default();
+                if ds {
+                    row.0 = 1.0;
+                } else {
+                    row.1 += 1.0;
+                    row.2.push(id);
                 }
             }
-            fits.sort_unstable();
-            let mut images: Vec<(ImageId, f64, f64)> = rows
-                .into_iter()
-                .map(|(i, (ds, n))| (i, ds, n.ln_1p()))
-                .collect();
-            images.sort_unstable_by_key(|r| r.0);
-            PoolBase { fits, images }
-        })
+            if !ds {
+                wl_views.entry(id).or_default().push(v);
+            }
+        }
+        let mut images: Vec<PoolImage> = rows
+            .into_iter()
+            .map(|(image, (ds, n, mut workloads))| {
+                workloads.sort_unstable();
+                PoolImage {
+                    image,
+                    ds,
+                    fits: n.ln_1p(),
+                    workloads: workloads.into(),
+                    z: f64::NEG_INFINITY,
+                }
+            })
+            .collect();
+        images.sort_unstable_by_key(|r| r.image);
+        let mut at = vec![PoolView::NONE; images.last().map_or(0, |r| r.image as usize + 1)];
+        for (k, r) in images.iter().enumerate() {
+            at[r.image as usize] = k as u32;
+        }
+        views.push(PoolView {
+            images,
+            at,
+            passing: HashSet::default(),
+            dirty: Vec::new(),
+            stale: true,
+        });
+        pool_ix.insert(info.pool.clone(), v);
+        v
     }
 
-    /// Fills the scratch rows with the feature vector of every candidate
-    /// image for a node described by `info`, which NodeClaim `claim` may
-    /// have announced.
-    fn candidates(
-        &self,
-        info: &NodeInfo,
-        claim: Option<u32>,
-        pools: &mut HashMap<String, PoolBase>,
-        c: &mut Scratch,
-    ) {
-        let st = &self.state;
-        c.clear();
-        let base = Self::pool_base(pools, st, info);
-        for &(i, ds, fits) in &base.images {
-            let row = c.row(i);
-            row[2] = ds;
-            row[7] = fits;
+    /// Workload `w`'s pending-pod count, HPA pressure and HPA trend, each 0
+    /// when absent.
+    fn workload_signals(&self, w: u32) -> [f64; 3] {
+        let pending = self.state.pending.get(&w).map_or(0, |p| p.len()) as f64;
+        let [pressure, ahead] = self.hpa_signals.get(&w).copied().unwrap_or_default();
+        [pending, pressure, ahead]
+    }
+
+    /// Computes again `w`'s HPA pressure and trend, after its HPA or its
+    /// trend changed.
+    fn update_hpa_signal(&mut self, w: u32) {
+        let Some(h) = self.state.hpas.get(&w) else {
+            self.hpa_signals.remove(&w);
+            return;
+        };
+        let steps = (self.model.horizon_seconds / self.cfg.tick_seconds).clamp(1.0, 40.0) as u32;
+        let pressure = h.desired.saturating_sub(h.current) as f64;
+        let ahead = self
+            .trends
+            .get(&w)
+            .map_or(0.0, |s| self.holt.forecast(s, steps) - h.current as f64);
+        self.hpa_signals.insert(w, [pressure, ahead.max(0.0)]);
+    }
+
+    /// Adds the pool signals of `img` (DaemonSet, fits, and the pending and
+    /// HPA sums over its workloads, in workload order) to `row`.
+    fn add_pool_signals(&self, img: &PoolImage, row: &mut Features) {
+        row[2] = img.ds;
+        row[7] = img.fits;
+        for &w in img.workloads.iter() {
+            let [pending, pressure, ahead] = self.workload_signals(w);
+            for (k, v) in [(3, pending), (4, pressure), (5, ahead)] {
+                if v > 0.0 {
+                    row[k] += v;
+                }
+            }
         }
+    }
+
+    /// Counts enter the model on a log scale (`fits` already is); the
+    /// DaemonSet flag and the history share stay as they are.
+    fn log_scale(row: &mut Features) {
+        for k in [0, 1, 3, 4, 5] {
+            if row[k] != 0.0 {
+                row[k] = row[k].ln_1p();
+            }
+        }
+    }
+
+    /// Scores again the images of `view` whose pool signals changed, and
+    /// updates which of them pass on those alone.
+    fn refresh(&self, view: &mut PoolView) {
+        let z_min = self.model.logit_threshold();
+        let mut redo: Vec<usize> = if view.stale {
+            (0..view.images.len()).collect()
+        } else {
+            let mut v = Vec::new();
+            for &w in &view.dirty {
+                if let Some(wl) = self.state.workloads.get(&w) {
+                    v.extend(wl.images.iter().filter_map(|i| view.index(*i)));
+                }
+            }
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        view.stale = false;
+        view.dirty.clear();
+        for k in redo.drain(..) {
+            let mut row = [0.0; N_FEATURES];
+            self.add_pool_signals(&view.images[k], &mut row);
+            Self::log_scale(&mut row);
+            let z = self.model.logit(&row);
+            view.images[k].z = z;
+            if z >= z_min {
+                view.passing.insert(k);
+            } else {
+                view.passing.remove(&k);
+            }
+        }
+    }
+
+    /// Adds the signals of the claim's own pods (nominated to it, or in a
+    /// scale-up of its pool) to the scratch rows.
+    fn claim_signals(&self, info: &NodeInfo, claim: Option<u32>, c: &mut Scratch) {
+        let st = &self.state;
         if let Some(pods) = claim.and_then(|c| st.nominated_to_claim.get(&c)) {
             for p in pods {
                 if let Some(p) = st.pods.get(p) {
@@ -256,66 +418,63 @@ impl Planner {
                 }
             }
         }
-        // Walk whichever is shorter: the pool's workloads, or the workloads
-        // with pending pods (or HPAs); the sums come out the same.
-        let fits = |w: &u32| base.fits.binary_search(w).is_ok();
-        let pending: Vec<(u32, usize)> = if st.pending.len() < base.fits.len() {
-            st.pending
-                .iter()
-                .filter(|(w, _)| fits(w))
-                .map(|(w, p)| (*w, p.len()))
-                .collect()
-        } else {
-            base.fits
-                .iter()
-                .filter_map(|w| st.pending.get(w).map(|p| (*w, p.len())))
-                .collect()
-        };
-        for (w, n) in pending {
-            if let Some(wl) = st.workloads.get(&w) {
-                c.add(&wl.images, 3, n as f64);
-            }
-        }
-        let steps = (self.model.horizon_seconds / self.cfg.tick_seconds).clamp(1.0, 40.0) as u32;
-        let hpas: Vec<(&u32, &HpaInfo)> = if st.hpas.len() < base.fits.len() {
-            st.hpas.iter().filter(|(w, _)| fits(w)).collect()
-        } else {
-            base.fits
-                .iter()
-                .filter_map(|w| st.hpas.get_key_value(w))
-                .collect()
-        };
-        for (w, h) in hpas {
-            let Some(wl) = st.workloads.get(w) else {
-                continue;
-            };
-            let pressure = h.desired.saturating_sub(h.current) as f64;
-            if pressure > 0.0 {
-                c.add(&wl.images, 4, pressure);
-            }
-            if let Some(s) = self.trends.get(w) {
-                let ahead = self.holt.forecast(s, steps) - h.current as f64;
-                if ahead > 0.0 {
-                    c.add(&wl.images, 5, ahead);
-                }
-            }
-        }
+    }
+
+    /// Fills the scratch rows with the feature vector of every image that
+    /// can pass the threshold on a node described by `info`, which NodeClaim
+    /// `claim` may have announced: those whose pool signals pass, and those
+    /// the claim's pods or the pool's history name. With `every`, all the
+    /// pool's images are filled, as `pullahead tune` needs.
+    fn candidates(
+        &self,
+        view: &PoolView,
+        info: &NodeInfo,
+        claim: Option<u32>,
+        done: Option<&HashSet<ImageId>>,
+        every: bool,
+        c: &mut Scratch,
+    ) {
+        c.clear();
+        self.claim_signals(info, claim, c);
         if let Some(h) = self.history.get(&info.pool)
             && h.new_nodes > 0
         {
-            for (&i, &n) in &h.needs {
-                c.row(i)[6] = n as f64 / h.new_nodes as f64;
-            }
-        }
-        // Counts enter the model on a log scale (`fits` already is); the
-        // DaemonSet flag and the history share stay as they are.
-        for &i in &c.touched {
-            for k in [0, 1, 3, 4, 5] {
-                let v = &mut c.rows[i as usize][k];
-                if *v != 0.0 {
-                    *v = v.ln_1p();
+            // An image that no claim pod names passes only if its pool
+            // signals and its history share do; the sum below is that
+            // log-odds up to rounding, so a margin keeps every image that
+            // might pass, and the exact test comes later.
+            let z_min = self.model.logit_threshold();
+            let z_none = self.model.logit(&[0.0; N_FEATURES]);
+            let w_history = self.model.weights()[6];
+            let per_node = w_history / h.new_nodes as f64;
+            for &(i, n) in &h.needs {
+                let z = view.index(i).map_or(z_none, |k| view.images[k].z) + per_node * n as f64;
+                if every || c.has(i) || z >= z_min - 1e-9 * (1.0 + z.abs()) {
+                    c.row(i)[6] = n as f64 / h.new_nodes as f64;
                 }
             }
+        }
+        if every {
+            for img in &view.images {
+                c.row(img.image);
+            }
+        } else {
+            for &k in &view.passing {
+                c.row(view.images[k].image);
+            }
+        }
+        for t in 0..c.touched.len() {
+            let i = c.touched[t];
+            // Already ordered here, or already on the node: `order` skips
+            // it whatever its score, so only `tune` needs its features.
+            if !every && (done.is_some_and(|d| d.contains(&i)) || info.images.contains(&i)) {
+                continue;
+            }
+            let row = &mut c.rows[i as usize];
+            if let Some(k) = view.index(i) {
+                self.add_pool_signals(&view.images[k], row);
+            }
+            Self::log_scale(row);
         }
     }
 
@@ -341,7 +500,9 @@ impl Planner {
     fn plan(&mut self, key: Key, claim: Option<u32>, now: f64, out: &mut Vec<PullOrder>) {
         // The caches are moved out for the call, so that they can be filled
         // while the view they summarise is borrowed.
-        let mut pools = std::mem::take(&mut self.pools);
+        let mut pool_ix = std::mem::take(&mut self.pool_ix);
+        let mut views = std::mem::take(&mut self.views);
+        let mut wl_views = std::mem::take(&mut self.wl_views);
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut planned = std::mem::take(&mut self.planned);
         let mut collect = self.collect.take();
@@ -350,7 +511,11 @@ impl Planner {
             Key::Node(n) => self.state.nodes.get(&n),
         };
         if let Some(info) = info {
-            self.candidates(info, claim, &mut pools, &mut scratch);
+            let v = Self::view_of(&mut pool_ix, &mut views, &mut wl_views, &self.state, info);
+            let view = &mut views[v];
+            self.refresh(view);
+            let done = planned.get(&key).map(|(d, _)| d);
+            self.candidates(view, info, claim, done, collect.is_some(), &mut scratch);
             if let (Some(rows), Key::Node(n)) = (collect.as_mut(), key) {
                 let node = self.state.node_names.name(n);
                 let mut list = scratch.touched.clone();
@@ -366,7 +531,9 @@ impl Planner {
         }
         self.collect = collect;
         self.planned = planned;
-        self.pools = pools;
+        self.pool_ix = pool_ix;
+        self.views = views;
+        self.wl_views = wl_views;
         self.scratch = scratch;
     }
 
@@ -425,8 +592,11 @@ impl Planner {
         }
     }
 
-    fn learn_binding(&mut self, node: u32, images: &[ImageId], now: f64) {
+    /// Counts the images of `pod`, just bound to `node`, in its pool's
+    /// history while the node is younger than the horizon.
+    fn learn_binding(&mut self, node: u32, pod: &str, now: f64) {
         let h = self.model.horizon_seconds;
+        // Most bindings are to nodes past their first hour: no lookups then.
         let Some((pool, since, counted)) = self.fresh.get_mut(&node) else {
             return;
         };
@@ -434,10 +604,27 @@ impl Planner {
             self.fresh.remove(&node);
             return;
         }
-        let hist = self.history.entry(pool.clone()).or_default();
-        for &i in images {
+        let Some(info) = self
+            .state
+            .pod_names
+            .get(pod)
+            .and_then(|id| self.state.pods.get(&id))
+        else {
+            return;
+        };
+        // Registration made the pool's history before the node was fresh.
+        let Some(hist) = self.history.get_mut(pool.as_str()) else {
+            return;
+        };
+        for &i in info.images.iter() {
             if counted.insert(i) {
-                *hist.needs.entry(i).or_default() += 1;
+                match hist.at.get(&i) {
+                    Some(&k) => hist.needs[k].1 += 1,
+                    None => {
+                        hist.at.insert(i, hist.needs.len());
+                        hist.needs.push((i, 1));
+                    }
+                }
             }
         }
     }
@@ -451,13 +638,25 @@ impl Policy for Planner {
     fn on_event(&mut self, event: &Event, clock: &dyn Clock, out: &mut Vec<PullOrder>) {
         let now = clock.now();
         self.state.apply(event);
+        let changed = std::mem::take(&mut self.state.changed_workloads);
+        for &w in &changed {
+            if matches!(event.body, Body::Hpa(_)) {
+                self.update_hpa_signal(w);
+            }
+            for &v in self.wl_views.get(&w).into_iter().flatten() {
+                self.views[v].mark(w);
+            }
+        }
+        self.state.changed_workloads = changed;
         match &event.body {
             Body::Image(i) => {
                 let id = self.state.images.intern(&i.image);
                 self.sizes.insert(id, i.bytes);
             }
             Body::Workload(_) => {
-                self.pools.clear();
+                self.pool_ix.clear();
+                self.views.clear();
+                self.wl_views.clear();
             }
             Body::NodeClaim(c) => {
                 let Some(id) = self.state.claim_names.get(&c.node_claim) else {
@@ -491,12 +690,8 @@ impl Policy for Planner {
                 }
             }
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
-                if let Some(n) = p.node.as_deref().and_then(|n| self.state.node_names.get(n))
-                    && let Some(pod) = self.state.pod_names.get(&p.pod)
-                    && let Some(info) = self.state.pods.get(&pod)
-                {
-                    let images = info.images.clone();
-                    self.learn_binding(n, &images, now);
+                if let Some(n) = p.node.as_deref().and_then(|n| self.state.node_names.get(n)) {
+                    self.learn_binding(n, &p.pod, now);
                 }
             }
             Body::Node(n) => {
@@ -505,7 +700,7 @@ impl Policy for Planner {
                 };
                 match n.phase {
                     NodePhase::Registered => {
-                        let Some(info) = self.state.nodes.get(&id).cloned() else {
+                        let Some(pool) = self.state.nodes.get(&id).map(|n| n.pool.clone()) else {
                             return;
                         };
                         let claim = self.node_claim.get(&id).copied().or_else(|| {
@@ -521,11 +716,10 @@ impl Policy for Planner {
                         {
                             self.planned.insert(Key::Node(id), done);
                         }
-                        self.history.entry(info.pool.clone()).or_default().new_nodes += 1;
-                        self.fresh
-                            .insert(id, (info.pool.clone(), now, HashSet::default()));
+                        self.history.entry(pool.clone()).or_default().new_nodes += 1;
                         self.plan(Key::Node(id), claim, now, out);
-                        self.state.consume_scale_up(&info.pool);
+                        self.state.consume_scale_up(&pool);
+                        self.fresh.insert(id, (pool, now, HashSet::default()));
                     }
                     NodePhase::Deleted => {
                         self.planned.remove(&Key::Node(id));
@@ -545,9 +739,17 @@ impl Policy for Planner {
 
     fn on_tick(&mut self, _clock: &dyn Clock, _out: &mut Vec<PullOrder>) {
         // Sample every HPA's desired replicas on a regular grid for the trend.
+        let mut hpas: Vec<u32> = Vec::with_capacity(self.state.hpas.len());
         for (w, h) in &self.state.hpas {
             let s = self.trends.entry(*w).or_default();
             self.holt.update(s, h.desired as f64);
+            hpas.push(*w);
+        }
+        for w in hpas {
+            self.update_hpa_signal(w);
+            for &v in self.wl_views.get(&w).into_iter().flatten() {
+                self.views[v].mark(w);
+            }
         }
     }
 }

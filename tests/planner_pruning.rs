@@ -1,0 +1,82 @@
+//! The planner scores only the images that can pass its threshold (those
+//! whose pool signals pass, and those the claim's pods or the pool's history
+//! name). `pullahead tune` makes it score every candidate instead. Both must
+//! order exactly the same pulls, with the same priorities, reasons and
+//! probabilities: this replays every bundled trace and a generated one
+//! through both and compares.
+
+use pullahead::clock::SimClock;
+use pullahead::event::{Event, EventReader, EventWriter, Header};
+use pullahead::forecast::model::Model;
+use pullahead::forecast::planner::{Planner, PlannerConfig};
+use pullahead::policy::{Policy, PullOrder};
+use pullahead::replay::{DEFAULT_MODEL, synth};
+
+/// Every order `planner` makes over `events`, with ticks on the planner's
+/// grid between events, as a replay drives it.
+fn orders(mut planner: Planner, events: &[Event]) -> Vec<(u64, PullOrder)> {
+    let clock = SimClock::new(0.0);
+    let step = planner.tick_interval().unwrap();
+    let mut next_tick = events.first().map_or(0.0, |e| e.ts);
+    let mut out = Vec::new();
+    let mut all = Vec::new();
+    for e in events {
+        while next_tick <= e.ts {
+            clock.set(next_tick);
+            planner.on_tick(&clock, &mut out);
+            next_tick += step;
+        }
+        clock.set(e.ts);
+        planner.on_event(e, &clock, &mut out);
+        all.extend(out.drain(..).map(|o| (e.ts.to_bits(), o)));
+    }
+    all
+}
+
+fn compare(name: &str, events: &[Event]) -> usize {
+    let model = Model::from_json(DEFAULT_MODEL).unwrap();
+    let pruned = orders(
+        Planner::new(model.clone(), PlannerConfig::default()),
+        events,
+    );
+    let every = orders(
+        Planner::new(model, PlannerConfig::default()).collecting(),
+        events,
+    );
+    assert_eq!(pruned.len(), every.len(), "{name}: number of orders");
+    for (k, (a, b)) in pruned.iter().zip(&every).enumerate() {
+        assert_eq!(a, b, "{name}: order {k} differs");
+    }
+    pruned.len()
+}
+
+#[test]
+fn pruned_planner_orders_what_the_exhaustive_one_orders() {
+    let mut total = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/replay-data")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "jsonl") {
+            continue;
+        }
+        let events: Vec<Event> = EventReader::open(&path)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        total += compare(&path.display().to_string(), &events);
+    }
+    let mut w = EventWriter::new(Vec::new(), "synth", &Header::new(0.0, "test")).unwrap();
+    let cfg = synth::SynthConfig {
+        seed: 7,
+        events: 20_000,
+        pools: 3,
+        workloads: 40,
+        images: 60,
+    };
+    synth::generate(cfg, &mut w).unwrap();
+    let trace = w.into_inner().unwrap();
+    let events: Vec<Event> = EventReader::new(&trace[..], "synth")
+        .map(|e| e.unwrap())
+        .collect();
+    total += compare("synth", &events);
+    assert!(total > 1_000, "the traces should make many orders: {total}");
+}
