@@ -380,6 +380,13 @@ fn spec_images(spec: Option<&PodSpec>) -> impl Iterator<Item = &str> {
 fn same_images(spec: Option<&PodSpec>, have: &[Arc<str>]) -> bool {
     let mut n = 0;
     for img in spec_images(spec) {
+        // As written, a spec's image is nearly always a full reference
+        // already; one equal to a list entry is one, as [`full_reference`]
+        // leaves its own results unchanged, and the list has no repeats.
+        if have.get(n).is_some_and(|i| **i == *img) {
+            n += 1;
+            continue;
+        }
         let full = full_reference_cow(img);
         // A repeat of an image already matched is skipped, as the list
         // keeps each image once.
@@ -1055,7 +1062,7 @@ fn fingerprint(s: &str) -> u64 {
 }
 
 fn namespaced(meta: &ObjectMeta, kind: &'static str) -> Result<String> {
-    let name = meta.name.as_deref().ok_or(Error::MissingField {
+    let name = meta.name.as_deref().ok_or_else(|| Error::MissingField {
         kind,
         field: "metadata.name",
     })?;
@@ -1067,7 +1074,7 @@ fn namespaced(meta: &ObjectMeta, kind: &'static str) -> Result<String> {
 
 /// Writes `namespace/name` into `buf`, as [`namespaced`] makes it.
 fn namespaced_into(meta: &ObjectMeta, kind: &'static str, buf: &mut String) -> Result<()> {
-    let name = meta.name.as_deref().ok_or(Error::MissingField {
+    let name = meta.name.as_deref().ok_or_else(|| Error::MissingField {
         kind,
         field: "metadata.name",
     })?;

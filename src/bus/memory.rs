@@ -83,17 +83,24 @@ impl InProcessBus {
     /// Publishes `events` in order, as [`InProcessBus::send`] does each, with
     /// the subscriber list locked once for all of them: the watcher hands
     /// over the events of one watch event together.
-    pub fn send_all(&self, events: impl IntoIterator<Item = Event>) {
+    pub fn send_all<I>(&self, events: I)
+    where
+        I: IntoIterator<Item = Event>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let events = events.into_iter();
+        // Counted before any is delivered, as a single send counts, so that
+        // a subscriber never sees an event the counter does not include; once
+        // per call, as each update is an atomic add that a metrics scrape on
+        // another core contends on.
+        self.inner.published.inc_by(events.len() as u64);
         let mut subs = match self.inner.subscribers.lock() {
             Ok(s) => s,
             // A panic elsewhere while holding the lock leaves the list intact.
             Err(poisoned) => poisoned.into_inner(),
         };
-        let mut sent = 0;
-        let mut dropped = 0;
         let mut closed = false;
         for event in events {
-            sent += 1;
             let last = subs.len().saturating_sub(1);
             let mut event = Some(event);
             for (i, tx) in subs.iter().enumerate() {
@@ -106,16 +113,10 @@ impl InProcessBus {
                 let Some(e) = e else { break };
                 match tx.try_send(e) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => self.inner.dropped.inc(),
                     Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
                 }
             }
-        }
-        // Counted once per call: each update is an atomic add that other
-        // cores reading the metrics contend on.
-        self.inner.published.inc_by(sent);
-        if dropped > 0 {
-            self.inner.dropped.inc_by(dropped);
         }
         if closed {
             subs.retain(|tx| !tx.is_closed());
