@@ -1062,7 +1062,7 @@ fn fingerprint(s: &str) -> u64 {
 }
 
 fn namespaced(meta: &ObjectMeta, kind: &'static str) -> Result<String> {
-    let name = meta.name.as_deref().ok_or_else(|| Error::MissingField {
+    let name = meta.name.as_deref().ok_or(Error::MissingField {
         kind,
         field: "metadata.name",
     })?;
@@ -1074,7 +1074,7 @@ fn namespaced(meta: &ObjectMeta, kind: &'static str) -> Result<String> {
 
 /// Writes `namespace/name` into `buf`, as [`namespaced`] makes it.
 fn namespaced_into(meta: &ObjectMeta, kind: &'static str, buf: &mut String) -> Result<()> {
-    let name = meta.name.as_deref().ok_or_else(|| Error::MissingField {
+    let name = meta.name.as_deref().ok_or(Error::MissingField {
         kind,
         field: "metadata.name",
     })?;
