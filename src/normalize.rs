@@ -264,16 +264,155 @@ pub struct Normalizer {
     seen_events: HashMap<String, i32>,
     /// Image sizes already announced.
     image_bytes: HashMap<Arc<str>, u64>,
-    /// Interned strings (images, nodes, workloads).
-    strings: HashMap<Arc<str>, ()>,
-    /// Interned image lists.
-    image_lists: HashMap<Arc<[Arc<str>]>, ()>,
+    /// Strings and image lists shared by the retained state.
+    interner: Interner,
     stats: Stats,
     applied: u64,
-    /// Scratch buffers reused across changes, so that a re-sent or
-    /// progressing pod costs no allocation beyond the events it emits.
-    scratch_images: Vec<Arc<str>>,
+    /// Scratch buffer for a pod's `namespace/name`, reused so that a
+    /// re-sent or progressing pod costs no allocation beyond its events.
     scratch_name: String,
+}
+
+/// One shared copy of each image, node and workload name, and of each
+/// pod's image list, however many pods name it.
+#[derive(Debug, Default)]
+struct Interner {
+    /// Interned strings (images, nodes, workloads, claims).
+    strings: HashMap<Arc<str>, ()>,
+    /// Interned image lists, keyed by the addresses of their images. Every
+    /// image in a list is interned, so equal addresses mean equal text:
+    /// hashing a key costs a word per image instead of the image's text,
+    /// and the list's own references keep those addresses from being reused
+    /// while the key exists.
+    image_lists: HashMap<Box<[usize]>, Arc<[Arc<str>]>>,
+    /// Scratch buffers reused across changes (a list being built, its key,
+    /// a workload name being joined), so that lookups do not allocate.
+    scratch_images: Vec<Arc<str>>,
+    scratch_addrs: Vec<usize>,
+    scratch_name: String,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some((k, _)) = self.strings.get_key_value(s) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(s);
+        self.strings.insert(k.clone(), ());
+        k
+    }
+
+    /// `namespace/name`, interned.
+    fn intern_joined(&mut self, namespace: &str, name: &str) -> Arc<str> {
+        let mut buf = std::mem::take(&mut self.scratch_name);
+        buf.clear();
+        buf.push_str(namespace);
+        buf.push('/');
+        buf.push_str(name);
+        let k = self.intern(&buf);
+        self.scratch_name = buf;
+        k
+    }
+
+    /// The interned list of a pod spec's images, as [`pod_images`] lists
+    /// them; no spec is the empty list.
+    fn pod_images(&mut self, spec: Option<&PodSpec>) -> Arc<[Arc<str>]> {
+        let mut list = std::mem::take(&mut self.scratch_images);
+        let mut addrs = std::mem::take(&mut self.scratch_addrs);
+        list.clear();
+        addrs.clear();
+        for img in spec_images(spec) {
+            let full = full_reference_cow(img);
+            if !list.iter().any(|i| **i == *full) {
+                let k = self.intern(&full);
+                addrs.push(addr(&k));
+                list.push(k);
+            }
+        }
+        let k = match self.image_lists.get(addrs.as_slice()) {
+            Some(k) => k.clone(),
+            None => {
+                let k: Arc<[Arc<str>]> = Arc::from(list.as_slice());
+                self.image_lists.insert(addrs.as_slice().into(), k.clone());
+                k
+            }
+        };
+        list.clear();
+        self.scratch_images = list;
+        self.scratch_addrs = addrs;
+        k
+    }
+
+    /// Drops what nothing else holds any more (gone pods' node names, old
+    /// images), so that memory follows the live state.
+    fn prune(&mut self) {
+        // Lists first, so that images only a dropped list held go in the
+        // same pass.
+        self.image_lists.retain(|_, v| Arc::strong_count(v) > 1);
+        self.strings.retain(|k, _| Arc::strong_count(k) > 1);
+    }
+
+    fn len(&self) -> usize {
+        self.strings.len() + self.image_lists.len()
+    }
+}
+
+/// The address of an interned string: its identity while it is interned.
+fn addr(s: &Arc<str>) -> usize {
+    Arc::as_ptr(s).cast::<u8>() as usize
+}
+
+/// The images a pod spec names, init containers first, as written.
+fn spec_images(spec: Option<&PodSpec>) -> impl Iterator<Item = &str> {
+    spec.into_iter()
+        .flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        })
+        .filter_map(|c| c.image.as_deref())
+}
+
+/// Whether `have` is the list [`Interner::pod_images`] would make of
+/// `spec`, compared without interning anything: a known pod's images
+/// rarely change, and then nothing needs hashing.
+fn same_images(spec: Option<&PodSpec>, have: &[Arc<str>]) -> bool {
+    let mut n = 0;
+    for img in spec_images(spec) {
+        // As written, a spec's image is nearly always a full reference
+        // already; one equal to a list entry is one, as [`full_reference`]
+        // leaves its own results unchanged, and the list has no repeats.
+        if have.get(n).is_some_and(|i| **i == *img) {
+            n += 1;
+            continue;
+        }
+        let full = full_reference_cow(img);
+        // A repeat of an image already matched is skipped, as the list
+        // keeps each image once.
+        if have[..n].iter().any(|i| **i == *full) {
+            continue;
+        }
+        match have.get(n) {
+            Some(i) if **i == *full => n += 1,
+            _ => return false,
+        }
+    }
+    n == have.len()
+}
+
+/// Whether `have` is `namespace/name` of `owner`, compared without joining.
+fn same_workload(owner: Option<(&str, &str)>, have: Option<&str>) -> bool {
+    match (owner, have) {
+        (None, None) => true,
+        (Some((ns, name)), Some(w)) => {
+            w.len() == ns.len() + 1 + name.len()
+                && w.starts_with(ns)
+                && w.as_bytes()[ns.len()] == b'/'
+                && w.ends_with(name)
+        }
+        _ => false,
+    }
 }
 
 /// How many changes pass between two prunings of the interned strings.
@@ -296,7 +435,7 @@ impl Normalizer {
 
     /// Interned strings and image lists currently retained (for memory tests).
     pub fn retained_strings(&self) -> usize {
-        self.strings.len() + self.image_lists.len()
+        self.interner.len()
     }
 
     /// Pods currently tracked.
@@ -307,12 +446,24 @@ impl Normalizer {
     /// Turns one object change seen at `ts` into zero or more schema-v1
     /// events (appended to `out`).
     pub fn apply(&mut self, ts: f64, change: Change, out: &mut Vec<Event>) -> Result<()> {
+        match &change {
+            Change::Applied(o) => self.apply_object(ts, o, false, out),
+            Change::Deleted(o) => self.apply_object(ts, o, true, out),
+        }
+    }
+
+    /// [`Normalizer::apply`] on a borrowed object: `deleted` when it is the
+    /// object as it was last. The caller keeps the object, so the watcher
+    /// hands over its watch event without moving it again.
+    pub fn apply_object(
+        &mut self,
+        ts: f64,
+        obj: &Object,
+        deleted: bool,
+        out: &mut Vec<Event>,
+    ) -> Result<()> {
         let start = out.len();
-        let (obj, deleted) = match change {
-            Change::Applied(o) => (o, false),
-            Change::Deleted(o) => (o, true),
-        };
-        match &obj {
+        match obj {
             Object::Pod(p) => self.pod(ts, p, deleted, out)?,
             Object::Node(n) => self.node(ts, n, deleted, out)?,
             Object::NodeClaim(c) => self.node_claim(ts, c, deleted, out)?,
@@ -356,87 +507,54 @@ impl Normalizer {
         }
         self.applied += 1;
         if self.applied.is_multiple_of(PRUNE_EVERY) {
-            // Interned strings nothing else holds any more (gone pods' node
-            // names, old images) are dropped, so memory follows live state.
-            self.strings.retain(|k, _| Arc::strong_count(k) > 1);
-            self.image_lists.retain(|k, _| Arc::strong_count(k) > 1);
+            self.interner.prune();
         }
         Ok(())
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some((k, _)) = self.strings.get_key_value(s) {
-            return k.clone();
-        }
-        let k: Arc<str> = Arc::from(s);
-        self.strings.insert(k.clone(), ());
-        k
-    }
-
-    /// The interned list of a pod spec's images, as [`pod_images`] lists
-    /// them; no spec is the empty list.
-    fn intern_pod_images(&mut self, spec: Option<&PodSpec>) -> Arc<[Arc<str>]> {
-        let mut list = std::mem::take(&mut self.scratch_images);
-        list.clear();
-        let containers = spec.into_iter().flat_map(|s| {
-            s.init_containers
-                .iter()
-                .flatten()
-                .chain(s.containers.iter())
-        });
-        for c in containers {
-            if let Some(img) = c.image.as_deref() {
-                let full = full_reference_cow(img);
-                if !list.iter().any(|i| **i == *full) {
-                    list.push(self.intern(&full));
-                }
-            }
-        }
-        let k = match self.image_lists.get_key_value(list.as_slice()) {
-            Some((k, _)) => k.clone(),
-            None => {
-                let k: Arc<[Arc<str>]> = Arc::from(list.as_slice());
-                self.image_lists.insert(k.clone(), ());
-                k
-            }
-        };
-        list.clear();
-        self.scratch_images = list;
-        k
+        self.interner.intern(s)
     }
 
     fn pod_event(name: &str, st: &PodState, phase: PodPhase) -> Event {
+        // `String::from` on the `str`: `to_string` on an `Arc<str>` would go
+        // through the formatting machinery.
         Event::new(
             0.0,
             event::Pod {
                 pod: name.to_string(),
-                workload: st.workload.as_deref().map(str::to_string),
-                images: st.images.iter().map(|i| i.to_string()).collect(),
+                workload: st.workload.as_deref().map(String::from),
+                images: st.images.iter().map(|i| String::from(&**i)).collect(),
                 phase,
-                node: st.node.as_deref().map(str::to_string),
-                node_claim: st.claim.as_deref().map(str::to_string),
+                node: st.node.as_deref().map(String::from),
+                node_claim: st.claim.as_deref().map(String::from),
             },
         )
     }
 
     fn pod(&mut self, ts: f64, p: &Pod, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
-        let name = namespaced(&p.metadata, "Pod")?;
+        let mut name = std::mem::take(&mut self.scratch_name);
+        let r = namespaced_into(&p.metadata, "Pod", &mut name)
+            .map(|()| self.pod_named(ts, &name, p, deleted, out));
+        self.scratch_name = name;
+        r
+    }
+
+    /// [`Normalizer::pod`] once the pod's `namespace/name` is known.
+    fn pod_named(&mut self, ts: f64, name: &str, p: &Pod, deleted: bool, out: &mut Vec<Event>) {
         let terminal = p
             .status
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
         if deleted || terminal {
-            if let Some(st) = self.pods.remove(name.as_str()) {
-                out.push(at(ts, Self::pod_event(&name, &st, PodPhase::Deleted)));
+            if let Some(st) = self.pods.remove(name) {
+                out.push(at(ts, Self::pod_event(name, &st, PodPhase::Deleted)));
             }
-            return Ok(());
+            return;
         }
-        let images = self.intern_pod_images(p.spec.as_ref());
-        let mut scratch = std::mem::take(&mut self.scratch_name);
-        let workload = pod_workload_into(&p.metadata, &mut scratch).then(|| self.intern(&scratch));
-        self.scratch_name = scratch;
-        let spec_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        let spec = p.spec.as_ref();
+        let spec_node = spec.and_then(|s| s.node_name.as_deref());
         let status = p.status.as_ref();
         let nominated = status.and_then(|s| s.nominated_node_name.as_deref());
         let scheduled_cond = status
@@ -445,7 +563,7 @@ impl Normalizer {
                 cs.iter()
                     .any(|c| c.type_ == "PodScheduled" && c.status == "True")
             });
-        let n_containers = p.spec.as_ref().map_or(0, |s| s.containers.len());
+        let n_containers = spec.map_or(0, |s| s.containers.len());
         let running = status
             .and_then(|s| s.container_statuses.as_ref())
             .is_some_and(|cs| {
@@ -464,56 +582,63 @@ impl Normalizer {
         } else {
             PodPhase::Pending
         };
-        let node = spec_node.or(nominated).map(|n| self.intern(n));
-        // The state is updated in place: a known pod's key is not allocated
-        // again, and its state is not copied.
-        let is_new = !self.pods.contains_key(name.as_str());
-        if is_new {
-            self.pods.insert(
-                Arc::from(name.as_str()),
-                PodState {
+        let node = spec_node.or(nominated);
+        let owner = pod_workload(&p.metadata);
+        // A known pod's state is updated in place, and what it already
+        // holds is compared rather than interned again: its key is not
+        // allocated, and nothing is hashed but its name.
+        let interner = &mut self.interner;
+        let mut fresh = None;
+        let st = match self.pods.get_mut(name) {
+            Some(st) => {
+                if !same_images(spec, &st.images) {
+                    st.images = interner.pod_images(spec);
+                }
+                if !same_workload(owner, st.workload.as_deref()) {
+                    st.workload = owner.map(|(ns, w)| interner.intern_joined(ns, w));
+                }
+                st
+            }
+            None => {
+                let st = fresh.insert(PodState {
                     phase: PodPhase::Pending,
                     node: None,
                     claim: None,
-                    workload: None,
-                    images: images.clone(),
-                },
-            );
-        }
-        let Some(st) = self.pods.get_mut(name.as_str()) else {
-            return Ok(());
+                    workload: owner.map(|(ns, w)| interner.intern_joined(ns, w)),
+                    images: interner.pod_images(spec),
+                });
+                out.push(at(ts, Self::pod_event(name, st, PodPhase::Pending)));
+                st
+            }
         };
-        st.images = images;
-        st.workload = workload;
-        if is_new {
-            out.push(at(ts, Self::pod_event(&name, st, PodPhase::Pending)));
-        }
         // Pods only move forward: a restarted container is not a new start.
         let cur = rank(st.phase);
         match observed {
             PodPhase::Nominated
                 if cur < rank(PodPhase::Nominated)
-                    || (cur == rank(PodPhase::Nominated) && st.node != node) =>
+                    || (cur == rank(PodPhase::Nominated) && st.node.as_deref() != node) =>
             {
                 st.phase = PodPhase::Nominated;
-                st.node = node;
+                st.node = node.map(|n| interner.intern(n));
                 st.claim = None;
-                out.push(at(ts, Self::pod_event(&name, st, PodPhase::Nominated)));
+                out.push(at(ts, Self::pod_event(name, st, PodPhase::Nominated)));
             }
             PodPhase::Scheduled | PodPhase::Started => {
                 if cur < rank(PodPhase::Scheduled) {
                     st.phase = PodPhase::Scheduled;
-                    st.node = node;
-                    out.push(at(ts, Self::pod_event(&name, st, PodPhase::Scheduled)));
+                    st.node = node.map(|n| interner.intern(n));
+                    out.push(at(ts, Self::pod_event(name, st, PodPhase::Scheduled)));
                 }
                 if observed == PodPhase::Started && cur < rank(PodPhase::Started) {
                     st.phase = PodPhase::Started;
-                    out.push(at(ts, Self::pod_event(&name, st, PodPhase::Started)));
+                    out.push(at(ts, Self::pod_event(name, st, PodPhase::Started)));
                 }
             }
             _ => {}
         }
-        Ok(())
+        if let Some(st) = fresh {
+            self.pods.insert(Arc::from(name), st);
+        }
     }
 
     fn node(&mut self, ts: f64, n: &Node, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
@@ -885,7 +1010,7 @@ impl Normalizer {
                 (node.map(|n| self.intern(&n)), Some(self.intern(&claim)))
             }
         };
-        let empty = self.intern_pod_images(None);
+        let empty = self.interner.pod_images(None);
         let st = self.pods.entry(key).or_insert_with(|| PodState {
             phase: PodPhase::Pending,
             node: None,
@@ -947,6 +1072,19 @@ fn namespaced(meta: &ObjectMeta, kind: &'static str) -> Result<String> {
     ))
 }
 
+/// Writes `namespace/name` into `buf`, as [`namespaced`] makes it.
+fn namespaced_into(meta: &ObjectMeta, kind: &'static str, buf: &mut String) -> Result<()> {
+    let name = meta.name.as_deref().ok_or(Error::MissingField {
+        kind,
+        field: "metadata.name",
+    })?;
+    buf.clear();
+    buf.push_str(meta.namespace.as_deref().unwrap_or("default"));
+    buf.push('/');
+    buf.push_str(name);
+    Ok(())
+}
+
 /// The controlling owner's kind and name.
 fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
     let owners = meta.owner_references.as_ref()?;
@@ -957,14 +1095,12 @@ fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
         .map(|o| (o.kind.as_str(), o.name.as_str()))
 }
 
-/// Writes `namespace/name` of the workload that owns a pod into `buf`
-/// (`false` when no owner); a Deployment's ReplicaSet is traced to the
-/// Deployment through `pod-template-hash`.
-fn pod_workload_into(meta: &ObjectMeta, buf: &mut String) -> bool {
+/// The namespace and name of the workload that owns a pod (`None` when no
+/// owner); a Deployment's ReplicaSet is traced to the Deployment through
+/// `pod-template-hash`.
+fn pod_workload(meta: &ObjectMeta) -> Option<(&str, &str)> {
     let ns = meta.namespace.as_deref().unwrap_or("default");
-    let Some((kind, name)) = controller_of(meta) else {
-        return false;
-    };
+    let (kind, name) = controller_of(meta)?;
     let name = if kind == "ReplicaSet" {
         let hash = meta
             .labels
@@ -977,11 +1113,7 @@ fn pod_workload_into(meta: &ObjectMeta, buf: &mut String) -> bool {
     } else {
         name
     };
-    buf.clear();
-    buf.push_str(ns);
-    buf.push('/');
-    buf.push_str(name);
-    true
+    Some((ns, name))
 }
 
 /// Images of a pod spec, init containers first, each once, as full references.

@@ -28,12 +28,25 @@ pub struct Tracker {
     listing: Option<HashSet<Box<str>>>,
 }
 
-/// A 64-bit hash of a resource version: the version itself is an opaque
-/// string of any length, and only equality matters here.
+/// A 64-bit summary of a resource version: the version itself is an opaque
+/// string of any length, and only equality matters here. The API server's
+/// versions are decimal numbers, which are kept exactly (below 2^60) instead
+/// of hashed; anything else is hashed into values with the top bit set, so
+/// the two never meet.
 fn version_hash(rv: &str) -> u64 {
+    const MAX_DIGITS: usize = 18;
+    let b = rv.as_bytes();
+    // No leading zero: "01" and "1" are different versions.
+    if !b.is_empty()
+        && b.len() <= MAX_DIGITS
+        && b.iter().all(u8::is_ascii_digit)
+        && (b[0] != b'0' || b.len() == 1)
+    {
+        return b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     rv.hash(&mut h);
-    h.finish()
+    h.finish() | (1 << 63)
 }
 
 impl Tracker {
@@ -149,6 +162,26 @@ mod tests {
         assert_eq!(t.init_done(), vec!["c".to_string()]);
         assert_eq!(t.len(), 3);
         assert!(!t.contains("c"));
+    }
+
+    #[test]
+    fn versions_are_told_apart_exactly() {
+        let vs = [
+            "",
+            "0",
+            "1",
+            "01",
+            "10",
+            "999999999999999999",
+            "1000000000000000000",
+            "abc",
+        ];
+        for (i, a) in vs.iter().enumerate() {
+            for (j, b) in vs.iter().enumerate() {
+                assert_eq!(version_hash(a) == version_hash(b), i == j, "{a:?} vs {b:?}");
+            }
+        }
+        assert_eq!(version_hash("42"), 42);
     }
 
     #[test]
