@@ -33,14 +33,15 @@ fn orders(mut planner: Planner, events: &[Event]) -> Vec<(u64, PullOrder)> {
     all
 }
 
-fn compare(name: &str, events: &[Event]) -> usize {
-    let model = Model::from_json(DEFAULT_MODEL).unwrap();
+/// Checks both planners agree over `events` under `model`; returns how
+/// many orders they made.
+fn compare(name: &str, model: &Model, events: &[Event]) -> usize {
     let pruned = orders(
         Planner::new(model.clone(), PlannerConfig::default()),
         events,
     );
     let every = orders(
-        Planner::new(model, PlannerConfig::default()).collecting(),
+        Planner::new(model.clone(), PlannerConfig::default()).collecting(),
         events,
     );
     assert_eq!(pruned.len(), every.len(), "{name}: number of orders");
@@ -50,19 +51,19 @@ fn compare(name: &str, events: &[Event]) -> usize {
     pruned.len()
 }
 
-#[test]
-fn pruned_planner_orders_what_the_exhaustive_one_orders() {
-    let mut total = 0;
+/// The bundled traces and a generated one.
+fn traces() -> Vec<(String, Vec<Event>)> {
+    let mut all = Vec::new();
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/replay-data")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|x| x != "jsonl") {
             continue;
         }
-        let events: Vec<Event> = EventReader::open(&path)
+        let events = EventReader::open(&path)
             .unwrap()
             .map(|e| e.unwrap())
             .collect();
-        total += compare(&path.display().to_string(), &events);
+        all.push((path.display().to_string(), events));
     }
     let mut w = EventWriter::new(Vec::new(), "synth", &Header::new(0.0, "test")).unwrap();
     let cfg = synth::SynthConfig {
@@ -74,9 +75,38 @@ fn pruned_planner_orders_what_the_exhaustive_one_orders() {
     };
     synth::generate(cfg, &mut w).unwrap();
     let trace = w.into_inner().unwrap();
-    let events: Vec<Event> = EventReader::new(&trace[..], "synth")
+    let events = EventReader::new(&trace[..], "synth")
         .map(|e| e.unwrap())
         .collect();
-    total += compare("synth", &events);
-    assert!(total > 1_000, "the traces should make many orders: {total}");
+    all.push(("synth".to_string(), events));
+    all
+}
+
+#[test]
+fn pruned_planner_orders_what_the_exhaustive_one_orders() {
+    let default = Model::from_json(DEFAULT_MODEL).unwrap();
+    // The pruning must not depend on the sign of the history weight: the
+    // same model with it negative, and a higher bias so that many images
+    // still pass.
+    let mut w = *default.weights();
+    w[6] = -w[6];
+    let flipped = Model::new(
+        w,
+        default.bias + 3.0,
+        default.horizon_seconds,
+        default.threshold,
+    );
+    let (mut with_default, mut with_flipped) = (0, 0);
+    for (name, events) in traces() {
+        with_default += compare(&name, &default, &events);
+        with_flipped += compare(&format!("{name} (negative history)"), &flipped, &events);
+    }
+    assert!(
+        with_default > 1_000,
+        "the traces should make many orders: {with_default}"
+    );
+    assert!(
+        with_flipped > 1_000,
+        "the traces should make many orders: {with_flipped}"
+    );
 }

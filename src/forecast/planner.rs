@@ -436,6 +436,17 @@ impl Planner {
     ) {
         c.clear();
         self.claim_signals(info, claim, c);
+        // Before the history, so that every image already in gets its
+        // history share whatever the sign of its weight.
+        if every {
+            for img in &view.images {
+                c.row(img.image);
+            }
+        } else {
+            for &k in &view.passing {
+                c.row(view.images[k].image);
+            }
+        }
         if let Some(h) = self.history.get(&info.pool)
             && h.new_nodes > 0
         {
@@ -452,15 +463,6 @@ impl Planner {
                 if every || c.has(i) || z >= z_min - 1e-9 * (1.0 + z.abs()) {
                     c.row(i)[6] = n as f64 / h.new_nodes as f64;
                 }
-            }
-        }
-        if every {
-            for img in &view.images {
-                c.row(img.image);
-            }
-        } else {
-            for &k in &view.passing {
-                c.row(view.images[k].image);
             }
         }
         for t in 0..c.touched.len() {
