@@ -1,20 +1,13 @@
 //! Causality: cutting a trace at time T changes no decision a causal policy
 //! made before T, nor its reason or probability.
 
-use pullahead::event::{EventReader, EventWriter, Header};
-use pullahead::replay::{self, oracle::Foresight, synth};
+use pullahead::event::EventReader;
+use pullahead::replay::{self, oracle::Foresight};
+
+mod traces;
 
 fn trace() -> Vec<u8> {
-    let mut w = EventWriter::new(Vec::new(), "synth", &Header::new(0.0, "test")).unwrap();
-    let cfg = synth::SynthConfig {
-        seed: 42,
-        events: 6_000,
-        pools: 3,
-        workloads: 40,
-        images: 60,
-    };
-    synth::generate(cfg, &mut w).unwrap();
-    w.into_inner().unwrap()
+    traces::synth_trace(42, 6_000)
 }
 
 /// Decision lines of `policies` over the part of `trace` before `cut`.

@@ -4,33 +4,22 @@
 //! Broker trouble must end in a one-line error, never a hang.
 
 use std::io::Read;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pullahead::bus::Bus;
 use pullahead::bus::kafka::{KafkaBus, KafkaConfig};
-use pullahead::event::{Event, EventReader};
+use pullahead::event::Event;
 use pullahead::replay::{self, KafkaSource, Options, Report};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
+mod traces;
+use traces::{data, file_events};
+
 const BIN: &str = env!("CARGO_BIN_EXE_pullahead");
 
 type Mock = MockCluster<'static, DefaultProducerContext>;
-
-fn data(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("replay-data")
-        .join(name)
-}
-
-fn file_events(path: &Path) -> Vec<Event> {
-    EventReader::open(path)
-        .unwrap()
-        .map(|e| e.expect("bundled trace reads"))
-        .collect()
-}
 
 /// A MockCluster holding `files`' events, each file on its own topic of
 /// `partitions` partitions, published through [`KafkaBus`].

@@ -6,11 +6,13 @@
 //! through both and compares.
 
 use pullahead::clock::SimClock;
-use pullahead::event::{Event, EventReader, EventWriter, Header};
+use pullahead::event::{Event, EventReader};
 use pullahead::forecast::model::Model;
 use pullahead::forecast::planner::{Planner, PlannerConfig};
 use pullahead::policy::{Policy, PullOrder};
-use pullahead::replay::{DEFAULT_MODEL, synth};
+use pullahead::replay::DEFAULT_MODEL;
+
+mod traces;
 
 /// Every order `planner` makes over `events`, with ticks on the planner's
 /// grid between events, as a replay drives it.
@@ -52,29 +54,16 @@ fn compare(name: &str, model: &Model, events: &[Event]) -> usize {
 }
 
 /// The bundled traces and a generated one.
-fn traces() -> Vec<(String, Vec<Event>)> {
+fn all_traces() -> Vec<(String, Vec<Event>)> {
     let mut all = Vec::new();
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/replay-data")).unwrap() {
+    for entry in std::fs::read_dir(traces::data("")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|x| x != "jsonl") {
             continue;
         }
-        let events = EventReader::open(&path)
-            .unwrap()
-            .map(|e| e.unwrap())
-            .collect();
-        all.push((path.display().to_string(), events));
+        all.push((path.display().to_string(), traces::file_events(&path)));
     }
-    let mut w = EventWriter::new(Vec::new(), "synth", &Header::new(0.0, "test")).unwrap();
-    let cfg = synth::SynthConfig {
-        seed: 7,
-        events: 20_000,
-        pools: 3,
-        workloads: 40,
-        images: 60,
-    };
-    synth::generate(cfg, &mut w).unwrap();
-    let trace = w.into_inner().unwrap();
+    let trace = traces::synth_trace(7, 20_000);
     let events = EventReader::new(&trace[..], "synth")
         .map(|e| e.unwrap())
         .collect();
@@ -97,7 +86,7 @@ fn pruned_planner_orders_what_the_exhaustive_one_orders() {
         default.threshold,
     );
     let (mut with_default, mut with_flipped) = (0, 0);
-    for (name, events) in traces() {
+    for (name, events) in all_traces() {
         with_default += compare(&name, &default, &events);
         with_flipped += compare(&format!("{name} (negative history)"), &flipped, &events);
     }

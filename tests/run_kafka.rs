@@ -5,7 +5,7 @@
 //! brokers cannot be reached.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,27 +13,16 @@ use pullahead::bus::Bus;
 use pullahead::bus::kafka::{KafkaArgs, KafkaBus, KafkaConfig};
 use pullahead::config::{Config, RunArgs};
 use pullahead::controller::Summary;
-use pullahead::event::{Event, EventReader};
 use pullahead::metrics::{Health, Metrics};
 use pullahead::run::run_with;
 use rdkafka::mocking::MockCluster;
 use tokio::sync::watch;
 
+mod traces;
+use traces::{data, file_events};
+
 const BIN: &str = env!("CARGO_BIN_EXE_pullahead");
 const TRACE: &str = "karpenter-small.jsonl";
-
-fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("replay-data")
-        .join(name)
-}
-
-fn file_events(path: &Path) -> Vec<Event> {
-    EventReader::open(path)
-        .unwrap()
-        .map(|e| e.expect("bundled trace reads"))
-        .collect()
-}
 
 fn base_args(decisions: &Path) -> RunArgs {
     RunArgs {
