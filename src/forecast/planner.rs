@@ -65,11 +65,38 @@ pub struct Candidate {
 #[derive(Debug, Default)]
 struct PoolHistory {
     new_nodes: u64,
-    /// (image, how many new nodes needed it); a list, because every plan
-    /// walks it.
+    /// (image, how many new nodes needed it), most needed first: a plan
+    /// walks it only as far as a count can still pass the threshold.
     needs: Vec<(ImageId, u64)>,
     /// Image → its index in `needs`.
     at: HashMap<ImageId, usize>,
+}
+
+impl PoolHistory {
+    /// Counts one more new node that needed `image`, keeping `needs` in
+    /// order: the image swaps with the first of those it ties with, then
+    /// moves ahead of them.
+    fn count(&mut self, image: ImageId) {
+        let Some(&k) = self.at.get(&image) else {
+            // A count of 1 is the least, so the end keeps the order.
+            self.at.insert(image, self.needs.len());
+            self.needs.push((image, 1));
+            return;
+        };
+        let n = self.needs[k].1;
+        let first = self.needs.partition_point(|&(_, m)| m > n);
+        if first != k {
+            self.needs.swap(first, k);
+            self.at.insert(self.needs[k].0, k);
+            self.at.insert(image, first);
+        }
+        self.needs[first].1 += 1;
+    }
+
+    /// `image`'s count.
+    fn needs_of(&self, image: ImageId) -> Option<u64> {
+        self.at.get(&image).map(|&k| self.needs[k].1)
+    }
 }
 
 /// The predictive planner.
@@ -114,6 +141,9 @@ struct PoolView {
     at: Vec<u32>,
     /// Indexes in `images` whose pool signals alone pass the threshold.
     passing: HashSet<usize>,
+    /// At least the log-odds of every image in `images` that does not
+    /// pass: an image's history share has to make up the difference.
+    z_failing: f64,
     /// Workloads whose pending pods or HPA changed since the last plan.
     dirty: Vec<u32>,
     /// Every image must be scored again (a new view, or too many changes).
@@ -307,6 +337,7 @@ impl Planner {
             images,
             at,
             passing: HashSet::default(),
+            z_failing: f64::NEG_INFINITY,
             dirty: Vec::new(),
             stale: true,
         });
@@ -368,6 +399,7 @@ impl Planner {
     fn refresh(&self, view: &mut PoolView) {
         let z_min = self.model.logit_threshold();
         let mut redo: Vec<usize> = if view.stale {
+            view.z_failing = f64::NEG_INFINITY;
             (0..view.images.len()).collect()
         } else {
             let mut v = Vec::new();
@@ -392,6 +424,10 @@ impl Planner {
                 view.passing.insert(k);
             } else {
                 view.passing.remove(&k);
+                // A bound, not the maximum: an image whose log-odds fell
+                // keeps it high until the next full pass, which costs only
+                // a longer walk of the history.
+                view.z_failing = view.z_failing.max(z);
             }
         }
     }
@@ -450,19 +486,19 @@ impl Planner {
         if let Some(h) = self.history.get(&info.pool)
             && h.new_nodes > 0
         {
-            // An image that no claim pod names passes only if its pool
-            // signals and its history share do; the sum below is that
-            // log-odds up to rounding, so a margin keeps every image that
-            // might pass, and the exact test comes later.
-            let z_min = self.model.logit_threshold();
-            let z_none = self.model.logit(&[0.0; N_FEATURES]);
-            let w_history = self.model.weights()[6];
-            let per_node = w_history / h.new_nodes as f64;
-            for &(i, n) in &h.needs {
-                let z = view.index(i).map_or(z_none, |k| view.images[k].z) + per_node * n as f64;
-                if every || c.has(i) || z >= z_min - 1e-9 * (1.0 + z.abs()) {
-                    c.row(i)[6] = n as f64 / h.new_nodes as f64;
+            let share = |n: u64| n as f64 / h.new_nodes as f64;
+            if every {
+                for &(i, n) in &h.needs {
+                    c.row(i)[6] = share(n);
                 }
+            } else {
+                for t in 0..c.touched.len() {
+                    let i = c.touched[t];
+                    if let Some(n) = h.needs_of(i) {
+                        c.rows[i as usize][6] = share(n);
+                    }
+                }
+                self.history_candidates(view, h, c);
             }
         }
         for t in 0..c.touched.len() {
@@ -477,6 +513,35 @@ impl Planner {
                 self.add_pool_signals(&view.images[k], row);
             }
             Self::log_scale(row);
+        }
+    }
+
+    /// Adds the history images that no claim pod names and whose pool
+    /// signals fail alone, but which their history share may carry over the
+    /// threshold.
+    fn history_candidates(&self, view: &PoolView, h: &PoolHistory, c: &mut Scratch) {
+        // The sum below is the log-odds up to rounding, so a margin keeps
+        // every image that might pass, and the exact test comes later.
+        let z_min = self.model.logit_threshold();
+        let may_pass = |z: f64| z >= z_min - 1e-9 * (1.0 + z.abs());
+        let z_none = self.model.logit(&[0.0; N_FEATURES]);
+        let per_node = self.model.weights()[6] / h.new_nodes as f64;
+        // Any image not yet a candidate has at most this pool log-odds.
+        let z_top = view.z_failing.max(z_none);
+        for &(i, n) in &h.needs {
+            // `needs` runs from most needed down: with a positive weight,
+            // once the best pool log-odds plus this share fails, so does
+            // every image after it (`may_pass` is monotone).
+            if per_node > 0.0 && !may_pass(z_top + per_node * n as f64) {
+                break;
+            }
+            if c.has(i) {
+                continue;
+            }
+            let z = view.index(i).map_or(z_none, |k| view.images[k].z) + per_node * n as f64;
+            if may_pass(z) {
+                c.row(i)[6] = n as f64 / h.new_nodes as f64;
+            }
         }
     }
 
@@ -620,13 +685,7 @@ impl Planner {
         };
         for &i in info.images.iter() {
             if counted.insert(i) {
-                match hist.at.get(&i) {
-                    Some(&k) => hist.needs[k].1 += 1,
-                    None => {
-                        hist.at.insert(i, hist.needs.len());
-                        hist.needs.push((i, 1));
-                    }
-                }
+                hist.count(i);
             }
         }
     }
@@ -752,6 +811,39 @@ impl Policy for Planner {
             for &v in self.wl_views.get(&w).into_iter().flatten() {
                 self.views[v].mark(w);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PoolHistory;
+
+    /// `needs` stays sorted by count, most first, and `at` points at each
+    /// image, whatever order the counts come in.
+    #[test]
+    fn history_counts_stay_ordered() {
+        let mut h = PoolHistory::default();
+        let mut want = std::collections::HashMap::new();
+        let mut x = 7u64;
+        for _ in 0..5_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Skewed, so that counts tie and overtake one another.
+            let image = ((x >> 33) % 64).min((x >> 40) % 64) as u32;
+            h.count(image);
+            *want.entry(image).or_insert(0u64) += 1;
+        }
+        assert!(
+            h.needs.windows(2).all(|w| w[0].1 >= w[1].1),
+            "{:?}",
+            h.needs
+        );
+        assert_eq!(h.needs.len(), want.len());
+        for (&image, &n) in &want {
+            assert_eq!(h.needs_of(image), Some(n), "image {image}");
+            assert_eq!(h.needs[h.at[&image]].0, image);
         }
     }
 }
