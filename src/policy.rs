@@ -216,8 +216,8 @@ pub struct PopularPolicy {
 struct Demand {
     /// Image id → pods that needed it.
     counts: Vec<u64>,
-    /// Images with a count above zero.
-    distinct: usize,
+    /// The images with a count above zero, so that ranking walks only those.
+    used: Vec<u32>,
 }
 
 impl PopularPolicy {
@@ -263,19 +263,15 @@ impl PopularPolicy {
             b.1.cmp(&a.1)
                 .then_with(|| names[a.0 as usize].cmp(&names[b.0 as usize]))
         };
-        let used = demand
-            .counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| (i as u32, *c));
-        let mut ranked: Vec<(u32, u64)> = if demand.distinct > self.k && self.k > 0 {
+        let counts = &demand.counts;
+        let used = demand.used.iter().map(|&i| (i, counts[i as usize]));
+        let mut ranked: Vec<(u32, u64)> = if demand.used.len() > self.k && self.k > 0 {
             // Only images with at least the k-th highest count can make the
             // top k: a pass over the counts alone finds that floor, so the
             // name comparisons run on the few above it, not the whole pool.
             let by_count = &mut self.counts;
             by_count.clear();
-            by_count.extend(demand.counts.iter().copied().filter(|c| *c > 0));
+            by_count.extend(demand.used.iter().map(|&i| counts[i as usize]));
             let (_, floor, _) = by_count.select_nth_unstable_by(self.k - 1, |a, b| b.cmp(a));
             let floor = *floor;
             let mut ranked: Vec<_> = used.filter(|(_, c)| *c >= floor).collect();
@@ -340,7 +336,7 @@ impl Policy for PopularPolicy {
                         demand.counts.resize(id + 1, 0);
                     }
                     if demand.counts[id] == 0 {
-                        demand.distinct += 1;
+                        demand.used.push(id as u32);
                     }
                     demand.counts[id] += 1;
                 }

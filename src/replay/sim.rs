@@ -199,11 +199,39 @@ impl Interner {
 /// Node, pod and NodeClaim names, interned once for every lane: each
 /// [`Sim`] indexes its tables by these ids, so that an event's names are
 /// hashed once rather than once a lane.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Names {
     nodes: Interner,
     pods: Interner,
     claims: Interner,
+    /// The node the last order named, and its id: a policy orders a batch
+    /// of images for one node at a time.
+    last_ordered: (String, u32),
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self {
+            nodes: Interner::default(),
+            pods: Interner::default(),
+            claims: Interner::default(),
+            last_ordered: (String::new(), NONE),
+        }
+    }
+}
+
+impl Names {
+    /// The id of node `name`, named by an order.
+    fn ordered_node(&mut self, name: &str) -> u32 {
+        if self.last_ordered.1 != NONE && self.last_ordered.0 == name {
+            return self.last_ordered.1;
+        }
+        let id = self.nodes.id(name);
+        self.last_ordered.0.clear();
+        self.last_ordered.0.push_str(name);
+        self.last_ordered.1 = id;
+        id
+    }
 }
 
 /// The ids of the names in one event that the simulator reads, resolved
@@ -415,7 +443,7 @@ impl Sim {
         let image = catalog.intern(&order.image);
         let held = (image, order.priority);
         let node = match &order.target {
-            Target::Node(n) => names.nodes.id(n),
+            Target::Node(n) => names.ordered_node(n),
             Target::NodeClaim(c) => {
                 let claim = names.claims.id(c);
                 match peek(&self.claim_node, claim) {
