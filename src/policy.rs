@@ -197,9 +197,27 @@ impl Policy for StaticPolicy {
 #[derive(Debug)]
 pub struct PopularPolicy {
     k: usize,
-    node_pool: HashMap<String, String>,
-    /// pool → image → pods that needed it.
-    demand: HashMap<String, HashMap<String, u64>>,
+    /// Images and pools by name to small ids, so that demand is counted in
+    /// flat tables: a pod's images are looked up once each, and ranking a
+    /// pool walks an array rather than a hash table.
+    image_ids: HashMap<String, u32>,
+    image_names: Vec<String>,
+    pool_ids: HashMap<String, u32>,
+    /// Node → pool id.
+    node_pool: HashMap<String, u32>,
+    /// Pool id → demand; `None` until a pod is bound in the pool.
+    demand: Vec<Option<Demand>>,
+    /// Scratch list of `top`, kept to save an allocation a registration.
+    counts: Vec<u64>,
+}
+
+/// One pool's demand.
+#[derive(Debug, Default)]
+struct Demand {
+    /// Image id → pods that needed it.
+    counts: Vec<u64>,
+    /// The images with a count above zero, so that ranking walks only those.
+    used: Vec<u32>,
 }
 
 impl PopularPolicy {
@@ -207,39 +225,69 @@ impl PopularPolicy {
     pub fn new(k: usize) -> Self {
         Self {
             k,
+            image_ids: HashMap::default(),
+            image_names: Vec::new(),
+            pool_ids: HashMap::default(),
             node_pool: HashMap::default(),
-            demand: HashMap::default(),
+            demand: Vec::new(),
+            counts: Vec::new(),
         }
     }
 
-    fn top(&self, pool: &str) -> Vec<String> {
-        let Some(counts) = self.demand.get(pool) else {
+    fn pool_id(&mut self, pool: &str) -> u32 {
+        if let Some(&id) = self.pool_ids.get(pool) {
+            return id;
+        }
+        let id = self.pool_ids.len() as u32;
+        self.pool_ids.insert(pool.to_string(), id);
+        id
+    }
+
+    fn image_id(&mut self, image: &str) -> u32 {
+        if let Some(&id) = self.image_ids.get(image) {
+            return id;
+        }
+        let id = self.image_names.len() as u32;
+        self.image_ids.insert(image.to_string(), id);
+        self.image_names.push(image.to_string());
+        id
+    }
+
+    fn top(&mut self, pool: u32) -> Vec<String> {
+        let Some(Some(demand)) = self.demand.get(pool as usize) else {
             return Vec::new();
         };
-        // Ties break by name so that the result does not depend on hashing.
-        let order =
-            |a: &(&String, &u64), b: &(&String, &u64)| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0));
-        let mut ranked: Vec<(&String, &u64)> = if counts.len() > self.k && self.k > 0 {
+        let names = &self.image_names;
+        // Ties break by name so that the result does not depend on ids.
+        let order = |a: &(u32, u64), b: &(u32, u64)| {
+            b.1.cmp(&a.1)
+                .then_with(|| names[a.0 as usize].cmp(&names[b.0 as usize]))
+        };
+        let counts = &demand.counts;
+        let used = demand.used.iter().map(|&i| (i, counts[i as usize]));
+        let mut ranked: Vec<(u32, u64)> = if demand.used.len() > self.k && self.k > 0 {
             // Only images with at least the k-th highest count can make the
             // top k: a pass over the counts alone finds that floor, so the
             // name comparisons run on the few above it, not the whole pool.
-            let mut by_count: Vec<u64> = counts.values().copied().collect();
+            let by_count = &mut self.counts;
+            by_count.clear();
+            by_count.extend(demand.used.iter().map(|&i| counts[i as usize]));
             let (_, floor, _) = by_count.select_nth_unstable_by(self.k - 1, |a, b| b.cmp(a));
             let floor = *floor;
-            let mut ranked: Vec<_> = counts.iter().filter(|(_, c)| **c >= floor).collect();
+            let mut ranked: Vec<_> = used.filter(|(_, c)| *c >= floor).collect();
             if ranked.len() > self.k {
                 ranked.select_nth_unstable_by(self.k - 1, order);
                 ranked.truncate(self.k);
             }
             ranked
         } else {
-            counts.iter().collect()
+            used.collect()
         };
         ranked.sort_by(order);
         ranked
             .into_iter()
             .take(self.k)
-            .map(|(i, _)| i.clone())
+            .map(|(i, _)| names[i as usize].clone())
             .collect()
     }
 }
@@ -253,10 +301,15 @@ impl Policy for PopularPolicy {
         match &event.body {
             Body::Node(n) => match n.phase {
                 NodePhase::Registered => {
-                    let pool = n.pool_name().to_string();
-                    let top = self.top(&pool);
+                    let pool = self.pool_id(n.pool_name());
+                    let top = self.top(pool);
                     order_list(&n.node, top.iter(), Reason::Popular, out);
-                    self.node_pool.insert(n.node.clone(), pool);
+                    match self.node_pool.get_mut(&n.node) {
+                        Some(p) => *p = pool,
+                        None => {
+                            self.node_pool.insert(n.node.clone(), pool);
+                        }
+                    }
                 }
                 NodePhase::Deleted => {
                     self.node_pool.remove(&n.node);
@@ -264,26 +317,28 @@ impl Policy for PopularPolicy {
                 NodePhase::Ready => {}
             },
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
-                let pool = p
-                    .node
-                    .as_ref()
-                    .and_then(|n| self.node_pool.get(n))
-                    .map_or(crate::event::DEFAULT_POOL, String::as_str);
-                // Looked up before inserting, so that a name is copied only
-                // the first time it is seen.
-                if !self.demand.contains_key(pool) {
-                    self.demand.insert(pool.to_string(), HashMap::default());
-                }
-                let Some(counts) = self.demand.get_mut(pool) else {
-                    return;
+                let known = p.node.as_ref().and_then(|n| self.node_pool.get(n));
+                let pool = match known {
+                    Some(&pool) => pool,
+                    None => self.pool_id(crate::event::DEFAULT_POOL),
                 };
+                let i = pool as usize;
+                if self.demand.len() <= i {
+                    self.demand.resize_with(i + 1, || None);
+                }
+                self.demand[i].get_or_insert_with(Demand::default);
                 for image in &p.images {
-                    match counts.get_mut(image) {
-                        Some(n) => *n += 1,
-                        None => {
-                            counts.insert(image.clone(), 1);
-                        }
+                    let id = self.image_id(image) as usize;
+                    let Some(Some(demand)) = self.demand.get_mut(i) else {
+                        return;
+                    };
+                    if demand.counts.len() <= id {
+                        demand.counts.resize(id + 1, 0);
                     }
+                    if demand.counts[id] == 0 {
+                        demand.used.push(id as u32);
+                    }
+                    demand.counts[id] += 1;
                 }
             }
             _ => {}

@@ -19,6 +19,12 @@ pub struct Foresight {
     /// Node → its registrations and needs. Keyed by the node alone, so that
     /// a binding is looked up without building a key.
     nodes: HashMap<String, NodeFuture>,
+    /// Image names by id: a need is kept as an id, so that checking a
+    /// node's list for an image compares integers, not names.
+    images: Vec<String>,
+    image_ids: HashMap<String, u32>,
+    /// A binding's image ids, kept to save an allocation a binding.
+    scratch: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -26,9 +32,10 @@ struct NodeFuture {
     /// Registrations counted so far: by the learner while it reads, then
     /// by the oracle while it replays.
     registrations: u32,
-    /// Incarnation → images in order of first need; incarnation 0 is a node
-    /// bound before any registration of it.
-    needs: Vec<Vec<String>>,
+    /// Incarnation → images (ids into [`Foresight::images`]) in order of
+    /// first need; incarnation 0 is a node bound before any registration of
+    /// it.
+    needs: Vec<Vec<u32>>,
 }
 
 /// The lines the scan parses: bindings, registrations, and the header.
@@ -86,19 +93,27 @@ impl Foresight {
                 }
             }
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
-                let Some(future) = p.node.as_deref().and_then(|n| self.node(n)) else {
+                let Some(node) = p.node.as_deref() else {
                     return;
                 };
-                let inc = future.registrations as usize;
-                if future.needs.len() <= inc {
-                    future.needs.resize_with(inc + 1, Vec::new);
-                }
-                let list = &mut future.needs[inc];
+                let mut ids = std::mem::take(&mut self.scratch);
+                ids.clear();
                 for image in &p.images {
-                    if !list.contains(image) {
-                        list.push(image.clone());
+                    ids.push(self.image_id(image));
+                }
+                if let Some(future) = self.node(node) {
+                    let inc = future.registrations as usize;
+                    if future.needs.len() <= inc {
+                        future.needs.resize_with(inc + 1, Vec::new);
+                    }
+                    let list = &mut future.needs[inc];
+                    for id in &ids {
+                        if !list.contains(id) {
+                            list.push(*id);
+                        }
                     }
                 }
+                self.scratch = ids;
             }
             _ => {}
         }
@@ -111,6 +126,17 @@ impl Foresight {
             self.nodes.insert(name.to_string(), NodeFuture::default());
         }
         self.nodes.get_mut(name)
+    }
+
+    /// The id of image `name`, given on first sight.
+    fn image_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.image_ids.get(name) {
+            return id;
+        }
+        let id = self.images.len() as u32;
+        self.image_ids.insert(name.to_string(), id);
+        self.images.push(name.to_string());
+        id
     }
 
     /// Rewinds the registration counts for the oracle's replay.
@@ -153,9 +179,10 @@ impl Policy for OraclePolicy {
         };
         let images = std::mem::take(images);
         let count = images.len() as u32;
+        let names = &self.foresight.images;
         out.extend(images.into_iter().enumerate().map(|(i, image)| PullOrder {
             target: Target::Node(n.node.clone()),
-            image,
+            image: names[image as usize].clone(),
             priority: count - i as u32,
             reason: Reason::Oracle,
             probability: Some(1.0),

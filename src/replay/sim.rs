@@ -126,7 +126,6 @@ struct PodWait {
 
 #[derive(Debug, Default)]
 struct NodeSim {
-    alive: bool,
     now: f64,
     /// Layer → present (`true`) or in flight (`false`).
     layers: HashMap<LayerId, bool>,
@@ -144,7 +143,6 @@ struct NodeSim {
 impl NodeSim {
     /// Empties a retired node for reuse, keeping its tables' memory.
     fn reset(&mut self, now: f64) {
-        self.alive = true;
         self.now = now;
         self.layers.clear();
         self.images.clear();
@@ -164,10 +162,14 @@ impl NodeSim {
 /// No id: an empty slot of an id-indexed table.
 const NONE: u32 = u32::MAX;
 
-/// Names to small integers, given in order of first sight.
+/// Names to small integers. An id given up with [`Interner::remove`] is
+/// handed to a later new name, so that a table of short-lived names (pods)
+/// stays as small as the set of live ones.
 #[derive(Debug, Default)]
 struct Interner {
     ids: HashMap<Box<str>, u32>,
+    free: Vec<u32>,
+    next: u32,
 }
 
 impl Interner {
@@ -175,24 +177,61 @@ impl Interner {
         if let Some(&id) = self.ids.get(name) {
             return id;
         }
-        let id = self.ids.len() as u32;
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
         self.ids.insert(name.into(), id);
         id
     }
 
-    fn get(&self, name: &str) -> Option<u32> {
-        self.ids.get(name).copied()
+    /// Forgets `name`; its id is not reused before [`Interner::release`].
+    fn remove(&mut self, name: &str) -> Option<u32> {
+        self.ids.remove(name)
+    }
+
+    /// Lets a later new name take `id`.
+    fn release(&mut self, id: u32) {
+        self.free.push(id);
     }
 }
 
 /// Node, pod and NodeClaim names, interned once for every lane: each
 /// [`Sim`] indexes its tables by these ids, so that an event's names are
 /// hashed once rather than once a lane.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Names {
     nodes: Interner,
     pods: Interner,
     claims: Interner,
+    /// The node the last order named, and its id: a policy orders a batch
+    /// of images for one node at a time.
+    last_ordered: (String, u32),
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self {
+            nodes: Interner::default(),
+            pods: Interner::default(),
+            claims: Interner::default(),
+            last_ordered: (String::new(), NONE),
+        }
+    }
+}
+
+impl Names {
+    /// The id of node `name`, named by an order.
+    fn ordered_node(&mut self, name: &str) -> u32 {
+        if self.last_ordered.1 != NONE && self.last_ordered.0 == name {
+            return self.last_ordered.1;
+        }
+        let id = self.nodes.id(name);
+        self.last_ordered.0.clear();
+        self.last_ordered.0.push_str(name);
+        self.last_ordered.1 = id;
+        id
+    }
 }
 
 /// The ids of the names in one event that the simulator reads, resolved
@@ -203,6 +242,10 @@ pub struct Keys {
     pod: u32,
     claim: u32,
     images: Vec<ImageId>,
+    /// The id of the pod the last event deleted: free for reuse once every
+    /// lane has handled that event, which leaves every lane's slot for it
+    /// empty (a deleted pod's slot is cleared, a new id's slot is empty).
+    released_pod: u32,
 }
 
 impl Default for Keys {
@@ -212,13 +255,19 @@ impl Default for Keys {
             pod: NONE,
             claim: NONE,
             images: Vec::new(),
+            released_pod: NONE,
         }
     }
 }
 
 impl Keys {
-    /// Resolves the names of `event`, interning the ones seen first.
+    /// Resolves the names of `event`, interning the ones seen first. Every
+    /// lane must have handled the previous event with the previous keys.
     pub fn resolve(&mut self, event: &Event, names: &mut Names, catalog: &mut Catalog) {
+        if self.released_pod != NONE {
+            names.pods.release(self.released_pod);
+            self.released_pod = NONE;
+        }
         self.node = NONE;
         self.pod = NONE;
         self.claim = NONE;
@@ -244,8 +293,13 @@ impl Keys {
                     let images = p.images.iter().map(|i| catalog.intern(i));
                     self.images.extend(images);
                 }
-                // A pod never bound has no id, and nothing to close.
-                (PodPhase::Deleted, _) => self.pod = names.pods.get(&p.pod).unwrap_or(NONE),
+                // A pod never bound has no id, and nothing to close. A
+                // deleted pod's name is forgotten: a pod bound again under
+                // it starts afresh in every lane, whatever its id.
+                (PodPhase::Deleted, _) => {
+                    self.pod = names.pods.remove(&p.pod).unwrap_or(NONE);
+                    self.released_pod = self.pod;
+                }
                 _ => {}
             },
             _ => {}
@@ -275,6 +329,10 @@ type Held = (ImageId, u32);
 pub struct Sim {
     cfg: SimConfig,
     nodes: Vec<NodeSim>,
+    /// Whether each of `nodes` is alive, apart from the nodes themselves:
+    /// pods are deleted long after their node, and reading a dead node's
+    /// large record only to find it dead was a cache miss a time.
+    alive: Vec<bool>,
     /// Node name id → index in `nodes` of its live incarnation.
     node_slot: Vec<u32>,
     /// Claim id → node name id, once the claim names its node.
@@ -291,6 +349,10 @@ pub struct Sim {
     /// Scratch lists of `complete_due`, kept to save an allocation a call.
     done: Vec<ActivePull>,
     landed: Vec<ImageId>,
+    /// Emptied lists, kept for reuse: a waiter list is made for each image
+    /// a pod waits on, a layer list for each pull.
+    spare_waiters: Vec<Vec<usize>>,
+    spare_layers: Vec<Vec<LayerId>>,
     seq: u64,
     out: Outcome,
 }
@@ -301,6 +363,7 @@ impl Sim {
         Self {
             cfg,
             nodes: Vec::new(),
+            alive: Vec::new(),
             node_slot: Vec::new(),
             claim_node: Vec::new(),
             held_for_node: HashMap::default(),
@@ -311,6 +374,8 @@ impl Sim {
             spare: Vec::new(),
             done: Vec::new(),
             landed: Vec::new(),
+            spare_waiters: Vec::new(),
+            spare_layers: Vec::new(),
             seq: 0,
             out: Outcome::default(),
         }
@@ -378,7 +443,7 @@ impl Sim {
         let image = catalog.intern(&order.image);
         let held = (image, order.priority);
         let node = match &order.target {
-            Target::Node(n) => names.nodes.id(n),
+            Target::Node(n) => names.ordered_node(n),
             Target::NodeClaim(c) => {
                 let claim = names.claims.id(c);
                 match peek(&self.claim_node, claim) {
@@ -400,7 +465,7 @@ impl Sim {
     /// returns the measurements.
     pub fn finish(mut self, catalog: &mut Catalog) -> Outcome {
         for idx in 0..self.nodes.len() {
-            if self.nodes[idx].alive {
+            if self.alive[idx] {
                 self.advance(idx, f64::INFINITY, catalog);
                 let end = self.nodes[idx].now;
                 self.retire_node(idx, end);
@@ -486,12 +551,12 @@ impl Sim {
                 n
             }
             None => NodeSim {
-                alive: true,
                 now: t,
                 ..NodeSim::default()
             },
         };
         self.nodes.push(fresh);
+        self.alive.push(true);
         *slot(&mut self.node_slot, node) = idx as u32;
         (idx, true)
     }
@@ -505,7 +570,9 @@ impl Sim {
         self.advance(idx, t, catalog);
         // Pulls cut short still moved bytes; a prefetch's count as waste.
         let node = &mut self.nodes[idx];
-        for p in std::mem::take(&mut node.active) {
+        for mut p in node.active.drain(..) {
+            p.layers.clear();
+            self.spare_layers.push(p.layers);
             let moved = (p.bytes as f64 - p.remaining.max(0.0)).round() as u64;
             if p.kubelet {
                 self.out.kubelet_bytes += moved;
@@ -523,13 +590,18 @@ impl Sim {
     /// prefetched bytes become waste.
     fn retire_node(&mut self, idx: usize, t: f64) {
         let node = &mut self.nodes[idx];
-        node.alive = false;
+        self.alive[idx] = false;
         for e in node.images.values() {
             if e.prefetched && !e.used && e.scored {
                 self.out.wasted_bytes += e.prefetch_bytes;
             }
         }
-        let waiting: Vec<usize> = node.waiters.drain().flat_map(|(_, v)| v).collect();
+        let mut waiting = Vec::new();
+        for (_, mut pids) in node.waiters.drain() {
+            waiting.extend_from_slice(&pids);
+            pids.clear();
+            self.spare_waiters.push(pids);
+        }
         self.spare.push(std::mem::take(node));
         for pid in waiting {
             self.close_pod(pid, t);
@@ -550,7 +622,7 @@ impl Sim {
         let bound = peek(&self.pod_slot, pod);
         if bound != NONE {
             let at = self.pods[bound as usize].node;
-            if at < self.nodes.len() && self.nodes[at].alive {
+            if self.alive.get(at) == Some(&true) {
                 return; // already bound; a repeated event
             }
         }
@@ -614,7 +686,11 @@ impl Sim {
                     n.kubelet_queue.push_back(id);
                 }
             }
-            let waiters = n.waiters.entry(id).or_default();
+            let spare = &mut self.spare_waiters;
+            let waiters = n
+                .waiters
+                .entry(id)
+                .or_insert_with(|| spare.pop().unwrap_or_default());
             if !waiters.contains(&pid) {
                 waiters.push(pid);
                 outstanding += 1;
@@ -673,6 +749,7 @@ impl Sim {
         let max_parallel = self.cfg.max_parallel_pulls;
         let latency = self.cfg.pull_latency_seconds;
         let node = &mut self.nodes[idx];
+        let spare = &mut self.spare_layers;
         while node.kubelet_on.is_none() {
             let Some(id) = node.kubelet_queue.pop_front() else {
                 break;
@@ -686,7 +763,7 @@ impl Sim {
                 ImgState::Pulling => node.kubelet_on = Some(id),
                 ImgState::KubeletQueued | ImgState::PrefetchQueued => {
                     node.kubelet_on = Some(id);
-                    start_pull(node, id, true, latency, catalog);
+                    start_pull(node, id, true, latency, catalog, spare);
                 }
             }
         }
@@ -695,7 +772,7 @@ impl Sim {
                 break;
             };
             if node.images.get(&id).map(|e| e.state) == Some(ImgState::PrefetchQueued) {
-                start_pull(node, id, false, latency, catalog);
+                start_pull(node, id, false, latency, catalog, spare);
             }
         }
     }
@@ -703,9 +780,13 @@ impl Sim {
     /// Moves node `idx` forward to time `t`, completing pulls on the way.
     fn advance(&mut self, idx: usize, t: f64, catalog: &mut Catalog) {
         let bw = self.cfg.bandwidth_bytes_per_second;
+        // A dead node's record is a placeholder nobody reads again.
+        if !self.alive[idx] {
+            return;
+        }
         loop {
             let node = &mut self.nodes[idx];
-            if !node.alive || node.active.is_empty() {
+            if node.active.is_empty() {
                 if t.is_finite() && t > node.now {
                     node.now = t;
                 }
@@ -784,10 +865,12 @@ impl Sim {
                 i += 1;
             }
         }
-        for p in done.drain(..) {
+        for mut p in done.drain(..) {
             for &l in &p.layers {
                 node.layers.insert(l, true);
             }
+            p.layers.clear();
+            self.spare_layers.push(p.layers);
             if p.kubelet {
                 self.out.kubelet_bytes += p.bytes;
             } else if let Some(e) = node.images.get_mut(&p.image)
@@ -818,7 +901,10 @@ impl Sim {
             if node.kubelet_on == Some(id) {
                 node.kubelet_on = None;
             }
-            for pid in node.waiters.remove(&id).unwrap_or_default() {
+            let Some(mut pids) = node.waiters.remove(&id) else {
+                continue;
+            };
+            for &pid in &pids {
                 let pod = &mut self.pods[pid];
                 pod.outstanding = pod.outstanding.saturating_sub(1);
                 if pod.outstanding == 0 && pod.open {
@@ -828,6 +914,8 @@ impl Sim {
                     }
                 }
             }
+            pids.clear();
+            self.spare_waiters.push(pids);
         }
         self.landed = landed;
         self.start_pulls(idx, catalog);
@@ -836,9 +924,17 @@ impl Sim {
 
 /// Starts a pull of `id` on `node`: it fetches the layers nobody has, and
 /// waits on the ones another pull is fetching.
-fn start_pull(node: &mut NodeSim, id: ImageId, kubelet: bool, latency: f64, catalog: &mut Catalog) {
+/// `spare` holds emptied layer lists to reuse.
+fn start_pull(
+    node: &mut NodeSim,
+    id: ImageId,
+    kubelet: bool,
+    latency: f64,
+    catalog: &mut Catalog,
+    spare: &mut Vec<Vec<LayerId>>,
+) {
     let mut bytes = 0;
-    let mut layers = Vec::new();
+    let mut layers = spare.pop().unwrap_or_default();
     // By index: `layer_bytes` needs the catalogue mutably.
     for i in 0..catalog.layers(id).len() {
         let l = catalog.layers(id)[i];
