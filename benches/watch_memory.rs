@@ -84,7 +84,7 @@ fn main() {
         });
         w.handle(
             Kind::Pod,
-            WatchEvent::InitApply(Object::Pod(fixtures::pod(i, 1, node.as_deref()))),
+            WatchEvent::InitApply(Object::Pod(fixtures::slim_pod(i, 1, node.as_deref()))),
             1.0,
             &mut out,
         );

@@ -16,13 +16,18 @@ use rustc_hash::FxHashMap as HashMap;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 
 use crate::event::{
     self, Autoscaler, ClaimPhase, Event, HpaMetric, NodePhase, PodPhase, Taint, Toleration,
 };
+
+pub mod slim_pod;
+
+pub use slim_pod::SlimPod;
+use slim_pod::SlimPodSpec;
 
 /// Errors from normalising objects.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +66,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Object {
     /// core/v1 Node.
     Node(Node),
-    /// core/v1 Pod.
-    Pod(Pod),
+    /// core/v1 Pod, with only the fields the normaliser reads.
+    Pod(SlimPod),
     /// karpenter.sh/v1 NodeClaim.
     NodeClaim(DynamicObject),
     /// karpenter.sh/v1 NodePool (accepted; it produces no event).
@@ -180,7 +185,7 @@ impl Object {
                 }
             }
             Object::Pod(p) => {
-                for c in p.status.iter().flat_map(|s| s.conditions.iter().flatten()) {
+                for c in p.status.iter().flat_map(|s| s.conditions.iter()) {
                     see(c.last_transition_time.as_ref().map(|t| secs(&t.0)));
                 }
             }
@@ -316,7 +321,7 @@ impl Interner {
 
     /// The interned list of a pod spec's images, as [`pod_images`] lists
     /// them; no spec is the empty list.
-    fn pod_images(&mut self, spec: Option<&PodSpec>) -> Arc<[Arc<str>]> {
+    fn pod_images(&mut self, spec: Option<&SlimPodSpec>) -> Arc<[Arc<str>]> {
         let mut list = std::mem::take(&mut self.scratch_images);
         let mut addrs = std::mem::take(&mut self.scratch_addrs);
         list.clear();
@@ -363,21 +368,16 @@ fn addr(s: &Arc<str>) -> usize {
 }
 
 /// The images a pod spec names, init containers first, as written.
-fn spec_images(spec: Option<&PodSpec>) -> impl Iterator<Item = &str> {
+fn spec_images(spec: Option<&SlimPodSpec>) -> impl Iterator<Item = &str> {
     spec.into_iter()
-        .flat_map(|s| {
-            s.init_containers
-                .iter()
-                .flatten()
-                .chain(s.containers.iter())
-        })
+        .flat_map(|s| s.init_containers.iter().chain(s.containers.iter()))
         .filter_map(|c| c.image.as_deref())
 }
 
 /// Whether `have` is the list [`Interner::pod_images`] would make of
 /// `spec`, compared without interning anything: a known pod's images
 /// rarely change, and then nothing needs hashing.
-fn same_images(spec: Option<&PodSpec>, have: &[Arc<str>]) -> bool {
+fn same_images(spec: Option<&SlimPodSpec>, have: &[Arc<str>]) -> bool {
     let mut n = 0;
     for img in spec_images(spec) {
         // As written, a spec's image is nearly always a full reference
@@ -532,7 +532,7 @@ impl Normalizer {
         )
     }
 
-    fn pod(&mut self, ts: f64, p: &Pod, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
+    fn pod(&mut self, ts: f64, p: &SlimPod, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
         let mut name = std::mem::take(&mut self.scratch_name);
         let r = namespaced_into(&p.metadata, "Pod", &mut name)
             .map(|()| self.pod_named(ts, &name, p, deleted, out));
@@ -541,7 +541,7 @@ impl Normalizer {
     }
 
     /// [`Normalizer::pod`] once the pod's `namespace/name` is known.
-    fn pod_named(&mut self, ts: f64, name: &str, p: &Pod, deleted: bool, out: &mut Vec<Event>) {
+    fn pod_named(&mut self, ts: f64, name: &str, p: &SlimPod, deleted: bool, out: &mut Vec<Event>) {
         let terminal = p
             .status
             .as_ref()
@@ -557,22 +557,20 @@ impl Normalizer {
         let spec_node = spec.and_then(|s| s.node_name.as_deref());
         let status = p.status.as_ref();
         let nominated = status.and_then(|s| s.nominated_node_name.as_deref());
-        let scheduled_cond = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "PodScheduled" && c.status == "True")
-            });
+        let scheduled_cond = status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "PodScheduled" && c.status == "True")
+        });
         let n_containers = spec.map_or(0, |s| s.containers.len());
-        let running = status
-            .and_then(|s| s.container_statuses.as_ref())
-            .is_some_and(|cs| {
-                n_containers > 0
-                    && cs.len() >= n_containers
-                    && cs
-                        .iter()
-                        .all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
-            });
+        let running = status.is_some_and(|s| {
+            let cs = &s.container_statuses;
+            n_containers > 0
+                && cs.len() >= n_containers
+                && cs
+                    .iter()
+                    .all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+        });
         let observed = if spec_node.is_some() && running {
             PodPhase::Started
         } else if spec_node.is_some() || scheduled_cond {

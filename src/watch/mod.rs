@@ -3,7 +3,9 @@
 //!
 //! - One `watcher(...).default_backoff()` stream per kind, with
 //!   `managedFields` stripped as objects arrive, all merged into one task that
-//!   owns the normaliser (so events come out in one time order).
+//!   owns the normaliser (so events come out in one time order). Pods, the
+//!   busiest kind, are read as [`SlimPod`]s: only the fields the normaliser
+//!   reads are ever built.
 //! - On start and after every relist (410 Gone, a dropped connection) the
 //!   [`tracker::Tracker`] of the kind turns the list into the changes a
 //!   consumer needs: new and changed objects are applied, unchanged ones are
@@ -27,7 +29,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, Pod};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -38,7 +40,7 @@ use serde::de::DeserializeOwned;
 use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::event::Event;
-use crate::normalize::{Normalizer, Object};
+use crate::normalize::{Normalizer, Object, SlimPod};
 use tracker::{Listed, Tracker};
 
 /// Errors from watching.
@@ -303,7 +305,7 @@ fn tombstone(kind: Kind, key: &str) -> Object {
         }),
         Kind::NodeClaim => Object::NodeClaim(dynamic("NodeClaim", "nodeclaims")),
         Kind::NodePool => Object::NodePool(dynamic("NodePool", "nodepools")),
-        Kind::Pod => Object::Pod(Pod {
+        Kind::Pod => Object::Pod(SlimPod {
             metadata,
             ..Default::default()
         }),
@@ -554,7 +556,10 @@ fn streams(client: &Client, config: &Config) -> Vec<BoxStream<'static, Item>> {
             let c = client.clone();
             match kind {
                 Kind::Node => watch_stream(Api::<Node>::all(c), base(), kind, Object::Node),
-                Kind::Pod => watch_stream(Api::<Pod>::all(c), base(), kind, Object::Pod),
+                // Only the fields the normaliser reads are parsed: a full
+                // k8s-openapi Pod costed as much to build and free as
+                // everything else a watch event does.
+                Kind::Pod => watch_stream(Api::<SlimPod>::all(c), base(), kind, Object::Pod),
                 Kind::Hpa => watch_stream(
                     Api::<HorizontalPodAutoscaler>::all(c),
                     base(),
@@ -649,19 +654,17 @@ mod tests {
     use crate::event::{Body, NodePhase, PodPhase};
 
     fn pod(name: &str, rv: &str, node: Option<&str>) -> Object {
-        Object::Pod(Pod {
+        Object::Pod(SlimPod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
                 resource_version: Some(rv.into()),
                 ..Default::default()
             },
-            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            spec: Some(crate::normalize::slim_pod::SlimPodSpec {
                 node_name: node.map(Into::into),
-                containers: vec![k8s_openapi::api::core::v1::Container {
-                    name: "c".into(),
+                containers: vec![crate::normalize::slim_pod::SlimContainer {
                     image: Some("registry.example/app:1".into()),
-                    ..Default::default()
                 }],
                 ..Default::default()
             }),
