@@ -62,30 +62,35 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One Kubernetes object of a kind pullahead watches.
+///
+/// Pods, most of what a cluster's watch carries, are held inline as the
+/// small [`SlimPod`]; every other kind is boxed, as its k8s-openapi type is
+/// kilobytes inline and a watch event is moved several times on its way to
+/// the normaliser.
 #[derive(Clone, Debug)]
 pub enum Object {
     /// core/v1 Node.
-    Node(Node),
+    Node(Box<Node>),
     /// core/v1 Pod, with only the fields the normaliser reads.
     Pod(SlimPod),
     /// karpenter.sh/v1 NodeClaim.
-    NodeClaim(DynamicObject),
+    NodeClaim(Box<DynamicObject>),
     /// karpenter.sh/v1 NodePool (accepted; it produces no event).
-    NodePool(DynamicObject),
+    NodePool(Box<DynamicObject>),
     /// autoscaling/v2 HorizontalPodAutoscaler.
-    Hpa(HorizontalPodAutoscaler),
+    Hpa(Box<HorizontalPodAutoscaler>),
     /// apps/v1 Deployment.
-    Deployment(Deployment),
+    Deployment(Box<Deployment>),
     /// apps/v1 StatefulSet.
-    StatefulSet(StatefulSet),
+    StatefulSet(Box<StatefulSet>),
     /// apps/v1 DaemonSet.
-    DaemonSet(DaemonSet),
+    DaemonSet(Box<DaemonSet>),
     /// apps/v1 ReplicaSet.
-    ReplicaSet(ReplicaSet),
+    ReplicaSet(Box<ReplicaSet>),
     /// batch/v1 Job.
-    Job(Job),
+    Job(Box<Job>),
     /// core/v1 Event.
-    Event(KubeEvent),
+    Event(Box<KubeEvent>),
 }
 
 impl Object {
@@ -185,9 +190,10 @@ impl Object {
                 }
             }
             Object::Pod(p) => {
-                for c in p.status.iter().flat_map(|s| s.conditions.iter()) {
-                    see(c.last_transition_time.as_ref().map(|t| secs(&t.0)));
-                }
+                let last = p.status.as_ref();
+                see(last
+                    .and_then(|s| s.conditions.last_transition_time.as_ref())
+                    .map(|t| secs(&t.0)));
             }
             Object::Node(n) => {
                 for c in n.status.iter().flat_map(|s| s.conditions.iter().flatten()) {
@@ -557,19 +563,12 @@ impl Normalizer {
         let spec_node = spec.and_then(|s| s.node_name.as_deref());
         let status = p.status.as_ref();
         let nominated = status.and_then(|s| s.nominated_node_name.as_deref());
-        let scheduled_cond = status.is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "PodScheduled" && c.status == "True")
-        });
+        let scheduled_cond = status.is_some_and(|s| s.conditions.scheduled);
         let n_containers = spec.map_or(0, |s| s.containers.len());
+        // Every container has a status, and every status says running.
         let running = status.is_some_and(|s| {
-            let cs = &s.container_statuses;
-            n_containers > 0
-                && cs.len() >= n_containers
-                && cs
-                    .iter()
-                    .all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+            let cs = s.container_statuses;
+            n_containers > 0 && cs.listed >= n_containers && cs.running == cs.listed
         });
         let observed = if spec_node.is_some() && running {
             PodPhase::Started
@@ -581,7 +580,7 @@ impl Normalizer {
             PodPhase::Pending
         };
         let node = spec_node.or(nominated);
-        let owner = pod_workload(&p.metadata);
+        let owner = pod_workload(&p.metadata, p.template_hash.as_deref());
         // A known pod's state is updated in place, and what it already
         // holds is compared rather than interned again: its key is not
         // allocated, and nothing is hashed but its name.
@@ -640,7 +639,7 @@ impl Normalizer {
     }
 
     fn node(&mut self, ts: f64, n: &Node, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
-        let name = n.metadata.name.clone().ok_or(Error::MissingField {
+        let name = n.metadata.name.clone().ok_or_else(|| Error::MissingField {
             kind: "Node",
             field: "metadata.name",
         })?;
@@ -726,7 +725,7 @@ impl Normalizer {
         deleted: bool,
         out: &mut Vec<Event>,
     ) -> Result<()> {
-        let name = c.metadata.name.clone().ok_or(Error::MissingField {
+        let name = c.metadata.name.clone().ok_or_else(|| Error::MissingField {
             kind: "NodeClaim",
             field: "metadata.name",
         })?;
@@ -1060,7 +1059,7 @@ fn fingerprint(s: &str) -> u64 {
 }
 
 fn namespaced(meta: &ObjectMeta, kind: &'static str) -> Result<String> {
-    let name = meta.name.as_deref().ok_or(Error::MissingField {
+    let name = meta.name.as_deref().ok_or_else(|| Error::MissingField {
         kind,
         field: "metadata.name",
     })?;
@@ -1072,7 +1071,7 @@ fn namespaced(meta: &ObjectMeta, kind: &'static str) -> Result<String> {
 
 /// Writes `namespace/name` into `buf`, as [`namespaced`] makes it.
 fn namespaced_into(meta: &ObjectMeta, kind: &'static str, buf: &mut String) -> Result<()> {
-    let name = meta.name.as_deref().ok_or(Error::MissingField {
+    let name = meta.name.as_deref().ok_or_else(|| Error::MissingField {
         kind,
         field: "metadata.name",
     })?;
@@ -1095,16 +1094,15 @@ fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
 
 /// The namespace and name of the workload that owns a pod (`None` when no
 /// owner); a Deployment's ReplicaSet is traced to the Deployment through
-/// `pod-template-hash`.
-fn pod_workload(meta: &ObjectMeta) -> Option<(&str, &str)> {
+/// the pod's `pod-template-hash` label, `template_hash`.
+fn pod_workload<'a>(
+    meta: &'a ObjectMeta,
+    template_hash: Option<&str>,
+) -> Option<(&'a str, &'a str)> {
     let ns = meta.namespace.as_deref().unwrap_or("default");
     let (kind, name) = controller_of(meta)?;
     let name = if kind == "ReplicaSet" {
-        let hash = meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("pod-template-hash"));
-        match hash.and_then(|h| name.strip_suffix(h.as_str())) {
+        match template_hash.and_then(|h| name.strip_suffix(h)) {
             Some(prefix) => prefix.trim_end_matches('-'),
             None => name,
         }

@@ -7,17 +7,17 @@
 //! full type (through k8s-openapi's `Resource` and `Metadata`, with the
 //! full type's constants), so `watcher(Api<SlimPod>, …)` lists and watches
 //! the same `/api/v1/pods`; serde skips every field not declared here, so
-//! `managedFields`, annotations and the rest are never built.
+//! `managedFields`, annotations and the rest are never built, and the
+//! status lists are summed up as they are read, allocating nothing.
 //!
 //! Missing or `null` fields read as empty, as k8s-openapi reads them, and a
-//! field that is here but of the wrong type is an error, as there.
+//! field that is read but of the wrong type is an error, as there.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// The only label the normaliser reads: it links a pod to its Deployment
 /// through the ReplicaSet name.
@@ -26,19 +26,19 @@ pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// The Pod fields the normaliser reads.
 ///
 /// `metadata` is an `ObjectMeta`, as `kube::Resource` requires, holding
-/// only name, namespace, resource version, creation and deletion times,
-/// the [`TEMPLATE_HASH_LABEL`] label, and the owner references' kind, name
-/// and controller flag; every other metadata field is left unset.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+/// only name, namespace, resource version, creation and deletion times, and
+/// the owner references' kind, name and controller flag; every other
+/// metadata field is left unset, labels included: the one label read is
+/// [`SlimPod::template_hash`].
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SlimPod {
     /// Metadata, trimmed as the type's doc says.
-    #[serde(default, deserialize_with = "slim_meta")]
     pub metadata: ObjectMeta,
+    /// The value of the [`TEMPLATE_HASH_LABEL`] label.
+    pub template_hash: Option<String>,
     /// The parts of the spec that name images and the node.
-    #[serde(default)]
     pub spec: Option<SlimPodSpec>,
     /// The parts of the status that tell the pod's phase.
-    #[serde(default)]
     pub status: Option<SlimPodStatus>,
 }
 
@@ -75,43 +75,30 @@ pub struct SlimPodStatus {
     /// `nominatedNodeName`: where the scheduler means to place the pod.
     #[serde(default)]
     pub nominated_node_name: Option<String>,
-    /// `conditions`.
+    /// What `conditions` say.
     #[serde(default, deserialize_with = "null_default")]
-    pub conditions: Vec<SlimPodCondition>,
-    /// `containerStatuses`.
+    pub conditions: Conditions,
+    /// What `containerStatuses` say.
     #[serde(default, deserialize_with = "null_default")]
-    pub container_statuses: Vec<SlimContainerStatus>,
+    pub container_statuses: ContainerStatuses,
 }
 
-/// A condition of a [`SlimPodStatus`].
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SlimPodCondition {
-    /// `type`, such as `PodScheduled`.
-    #[serde(rename = "type", default, deserialize_with = "null_default")]
-    pub type_: String,
-    /// `status`: `True`, `False` or `Unknown`.
-    #[serde(default, deserialize_with = "null_default")]
-    pub status: String,
-    /// `lastTransitionTime`.
-    #[serde(default)]
+/// A pod's `status.conditions`, summed up.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Conditions {
+    /// Whether condition `PodScheduled` is `True`.
+    pub scheduled: bool,
+    /// The latest `lastTransitionTime` of any condition.
     pub last_transition_time: Option<Time>,
 }
 
-/// A container status of a [`SlimPodStatus`]: whether it runs.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct SlimContainerStatus {
-    /// `state`.
-    #[serde(default)]
-    pub state: Option<SlimContainerState>,
-}
-
-/// `state` of a [`SlimContainerStatus`]: only whether `running` is set.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct SlimContainerState {
-    /// `running`, present (even empty) while the container runs.
-    #[serde(default)]
-    pub running: Option<IgnoredAny>,
+/// A pod's `status.containerStatuses`, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContainerStatuses {
+    /// Statuses listed.
+    pub listed: usize,
+    /// Statuses whose `state.running` is set (even empty).
+    pub running: usize,
 }
 
 impl k8s_openapi::Resource for SlimPod {
@@ -136,6 +123,30 @@ impl k8s_openapi::Metadata for SlimPod {
 
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
+    }
+}
+
+/// A pod as it arrives, before the template hash leaves the metadata.
+#[derive(Deserialize)]
+struct Wire {
+    #[serde(default)]
+    metadata: Option<MetaFields>,
+    #[serde(default)]
+    spec: Option<SlimPodSpec>,
+    #[serde(default)]
+    status: Option<SlimPodStatus>,
+}
+
+impl<'de> Deserialize<'de> for SlimPod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = Wire::deserialize(d)?;
+        let (metadata, template_hash) = w.metadata.map(MetaFields::split).unwrap_or_default();
+        Ok(SlimPod {
+            metadata,
+            template_hash,
+            spec: w.spec,
+            status: w.status,
+        })
     }
 }
 
@@ -169,6 +180,31 @@ struct MetaFields {
     owner_references: Option<Vec<Owner>>,
 }
 
+impl MetaFields {
+    /// The metadata, and the template hash label's value.
+    fn split(self) -> (ObjectMeta, Option<String>) {
+        let meta = ObjectMeta {
+            name: self.name,
+            namespace: self.namespace,
+            resource_version: self.resource_version,
+            creation_timestamp: self.creation_timestamp,
+            deletion_timestamp: self.deletion_timestamp,
+            owner_references: self.owner_references.map(|os| {
+                os.into_iter()
+                    .map(|o| OwnerReference {
+                        kind: o.kind,
+                        name: o.name,
+                        controller: o.controller,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        };
+        (meta, self.labels.and_then(|h| h.0))
+    }
+}
+
 /// What an owner reference tells the normaliser.
 #[derive(Deserialize)]
 struct Owner {
@@ -180,83 +216,197 @@ struct Owner {
     controller: Option<bool>,
 }
 
-fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
-    let Some(m) = Option::<MetaFields>::deserialize(d)? else {
-        return Ok(ObjectMeta::default());
-    };
-    Ok(ObjectMeta {
-        name: m.name,
-        namespace: m.namespace,
-        resource_version: m.resource_version,
-        creation_timestamp: m.creation_timestamp,
-        deletion_timestamp: m.deletion_timestamp,
-        labels: m.labels.map(|h| {
-            h.0.map(|v| (TEMPLATE_HASH_LABEL.to_string(), v))
-                .into_iter()
-                .collect::<BTreeMap<_, _>>()
-        }),
-        owner_references: m.owner_references.map(|os| {
-            os.into_iter()
-                .map(|o| OwnerReference {
-                    kind: o.kind,
-                    name: o.name,
-                    controller: o.controller,
-                    ..Default::default()
-                })
-                .collect()
-        }),
-        ..Default::default()
-    })
-}
-
 /// A label map read for its [`TEMPLATE_HASH_LABEL`] value alone: the other
 /// labels are skipped without being copied.
 struct TemplateHash(Option<String>);
 
 impl<'de> Deserialize<'de> for TemplateHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(TemplateHashVisitor)
-    }
-}
-
-struct TemplateHashVisitor;
-
-impl<'de> Visitor<'de> for TemplateHashVisitor {
-    type Value = TemplateHash;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a map of label names to values")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TemplateHash, A::Error> {
-        let mut hash = None;
-        while let Some(IsTemplateHash(wanted)) = map.next_key()? {
-            if wanted {
-                hash = map.next_value::<Option<String>>()?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TemplateHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of label names to values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TemplateHash, A::Error> {
+                let mut hash = None;
+                while let Some(Matched(wanted)) = map.next_key_seed(Is(TEMPLATE_HASH_LABEL))? {
+                    if wanted {
+                        hash = map.next_value::<Option<String>>()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(TemplateHash(hash))
             }
         }
-        Ok(TemplateHash(hash))
+        d.deserialize_map(V)
     }
 }
 
-/// A label name, read only to know whether it is [`TEMPLATE_HASH_LABEL`].
-struct IsTemplateHash(bool);
+/// Reads a string only to tell whether it equals the one given, without
+/// copying it; as a result, whether it did.
+#[derive(Clone, Copy)]
+struct Is(&'static str);
 
-impl<'de> Deserialize<'de> for IsTemplateHash {
+/// Whether a string read through [`Is`] matched.
+#[derive(Clone, Copy, Default)]
+struct Matched(bool);
+
+impl<'de> de::DeserializeSeed<'de> for Is {
+    type Value = Matched;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Matched, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for Is {
+    type Value = Matched;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Matched, E> {
+        Ok(Matched(s == self.0))
+    }
+}
+
+/// One condition, as far as [`Conditions`] needs it.
+struct Condition {
+    scheduled_true: bool,
+    last_transition_time: Option<Time>,
+}
+
+impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        impl Visitor<'_> for V {
-            type Value = IsTemplateHash;
+        impl<'de> Visitor<'de> for V {
+            type Value = Condition;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a label name")
+                f.write_str("a pod condition")
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<IsTemplateHash, E> {
-                Ok(IsTemplateHash(s == TEMPLATE_HASH_LABEL))
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Condition, A::Error> {
+                let (mut scheduled, mut is_true, mut last) = (false, false, None);
+                while let Some(key) = map.next_key::<ConditionField>()? {
+                    match key {
+                        ConditionField::Type => {
+                            scheduled = map.next_value_seed(NullOr(Is("PodScheduled")))?.0
+                        }
+                        ConditionField::Status => {
+                            is_true = map.next_value_seed(NullOr(Is("True")))?.0
+                        }
+                        ConditionField::LastTransitionTime => last = map.next_value()?,
+                        ConditionField::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Condition {
+                    scheduled_true: scheduled && is_true,
+                    last_transition_time: last,
+                })
             }
         }
-        d.deserialize_str(V)
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum ConditionField {
+    Type,
+    Status,
+    LastTransitionTime,
+    #[serde(other)]
+    Other,
+}
+
+/// [`Is`] on a value that may be `null` (no match).
+struct NullOr(Is);
+
+impl<'de> de::DeserializeSeed<'de> for NullOr {
+    type Value = Matched;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Matched, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NullOr {
+    type Value = Matched;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or null")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Matched, E> {
+        Ok(Matched(false))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Matched, E> {
+        Ok(Matched(false))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Matched, D::Error> {
+        d.deserialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Conditions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Conditions;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of pod conditions")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Conditions, A::Error> {
+                let mut all = Conditions::default();
+                while let Some(c) = seq.next_element::<Condition>()? {
+                    all.scheduled |= c.scheduled_true;
+                    if let Some(t) = c.last_transition_time
+                        && all.last_transition_time.as_ref().is_none_or(|l| l.0 < t.0)
+                    {
+                        all.last_transition_time = Some(t);
+                    }
+                }
+                Ok(all)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// One container status, as far as [`ContainerStatuses`] needs it.
+#[derive(Deserialize)]
+struct ContainerStatus {
+    #[serde(default)]
+    state: Option<ContainerState>,
+}
+
+#[derive(Deserialize)]
+struct ContainerState {
+    #[serde(default)]
+    running: Option<IgnoredAny>,
+}
+
+impl<'de> Deserialize<'de> for ContainerStatuses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ContainerStatuses;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of container statuses")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ContainerStatuses, A::Error> {
+                let mut all = ContainerStatuses::default();
+                while let Some(c) = seq.next_element::<ContainerStatus>()? {
+                    all.listed += 1;
+                    if c.state.is_some_and(|s| s.running.is_some()) {
+                        all.running += 1;
+                    }
+                }
+                Ok(all)
+            }
+        }
+        d.deserialize_seq(V)
     }
 }
 
@@ -319,12 +469,12 @@ mod tests {
         assert_eq!(sm.resource_version, fm.resource_version);
         assert_eq!(sm.creation_timestamp, fm.creation_timestamp);
         assert_eq!(sm.deletion_timestamp, fm.deletion_timestamp);
-        let hash = |m: &ObjectMeta| m.labels.as_ref()?.get(TEMPLATE_HASH_LABEL).cloned();
-        assert_eq!(hash(sm).as_deref(), Some("5d8f7"));
-        assert_eq!(hash(sm), hash(fm));
-        // Other labels, annotations and managed fields are never built.
-        assert_eq!(sm.labels.as_ref().map(BTreeMap::len), Some(1));
-        assert!(sm.annotations.is_none() && sm.managed_fields.is_none() && sm.uid.is_none());
+        let hash = fm.labels.as_ref().and_then(|l| l.get(TEMPLATE_HASH_LABEL));
+        assert_eq!(slim.template_hash.as_ref(), hash);
+        assert_eq!(slim.template_hash.as_deref(), Some("5d8f7"));
+        // Labels, annotations and managed fields are never built.
+        assert!(sm.labels.is_none() && sm.annotations.is_none());
+        assert!(sm.managed_fields.is_none() && sm.uid.is_none());
         let owners = |m: &ObjectMeta| -> Vec<(String, String, Option<bool>)> {
             m.owner_references
                 .iter()
@@ -355,43 +505,29 @@ mod tests {
         );
         assert_eq!(ss.phase, fs.phase);
         assert_eq!(ss.nominated_node_name, fs.nominated_node_name);
-        let conds: Vec<_> = fs
-            .conditions
+        let conds = fs.conditions.as_deref().unwrap_or_default();
+        let scheduled = conds
             .iter()
-            .flatten()
-            .map(|c| {
-                (
-                    c.type_.clone(),
-                    c.status.clone(),
-                    c.last_transition_time.clone(),
-                )
-            })
-            .collect();
-        let slim_conds: Vec<_> = ss
-            .conditions
+            .any(|c| c.type_ == "PodScheduled" && c.status == "True");
+        assert!(scheduled);
+        assert_eq!(ss.conditions.scheduled, scheduled);
+        let latest = conds
             .iter()
-            .map(|c| {
-                (
-                    c.type_.clone(),
-                    c.status.clone(),
-                    c.last_transition_time.clone(),
-                )
-            })
-            .collect();
-        assert_eq!(slim_conds, conds);
-        let running: Vec<bool> = fs
-            .container_statuses
+            .filter_map(|c| c.last_transition_time.clone())
+            .max_by_key(|t| t.0);
+        assert_eq!(ss.conditions.last_transition_time, latest);
+        let statuses = fs.container_statuses.as_deref().unwrap_or_default();
+        let running = statuses
             .iter()
-            .flatten()
-            .map(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-            .collect();
-        assert_eq!(running, vec![true, false]);
+            .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            .count();
+        assert_eq!((statuses.len(), running), (2, 1));
         assert_eq!(
-            ss.container_statuses
-                .iter()
-                .map(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-                .collect::<Vec<_>>(),
-            vec![true, false]
+            ss.container_statuses,
+            ContainerStatuses {
+                listed: statuses.len(),
+                running
+            }
         );
     }
 
@@ -400,21 +536,26 @@ mod tests {
         let p: SlimPod = serde_json::from_value(json!({
             "metadata": {"name": "a", "labels": null, "ownerReferences": null},
             "spec": {"containers": null, "initContainers": null},
-            "status": {"conditions": null, "containerStatuses": [{"state": {"running": null}}]}
+            "status": {"conditions": [{"type": "PodScheduled", "status": null}],
+                       "containerStatuses": [{"state": {"running": null}}]}
         }))
         .expect("nulls are empty");
         assert_eq!(p.metadata.name.as_deref(), Some("a"));
-        assert!(p.metadata.labels.is_none());
+        assert!(p.template_hash.is_none());
         let spec = p.spec.expect("spec");
         assert!(spec.containers.is_empty() && spec.init_containers.is_empty());
         let status = p.status.expect("status");
-        assert!(status.conditions.is_empty());
-        assert!(
-            status.container_statuses[0]
-                .state
-                .as_ref()
-                .is_some_and(|s| s.running.is_none())
+        assert_eq!(status.conditions, Conditions::default());
+        assert_eq!(
+            status.container_statuses,
+            ContainerStatuses {
+                listed: 1,
+                running: 0
+            }
         );
+        let labelled: SlimPod =
+            serde_json::from_value(json!({"metadata": {"labels": {"app": "x"}}})).expect("labels");
+        assert!(labelled.template_hash.is_none());
         let empty: SlimPod = serde_json::from_value(json!({})).expect("an empty pod");
         assert_eq!(empty, SlimPod::default());
         for bad in [
@@ -422,6 +563,8 @@ mod tests {
             json!({"metadata": {"labels": ["a"]}}),
             json!({"metadata": {"name": 7}}),
             json!({"status": {"conditions": [{"type": 1}]}}),
+            json!({"status": {"containerStatuses": {"a": 1}}}),
+            json!({"metadata": {"creationTimestamp": "yesterday"}}),
         ] {
             assert!(
                 serde_json::from_value::<SlimPod>(bad.clone()).is_err(),
