@@ -24,8 +24,10 @@ use crate::event::{
     self, Autoscaler, ClaimPhase, Event, HpaMetric, NodePhase, PodPhase, Taint, Toleration,
 };
 
+pub(crate) mod key;
 pub mod slim_pod;
 
+use key::Key;
 pub use slim_pod::SlimPod;
 use slim_pod::SlimPodSpec;
 
@@ -266,7 +268,9 @@ struct NodeState {
 /// Turns object changes into schema-v1 events, on transitions only.
 #[derive(Debug, Default)]
 pub struct Normalizer {
-    pods: HashMap<Arc<str>, PodState>,
+    /// Pod `namespace/name` to its state; the key is stored in the table, as
+    /// every pod change looks it up.
+    pods: HashMap<Key, PodState>,
     nodes: HashMap<Arc<str>, NodeState>,
     claims: HashMap<Arc<str>, ClaimPhase>,
     /// Fingerprint of the last `workload`/`hpa` event emitted per name.
@@ -554,7 +558,7 @@ impl Normalizer {
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
         if deleted || terminal {
-            if let Some(st) = self.pods.remove(name) {
+            if let Some(st) = self.pods.remove(name.as_bytes()) {
                 out.push(at(ts, Self::pod_event(name, &st, PodPhase::Deleted)));
             }
             return;
@@ -586,7 +590,7 @@ impl Normalizer {
         // allocated, and nothing is hashed but its name.
         let interner = &mut self.interner;
         let mut fresh = None;
-        let st = match self.pods.get_mut(name) {
+        let st = match self.pods.get_mut(name.as_bytes()) {
             Some(st) => {
                 if !same_images(spec, &st.images) {
                     st.images = interner.pod_images(spec);
@@ -634,7 +638,7 @@ impl Normalizer {
             _ => {}
         }
         if let Some(st) = fresh {
-            self.pods.insert(Arc::from(name), st);
+            self.pods.insert(Key::new(name), st);
         }
     }
 
@@ -953,7 +957,8 @@ impl Normalizer {
                         .filter(|n| !n.is_empty())
                         .or_else(|| {
                             let pod = pod_name.as_deref()?;
-                            self.pods.get(pod)?.node.as_deref().map(str::to_string)
+                            let st = self.pods.get(pod.as_bytes())?;
+                            st.node.as_deref().map(str::to_string)
                         });
                     if let Some(node) = node {
                         let image = full_reference(&p.image);
@@ -1000,7 +1005,7 @@ impl Normalizer {
     }
 
     fn nominate(&mut self, ts: f64, pod: &str, target: Nominee, out: &mut Vec<Event>) {
-        let key: Arc<str> = Arc::from(pod);
+        let key = Key::new(pod);
         let (node, claim) = match target {
             Nominee::Node(n) => (Some(self.intern(&n)), None),
             Nominee::Claim { claim, node } => {
