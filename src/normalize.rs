@@ -69,6 +69,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// small [`SlimPod`]; every other kind is boxed, as its k8s-openapi type is
 /// kilobytes inline and a watch event is moved several times on its way to
 /// the normaliser.
+// The slim pod stays inline on purpose: boxing it would cost an allocation
+// for every pod change, the bulk of a watch.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Object {
     /// core/v1 Node.
@@ -643,7 +646,7 @@ impl Normalizer {
     }
 
     fn node(&mut self, ts: f64, n: &Node, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
-        let name = n.metadata.name.clone().ok_or_else(|| Error::MissingField {
+        let name = n.metadata.name.clone().ok_or(Error::MissingField {
             kind: "Node",
             field: "metadata.name",
         })?;
@@ -729,7 +732,7 @@ impl Normalizer {
         deleted: bool,
         out: &mut Vec<Event>,
     ) -> Result<()> {
-        let name = c.metadata.name.clone().ok_or_else(|| Error::MissingField {
+        let name = c.metadata.name.clone().ok_or(Error::MissingField {
             kind: "NodeClaim",
             field: "metadata.name",
         })?;
@@ -1064,7 +1067,7 @@ fn fingerprint(s: &str) -> u64 {
 }
 
 fn namespaced(meta: &ObjectMeta, kind: &'static str) -> Result<String> {
-    let name = meta.name.as_deref().ok_or_else(|| Error::MissingField {
+    let name = meta.name.as_deref().ok_or(Error::MissingField {
         kind,
         field: "metadata.name",
     })?;
@@ -1076,7 +1079,7 @@ fn namespaced(meta: &ObjectMeta, kind: &'static str) -> Result<String> {
 
 /// Writes `namespace/name` into `buf`, as [`namespaced`] makes it.
 fn namespaced_into(meta: &ObjectMeta, kind: &'static str, buf: &mut String) -> Result<()> {
-    let name = meta.name.as_deref().ok_or_else(|| Error::MissingField {
+    let name = meta.name.as_deref().ok_or(Error::MissingField {
         kind,
         field: "metadata.name",
     })?;
