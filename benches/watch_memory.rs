@@ -66,7 +66,7 @@ fn main() {
     for i in 0..nodes {
         w.handle(
             Kind::Node,
-            WatchEvent::InitApply(Object::Node(fixtures::node(i, 1))),
+            WatchEvent::InitApply(Object::Node(Box::new(fixtures::node(i, 1)))),
             1.0,
             &mut out,
         );
@@ -84,7 +84,7 @@ fn main() {
         });
         w.handle(
             Kind::Pod,
-            WatchEvent::InitApply(Object::Pod(fixtures::pod(i, 1, node.as_deref()))),
+            WatchEvent::InitApply(Object::Pod(fixtures::slim_pod(i, 1, node.as_deref()))),
             1.0,
             &mut out,
         );

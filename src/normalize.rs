@@ -16,13 +16,20 @@ use rustc_hash::FxHashMap as HashMap;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 
 use crate::event::{
     self, Autoscaler, ClaimPhase, Event, HpaMetric, NodePhase, PodPhase, Taint, Toleration,
 };
+
+pub(crate) mod key;
+pub mod slim_pod;
+
+use key::Key;
+pub use slim_pod::SlimPod;
+use slim_pod::SlimPodSpec;
 
 /// Errors from normalising objects.
 #[derive(Debug, thiserror::Error)]
@@ -57,30 +64,38 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One Kubernetes object of a kind pullahead watches.
+///
+/// Pods, most of what a cluster's watch carries, are held inline as the
+/// small [`SlimPod`]; every other kind is boxed, as its k8s-openapi type is
+/// kilobytes inline and a watch event is moved several times on its way to
+/// the normaliser.
+// The slim pod stays inline on purpose: boxing it would cost an allocation
+// for every pod change, the bulk of a watch.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Object {
     /// core/v1 Node.
-    Node(Node),
-    /// core/v1 Pod.
-    Pod(Pod),
+    Node(Box<Node>),
+    /// core/v1 Pod, with only the fields the normaliser reads.
+    Pod(SlimPod),
     /// karpenter.sh/v1 NodeClaim.
-    NodeClaim(DynamicObject),
+    NodeClaim(Box<DynamicObject>),
     /// karpenter.sh/v1 NodePool (accepted; it produces no event).
-    NodePool(DynamicObject),
+    NodePool(Box<DynamicObject>),
     /// autoscaling/v2 HorizontalPodAutoscaler.
-    Hpa(HorizontalPodAutoscaler),
+    Hpa(Box<HorizontalPodAutoscaler>),
     /// apps/v1 Deployment.
-    Deployment(Deployment),
+    Deployment(Box<Deployment>),
     /// apps/v1 StatefulSet.
-    StatefulSet(StatefulSet),
+    StatefulSet(Box<StatefulSet>),
     /// apps/v1 DaemonSet.
-    DaemonSet(DaemonSet),
+    DaemonSet(Box<DaemonSet>),
     /// apps/v1 ReplicaSet.
-    ReplicaSet(ReplicaSet),
+    ReplicaSet(Box<ReplicaSet>),
     /// batch/v1 Job.
-    Job(Job),
+    Job(Box<Job>),
     /// core/v1 Event.
-    Event(KubeEvent),
+    Event(Box<KubeEvent>),
 }
 
 impl Object {
@@ -180,9 +195,10 @@ impl Object {
                 }
             }
             Object::Pod(p) => {
-                for c in p.status.iter().flat_map(|s| s.conditions.iter().flatten()) {
-                    see(c.last_transition_time.as_ref().map(|t| secs(&t.0)));
-                }
+                let last = p.status.as_ref();
+                see(last
+                    .and_then(|s| s.conditions.last_transition_time.as_ref())
+                    .map(|t| secs(&t.0)));
             }
             Object::Node(n) => {
                 for c in n.status.iter().flat_map(|s| s.conditions.iter().flatten()) {
@@ -255,7 +271,9 @@ struct NodeState {
 /// Turns object changes into schema-v1 events, on transitions only.
 #[derive(Debug, Default)]
 pub struct Normalizer {
-    pods: HashMap<Arc<str>, PodState>,
+    /// Pod `namespace/name` to its state; the key is stored in the table, as
+    /// every pod change looks it up.
+    pods: HashMap<Key, PodState>,
     nodes: HashMap<Arc<str>, NodeState>,
     claims: HashMap<Arc<str>, ClaimPhase>,
     /// Fingerprint of the last `workload`/`hpa` event emitted per name.
@@ -316,7 +334,7 @@ impl Interner {
 
     /// The interned list of a pod spec's images, as [`pod_images`] lists
     /// them; no spec is the empty list.
-    fn pod_images(&mut self, spec: Option<&PodSpec>) -> Arc<[Arc<str>]> {
+    fn pod_images(&mut self, spec: Option<&SlimPodSpec>) -> Arc<[Arc<str>]> {
         let mut list = std::mem::take(&mut self.scratch_images);
         let mut addrs = std::mem::take(&mut self.scratch_addrs);
         list.clear();
@@ -363,21 +381,16 @@ fn addr(s: &Arc<str>) -> usize {
 }
 
 /// The images a pod spec names, init containers first, as written.
-fn spec_images(spec: Option<&PodSpec>) -> impl Iterator<Item = &str> {
+fn spec_images(spec: Option<&SlimPodSpec>) -> impl Iterator<Item = &str> {
     spec.into_iter()
-        .flat_map(|s| {
-            s.init_containers
-                .iter()
-                .flatten()
-                .chain(s.containers.iter())
-        })
+        .flat_map(|s| s.init_containers.iter().chain(s.containers.iter()))
         .filter_map(|c| c.image.as_deref())
 }
 
 /// Whether `have` is the list [`Interner::pod_images`] would make of
 /// `spec`, compared without interning anything: a known pod's images
 /// rarely change, and then nothing needs hashing.
-fn same_images(spec: Option<&PodSpec>, have: &[Arc<str>]) -> bool {
+fn same_images(spec: Option<&SlimPodSpec>, have: &[Arc<str>]) -> bool {
     let mut n = 0;
     for img in spec_images(spec) {
         // As written, a spec's image is nearly always a full reference
@@ -532,7 +545,7 @@ impl Normalizer {
         )
     }
 
-    fn pod(&mut self, ts: f64, p: &Pod, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
+    fn pod(&mut self, ts: f64, p: &SlimPod, deleted: bool, out: &mut Vec<Event>) -> Result<()> {
         let mut name = std::mem::take(&mut self.scratch_name);
         let r = namespaced_into(&p.metadata, "Pod", &mut name)
             .map(|()| self.pod_named(ts, &name, p, deleted, out));
@@ -541,14 +554,14 @@ impl Normalizer {
     }
 
     /// [`Normalizer::pod`] once the pod's `namespace/name` is known.
-    fn pod_named(&mut self, ts: f64, name: &str, p: &Pod, deleted: bool, out: &mut Vec<Event>) {
+    fn pod_named(&mut self, ts: f64, name: &str, p: &SlimPod, deleted: bool, out: &mut Vec<Event>) {
         let terminal = p
             .status
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
         if deleted || terminal {
-            if let Some(st) = self.pods.remove(name) {
+            if let Some(st) = self.pods.remove(name.as_bytes()) {
                 out.push(at(ts, Self::pod_event(name, &st, PodPhase::Deleted)));
             }
             return;
@@ -557,22 +570,13 @@ impl Normalizer {
         let spec_node = spec.and_then(|s| s.node_name.as_deref());
         let status = p.status.as_ref();
         let nominated = status.and_then(|s| s.nominated_node_name.as_deref());
-        let scheduled_cond = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "PodScheduled" && c.status == "True")
-            });
+        let scheduled_cond = status.is_some_and(|s| s.conditions.scheduled);
         let n_containers = spec.map_or(0, |s| s.containers.len());
-        let running = status
-            .and_then(|s| s.container_statuses.as_ref())
-            .is_some_and(|cs| {
-                n_containers > 0
-                    && cs.len() >= n_containers
-                    && cs
-                        .iter()
-                        .all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
-            });
+        // Every container has a status, and every status says running.
+        let running = status.is_some_and(|s| {
+            let cs = s.container_statuses;
+            n_containers > 0 && cs.listed >= n_containers && cs.running == cs.listed
+        });
         let observed = if spec_node.is_some() && running {
             PodPhase::Started
         } else if spec_node.is_some() || scheduled_cond {
@@ -583,13 +587,13 @@ impl Normalizer {
             PodPhase::Pending
         };
         let node = spec_node.or(nominated);
-        let owner = pod_workload(&p.metadata);
+        let owner = pod_workload(&p.metadata, p.template_hash.as_deref());
         // A known pod's state is updated in place, and what it already
         // holds is compared rather than interned again: its key is not
         // allocated, and nothing is hashed but its name.
         let interner = &mut self.interner;
         let mut fresh = None;
-        let st = match self.pods.get_mut(name) {
+        let st = match self.pods.get_mut(name.as_bytes()) {
             Some(st) => {
                 if !same_images(spec, &st.images) {
                     st.images = interner.pod_images(spec);
@@ -637,7 +641,7 @@ impl Normalizer {
             _ => {}
         }
         if let Some(st) = fresh {
-            self.pods.insert(Arc::from(name), st);
+            self.pods.insert(Key::new(name), st);
         }
     }
 
@@ -956,7 +960,8 @@ impl Normalizer {
                         .filter(|n| !n.is_empty())
                         .or_else(|| {
                             let pod = pod_name.as_deref()?;
-                            self.pods.get(pod)?.node.as_deref().map(str::to_string)
+                            let st = self.pods.get(pod.as_bytes())?;
+                            st.node.as_deref().map(str::to_string)
                         });
                     if let Some(node) = node {
                         let image = full_reference(&p.image);
@@ -1003,7 +1008,7 @@ impl Normalizer {
     }
 
     fn nominate(&mut self, ts: f64, pod: &str, target: Nominee, out: &mut Vec<Event>) {
-        let key: Arc<str> = Arc::from(pod);
+        let key = Key::new(pod);
         let (node, claim) = match target {
             Nominee::Node(n) => (Some(self.intern(&n)), None),
             Nominee::Claim { claim, node } => {
@@ -1097,16 +1102,15 @@ fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
 
 /// The namespace and name of the workload that owns a pod (`None` when no
 /// owner); a Deployment's ReplicaSet is traced to the Deployment through
-/// `pod-template-hash`.
-fn pod_workload(meta: &ObjectMeta) -> Option<(&str, &str)> {
+/// the pod's `pod-template-hash` label, `template_hash`.
+fn pod_workload<'a>(
+    meta: &'a ObjectMeta,
+    template_hash: Option<&str>,
+) -> Option<(&'a str, &'a str)> {
     let ns = meta.namespace.as_deref().unwrap_or("default");
     let (kind, name) = controller_of(meta)?;
     let name = if kind == "ReplicaSet" {
-        let hash = meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("pod-template-hash"));
-        match hash.and_then(|h| name.strip_suffix(h.as_str())) {
+        match template_hash.and_then(|h| name.strip_suffix(h)) {
             Some(prefix) => prefix.trim_end_matches('-'),
             None => name,
         }

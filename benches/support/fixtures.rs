@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{
     PodSpec, PodStatus, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use pullahead::normalize::SlimPod;
 
 /// A Ready node of `pool` with 50 images in its status, as kubelet reports them.
 pub fn node(i: usize, rv: u64) -> Node {
@@ -136,4 +137,20 @@ pub fn pod(i: usize, rv: u64, node: Option<&str>) -> Pod {
             ..Default::default()
         }),
     }
+}
+
+/// [`pod`] as the API server sends it: its JSON.
+pub fn pod_json(i: usize, rv: u64, node: Option<&str>) -> Vec<u8> {
+    serde_json::to_vec(&pod(i, rv, node)).expect("a Pod serialises")
+}
+
+/// A pod's JSON read as the watcher reads it: the fields the normaliser
+/// needs, in a [`SlimPod`].
+pub fn slim_pod_from(json: &[u8]) -> SlimPod {
+    serde_json::from_slice(json).expect("a Pod's JSON is a SlimPod")
+}
+
+/// [`pod`] as the watcher receives it.
+pub fn slim_pod(i: usize, rv: u64, node: Option<&str>) -> SlimPod {
+    slim_pod_from(&pod_json(i, rv, node))
 }

@@ -3,7 +3,9 @@
 //!
 //! - One `watcher(...).default_backoff()` stream per kind, with
 //!   `managedFields` stripped as objects arrive, all merged into one task that
-//!   owns the normaliser (so events come out in one time order).
+//!   owns the normaliser (so events come out in one time order). Pods, the
+//!   busiest kind, are read as [`SlimPod`]s: only the fields the normaliser
+//!   reads are ever built.
 //! - On start and after every relist (410 Gone, a dropped connection) the
 //!   [`tracker::Tracker`] of the kind turns the list into the changes a
 //!   consumer needs: new and changed objects are applied, unchanged ones are
@@ -27,7 +29,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, Pod};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -38,7 +40,7 @@ use serde::de::DeserializeOwned;
 use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::event::Event;
-use crate::normalize::{Normalizer, Object};
+use crate::normalize::{Normalizer, Object, SlimPod};
 use tracker::{Listed, Tracker};
 
 /// Errors from watching.
@@ -294,47 +296,47 @@ fn tombstone(kind: Kind, key: &str) -> Object {
     let dynamic = |k: &str, plural: &str| {
         let mut o = DynamicObject::new(&name, &karpenter_resource(k, plural));
         o.metadata.namespace = namespace.clone();
-        o
+        Box::new(o)
     };
     match kind {
-        Kind::Node => Object::Node(Node {
+        Kind::Node => Object::Node(Box::new(Node {
             metadata,
             ..Default::default()
-        }),
+        })),
         Kind::NodeClaim => Object::NodeClaim(dynamic("NodeClaim", "nodeclaims")),
         Kind::NodePool => Object::NodePool(dynamic("NodePool", "nodepools")),
-        Kind::Pod => Object::Pod(Pod {
+        Kind::Pod => Object::Pod(SlimPod {
             metadata,
             ..Default::default()
         }),
-        Kind::Hpa => Object::Hpa(HorizontalPodAutoscaler {
+        Kind::Hpa => Object::Hpa(Box::new(HorizontalPodAutoscaler {
             metadata,
             ..Default::default()
-        }),
-        Kind::Deployment => Object::Deployment(Deployment {
+        })),
+        Kind::Deployment => Object::Deployment(Box::new(Deployment {
             metadata,
             ..Default::default()
-        }),
-        Kind::StatefulSet => Object::StatefulSet(StatefulSet {
+        })),
+        Kind::StatefulSet => Object::StatefulSet(Box::new(StatefulSet {
             metadata,
             ..Default::default()
-        }),
-        Kind::DaemonSet => Object::DaemonSet(DaemonSet {
+        })),
+        Kind::DaemonSet => Object::DaemonSet(Box::new(DaemonSet {
             metadata,
             ..Default::default()
-        }),
-        Kind::ReplicaSet => Object::ReplicaSet(ReplicaSet {
+        })),
+        Kind::ReplicaSet => Object::ReplicaSet(Box::new(ReplicaSet {
             metadata,
             ..Default::default()
-        }),
-        Kind::Job => Object::Job(Job {
+        })),
+        Kind::Job => Object::Job(Box::new(Job {
             metadata,
             ..Default::default()
-        }),
-        Kind::Event(_) => Object::Event(KubeEvent {
+        })),
+        Kind::Event(_) => Object::Event(Box::new(KubeEvent {
             metadata,
             ..Default::default()
-        }),
+        })),
     }
 }
 
@@ -553,53 +555,50 @@ fn streams(client: &Client, config: &Config) -> Vec<BoxStream<'static, Item>> {
         .map(|&kind| {
             let c = client.clone();
             match kind {
-                Kind::Node => watch_stream(Api::<Node>::all(c), base(), kind, Object::Node),
-                Kind::Pod => watch_stream(Api::<Pod>::all(c), base(), kind, Object::Pod),
-                Kind::Hpa => watch_stream(
-                    Api::<HorizontalPodAutoscaler>::all(c),
-                    base(),
-                    kind,
-                    Object::Hpa,
-                ),
-                Kind::Deployment => {
-                    watch_stream(Api::<Deployment>::all(c), base(), kind, Object::Deployment)
+                Kind::Node => watch_stream(Api::<Node>::all(c), base(), kind, |o| {
+                    Object::Node(Box::new(o))
+                }),
+                // Only the fields the normaliser reads are parsed: a full
+                // k8s-openapi Pod costed as much to build and free as
+                // everything else a watch event does.
+                Kind::Pod => watch_stream(Api::<SlimPod>::all(c), base(), kind, Object::Pod),
+                Kind::Hpa => {
+                    watch_stream(Api::<HorizontalPodAutoscaler>::all(c), base(), kind, |o| {
+                        Object::Hpa(Box::new(o))
+                    })
                 }
-                Kind::StatefulSet => watch_stream(
-                    Api::<StatefulSet>::all(c),
-                    base(),
-                    kind,
-                    Object::StatefulSet,
-                ),
-                Kind::DaemonSet => {
-                    watch_stream(Api::<DaemonSet>::all(c), base(), kind, Object::DaemonSet)
-                }
-                Kind::ReplicaSet => {
-                    watch_stream(Api::<ReplicaSet>::all(c), base(), kind, Object::ReplicaSet)
-                }
-                Kind::Job => watch_stream(Api::<Job>::all(c), base(), kind, Object::Job),
+                Kind::Deployment => watch_stream(Api::<Deployment>::all(c), base(), kind, |o| {
+                    Object::Deployment(Box::new(o))
+                }),
+                Kind::StatefulSet => watch_stream(Api::<StatefulSet>::all(c), base(), kind, |o| {
+                    Object::StatefulSet(Box::new(o))
+                }),
+                Kind::DaemonSet => watch_stream(Api::<DaemonSet>::all(c), base(), kind, |o| {
+                    Object::DaemonSet(Box::new(o))
+                }),
+                Kind::ReplicaSet => watch_stream(Api::<ReplicaSet>::all(c), base(), kind, |o| {
+                    Object::ReplicaSet(Box::new(o))
+                }),
+                Kind::Job => watch_stream(Api::<Job>::all(c), base(), kind, |o| {
+                    Object::Job(Box::new(o))
+                }),
                 Kind::NodeClaim => {
                     let ar = karpenter_resource("NodeClaim", "nodeclaims");
-                    watch_stream(
-                        Api::<DynamicObject>::all_with(c, &ar),
-                        base(),
-                        kind,
-                        Object::NodeClaim,
-                    )
+                    watch_stream(Api::<DynamicObject>::all_with(c, &ar), base(), kind, |o| {
+                        Object::NodeClaim(Box::new(o))
+                    })
                 }
                 Kind::NodePool => {
                     let ar = karpenter_resource("NodePool", "nodepools");
-                    watch_stream(
-                        Api::<DynamicObject>::all_with(c, &ar),
-                        base(),
-                        kind,
-                        Object::NodePool,
-                    )
+                    watch_stream(Api::<DynamicObject>::all_with(c, &ar), base(), kind, |o| {
+                        Object::NodePool(Box::new(o))
+                    })
                 }
                 Kind::Event(reason) => watch_stream(
                     Api::<KubeEvent>::all(c),
                     base().fields(&format!("reason={reason}")),
                     kind,
-                    Object::Event,
+                    |o| Object::Event(Box::new(o)),
                 ),
             }
         })
@@ -649,19 +648,17 @@ mod tests {
     use crate::event::{Body, NodePhase, PodPhase};
 
     fn pod(name: &str, rv: &str, node: Option<&str>) -> Object {
-        Object::Pod(Pod {
+        Object::Pod(SlimPod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
                 resource_version: Some(rv.into()),
                 ..Default::default()
             },
-            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            spec: Some(crate::normalize::slim_pod::SlimPodSpec {
                 node_name: node.map(Into::into),
-                containers: vec![k8s_openapi::api::core::v1::Container {
-                    name: "c".into(),
+                containers: vec![crate::normalize::slim_pod::SlimContainer {
                     image: Some("registry.example/app:1".into()),
-                    ..Default::default()
                 }],
                 ..Default::default()
             }),
@@ -670,14 +667,14 @@ mod tests {
     }
 
     fn node(name: &str, rv: &str) -> Object {
-        Object::Node(Node {
+        Object::Node(Box::new(Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 resource_version: Some(rv.into()),
                 ..Default::default()
             },
             ..Default::default()
-        })
+        }))
     }
 
     #[test]

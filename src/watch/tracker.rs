@@ -10,6 +10,8 @@ use std::hash::{Hash, Hasher};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
+use crate::normalize::key::Key;
+
 /// What to do with an object listed during a relist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listed {
@@ -23,9 +25,11 @@ pub enum Listed {
 #[derive(Debug, Default)]
 pub struct Tracker {
     /// Key (`namespace/name` or `name`) to a hash of its resource version.
-    known: HashMap<Box<str>, u64>,
+    /// Keys are short strings stored in the table itself: every watch event
+    /// looks one up.
+    known: HashMap<Key, u64>,
     /// Keys listed since the last `Init`, while a list is in progress.
-    listing: Option<HashSet<Box<str>>>,
+    listing: Option<HashSet<Key>>,
 }
 
 /// A 64-bit summary of a resource version: the version itself is an opaque
@@ -67,7 +71,7 @@ impl Tracker {
 
     /// Whether `key` is known.
     pub fn contains(&self, key: &str) -> bool {
-        self.known.contains_key(key)
+        self.known.contains_key(key.as_bytes())
     }
 
     /// A list starts.
@@ -78,7 +82,7 @@ impl Tracker {
     /// An object arrived in the list.
     pub fn listed(&mut self, key: &str, resource_version: &str) -> Listed {
         if let Some(l) = self.listing.as_mut() {
-            l.insert(key.into());
+            l.insert(Key::new(key));
         }
         self.remember(key, resource_version)
     }
@@ -88,14 +92,14 @@ impl Tracker {
         let h = version_hash(resource_version);
         // Known objects are updated in place: allocating the key again for
         // every change would dominate the cost of a watch event.
-        match self.known.get_mut(key) {
+        match self.known.get_mut(key.as_bytes()) {
             Some(old) if *old == h => Listed::Unchanged,
             Some(old) => {
                 *old = h;
                 Listed::Changed
             }
             None => {
-                self.known.insert(key.into(), h);
+                self.known.insert(Key::new(key), h);
                 Listed::Changed
             }
         }
@@ -110,12 +114,12 @@ impl Tracker {
         let mut gone: Vec<String> = self
             .known
             .keys()
-            .filter(|k| !listed.contains(*k))
-            .map(|k| k.to_string())
+            .filter(|k| !listed.contains(k.as_bytes()))
+            .map(Key::to_text)
             .collect();
         gone.sort();
         for k in &gone {
-            self.known.remove(k.as_str());
+            self.known.remove(k.as_bytes());
         }
         self.known.shrink_to_fit();
         gone
@@ -130,14 +134,14 @@ impl Tracker {
 
     /// An object was deleted during a watch. Returns whether it was known.
     pub fn deleted(&mut self, key: &str) -> bool {
-        self.known.remove(key).is_some()
+        self.known.remove(key.as_bytes()).is_some()
     }
 
     /// Bytes this tracker holds on the heap, approximately: table slots plus
-    /// the keys.
+    /// the keys too long to be stored in them.
     pub fn heap_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(Box<str>, u64)>() + 1;
-        self.known.capacity() * slot + self.known.keys().map(|k| k.len()).sum::<usize>()
+        let slot = std::mem::size_of::<(Key, u64)>() + 1;
+        self.known.capacity() * slot + self.known.keys().map(Key::heap_bytes).sum::<usize>()
     }
 }
 
