@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::event::{Body, Event, NodePhase, PodPhase};
+use crate::state::Names;
 
 /// Where a pull is to go.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -200,9 +201,8 @@ pub struct PopularPolicy {
     /// Images and pools by name to small ids, so that demand is counted in
     /// flat tables: a pod's images are looked up once each, and ranking a
     /// pool walks an array rather than a hash table.
-    image_ids: HashMap<String, u32>,
-    image_names: Vec<String>,
-    pool_ids: HashMap<String, u32>,
+    images: Names,
+    pools: Names,
     /// Node → pool id.
     node_pool: HashMap<String, u32>,
     /// Pool id → demand; `None` until a pod is bound in the pool.
@@ -225,43 +225,23 @@ impl PopularPolicy {
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            image_ids: HashMap::default(),
-            image_names: Vec::new(),
-            pool_ids: HashMap::default(),
+            images: Names::default(),
+            pools: Names::default(),
             node_pool: HashMap::default(),
             demand: Vec::new(),
             counts: Vec::new(),
         }
     }
 
-    fn pool_id(&mut self, pool: &str) -> u32 {
-        if let Some(&id) = self.pool_ids.get(pool) {
-            return id;
-        }
-        let id = self.pool_ids.len() as u32;
-        self.pool_ids.insert(pool.to_string(), id);
-        id
-    }
-
-    fn image_id(&mut self, image: &str) -> u32 {
-        if let Some(&id) = self.image_ids.get(image) {
-            return id;
-        }
-        let id = self.image_names.len() as u32;
-        self.image_ids.insert(image.to_string(), id);
-        self.image_names.push(image.to_string());
-        id
-    }
-
     fn top(&mut self, pool: u32) -> Vec<String> {
         let Some(Some(demand)) = self.demand.get(pool as usize) else {
             return Vec::new();
         };
-        let names = &self.image_names;
+        let names = &self.images;
         // Ties break by name so that the result does not depend on ids.
         let order = |a: &(u32, u64), b: &(u32, u64)| {
             b.1.cmp(&a.1)
-                .then_with(|| names[a.0 as usize].cmp(&names[b.0 as usize]))
+                .then_with(|| names.name(a.0).cmp(names.name(b.0)))
         };
         let counts = &demand.counts;
         let used = demand.used.iter().map(|&i| (i, counts[i as usize]));
@@ -287,7 +267,7 @@ impl PopularPolicy {
         ranked
             .into_iter()
             .take(self.k)
-            .map(|(i, _)| names[i as usize].clone())
+            .map(|(i, _)| names.name(i).to_string())
             .collect()
     }
 }
@@ -301,7 +281,7 @@ impl Policy for PopularPolicy {
         match &event.body {
             Body::Node(n) => match n.phase {
                 NodePhase::Registered => {
-                    let pool = self.pool_id(n.pool_name());
+                    let pool = self.pools.intern(n.pool_name());
                     let top = self.top(pool);
                     order_list(&n.node, top.iter(), Reason::Popular, out);
                     match self.node_pool.get_mut(&n.node) {
@@ -320,7 +300,7 @@ impl Policy for PopularPolicy {
                 let known = p.node.as_ref().and_then(|n| self.node_pool.get(n));
                 let pool = match known {
                     Some(&pool) => pool,
-                    None => self.pool_id(crate::event::DEFAULT_POOL),
+                    None => self.pools.intern(crate::event::DEFAULT_POOL),
                 };
                 let i = pool as usize;
                 if self.demand.len() <= i {
@@ -328,7 +308,7 @@ impl Policy for PopularPolicy {
                 }
                 self.demand[i].get_or_insert_with(Demand::default);
                 for image in &p.images {
-                    let id = self.image_id(image) as usize;
+                    let id = self.images.intern(image) as usize;
                     let Some(Some(demand)) = self.demand.get_mut(i) else {
                         return;
                     };

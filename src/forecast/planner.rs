@@ -97,6 +97,12 @@ impl PoolHistory {
     fn needs_of(&self, image: ImageId) -> Option<u64> {
         self.at.get(&image).map(|&k| self.needs[k].1)
     }
+
+    /// The `history` feature of an image `n` new nodes needed: their share
+    /// of the pool's new nodes.
+    fn share(&self, n: u64) -> f64 {
+        n as f64 / self.new_nodes as f64
+    }
 }
 
 /// The predictive planner.
@@ -486,16 +492,15 @@ impl Planner {
         if let Some(h) = self.history.get(&info.pool)
             && h.new_nodes > 0
         {
-            let share = |n: u64| n as f64 / h.new_nodes as f64;
             if every {
                 for &(i, n) in &h.needs {
-                    c.row(i)[6] = share(n);
+                    c.row(i)[6] = h.share(n);
                 }
             } else {
                 for t in 0..c.touched.len() {
                     let i = c.touched[t];
                     if let Some(n) = h.needs_of(i) {
-                        c.rows[i as usize][6] = share(n);
+                        c.rows[i as usize][6] = h.share(n);
                     }
                 }
                 self.history_candidates(view, h, c);
@@ -540,7 +545,7 @@ impl Planner {
             }
             let z = view.index(i).map_or(z_none, |k| view.images[k].z) + per_node * n as f64;
             if may_pass(z) {
-                c.row(i)[6] = n as f64 / h.new_nodes as f64;
+                c.row(i)[6] = h.share(n);
             }
         }
     }

@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 use crate::clock::Clock;
 use crate::event::{self, Body, Event, EventReader, NodePhase, PodPhase};
 use crate::policy::{Policy, PullOrder, Reason, Target};
+use crate::state::Names;
 
 /// The future, as the oracle needs it: for each node incarnation, the images
 /// its pods will need, in order of first need.
@@ -19,10 +20,9 @@ pub struct Foresight {
     /// Node → its registrations and needs. Keyed by the node alone, so that
     /// a binding is looked up without building a key.
     nodes: HashMap<String, NodeFuture>,
-    /// Image names by id: a need is kept as an id, so that checking a
+    /// Image names ↔ ids: a need is kept as an id, so that checking a
     /// node's list for an image compares integers, not names.
-    images: Vec<String>,
-    image_ids: HashMap<String, u32>,
+    images: Names,
     /// A binding's image ids, kept to save an allocation a binding.
     scratch: Vec<u32>,
 }
@@ -99,7 +99,7 @@ impl Foresight {
                 let mut ids = std::mem::take(&mut self.scratch);
                 ids.clear();
                 for image in &p.images {
-                    ids.push(self.image_id(image));
+                    ids.push(self.images.intern(image));
                 }
                 if let Some(future) = self.node(node) {
                     let inc = future.registrations as usize;
@@ -126,17 +126,6 @@ impl Foresight {
             self.nodes.insert(name.to_string(), NodeFuture::default());
         }
         self.nodes.get_mut(name)
-    }
-
-    /// The id of image `name`, given on first sight.
-    fn image_id(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.image_ids.get(name) {
-            return id;
-        }
-        let id = self.images.len() as u32;
-        self.image_ids.insert(name.to_string(), id);
-        self.images.push(name.to_string());
-        id
     }
 
     /// Rewinds the registration counts for the oracle's replay.
@@ -182,7 +171,7 @@ impl Policy for OraclePolicy {
         let names = &self.foresight.images;
         out.extend(images.into_iter().enumerate().map(|(i, image)| PullOrder {
             target: Target::Node(n.node.clone()),
-            image: names[image as usize].clone(),
+            image: names.name(image).to_string(),
             priority: count - i as u32,
             reason: Reason::Oracle,
             probability: Some(1.0),
