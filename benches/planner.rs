@@ -204,7 +204,7 @@ fn main() {
     println!(
         "view: {} nodes, {} pods, {} workloads; built from {} events in {build_s:.2} s",
         held.nodes.len(),
-        held.pods.len(),
+        held.pod_names.len(),
         held.workloads.len(),
         events.len()
     );

@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod event;
 pub mod forecast;
 pub mod import;
+pub mod intern;
 pub mod lease;
 pub mod metrics;
 pub mod nominated;

@@ -24,10 +24,9 @@ use crate::event::{
     self, Autoscaler, ClaimPhase, Event, HpaMetric, NodePhase, PodPhase, Taint, Toleration,
 };
 
-pub(crate) mod key;
 pub mod slim_pod;
 
-use key::Key;
+use crate::intern::Key;
 pub use slim_pod::SlimPod;
 use slim_pod::SlimPodSpec;
 

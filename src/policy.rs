@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::event::{Body, Event, NodePhase, PodPhase};
-use crate::state::Names;
+use crate::intern::Interner;
 
 /// Where a pull is to go.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -201,8 +201,8 @@ pub struct PopularPolicy {
     /// Images and pools by name to small ids, so that demand is counted in
     /// flat tables: a pod's images are looked up once each, and ranking a
     /// pool walks an array rather than a hash table.
-    images: Names,
-    pools: Names,
+    images: Interner,
+    pools: Interner,
     /// Node → pool id.
     node_pool: HashMap<String, u32>,
     /// Pool id → demand; `None` until a pod is bound in the pool.
@@ -225,8 +225,8 @@ impl PopularPolicy {
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            images: Names::default(),
-            pools: Names::default(),
+            images: Interner::default(),
+            pools: Interner::default(),
             node_pool: HashMap::default(),
             demand: Vec::new(),
             counts: Vec::new(),

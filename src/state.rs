@@ -10,44 +10,10 @@ use std::collections::BTreeMap;
 use crate::event::{
     Body, ClaimPhase, Event, NodePhase, PodPhase, Taint, Toleration, tolerates_all,
 };
+use crate::intern::Interner;
 
 /// An interned image.
 pub type ImageId = u32;
-
-/// Image names ↔ ids.
-#[derive(Debug, Default)]
-pub struct Images {
-    ids: HashMap<String, ImageId>,
-    names: Vec<String>,
-}
-
-impl Images {
-    /// The id of `name`, interning it on first sight.
-    pub fn intern(&mut self, name: &str) -> ImageId {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = self.names.len() as ImageId;
-        self.ids.insert(name.to_string(), id);
-        self.names.push(name.to_string());
-        id
-    }
-
-    /// The name of `id`.
-    pub fn name(&self, id: ImageId) -> &str {
-        &self.names[id as usize]
-    }
-
-    /// How many images are known.
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    /// Whether no image is known.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-}
 
 /// A workload's pod template, as far as placement and images go.
 #[derive(Debug, Clone)]
@@ -139,55 +105,27 @@ pub struct PendingScaleUp {
     pub pods: Vec<u32>,
 }
 
-/// Names ↔ small ids for one kind of object.
-#[derive(Debug, Default)]
-pub struct Names {
-    ids: HashMap<String, u32>,
-    names: Vec<String>,
-}
-
-impl Names {
-    /// The id of `name`, interning it.
-    pub fn intern(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = self.names.len() as u32;
-        self.ids.insert(name.to_string(), id);
-        self.names.push(name.to_string());
-        id
-    }
-
-    /// The id of `name`, if known.
-    pub fn get(&self, name: &str) -> Option<u32> {
-        self.ids.get(name).copied()
-    }
-
-    /// The name of `id`.
-    pub fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
-    }
-}
-
 /// The cluster as the events so far describe it.
 #[derive(Debug, Default)]
 pub struct ClusterState {
     /// Interned images.
-    pub images: Images,
+    pub images: Interner,
     /// Interned workload names.
-    pub workload_names: Names,
-    /// Interned pod names.
-    pub pod_names: Names,
+    pub workload_names: Interner,
+    /// Live pods' names. A deleted pod's name is forgotten and its id
+    /// reused, so that the pod tables stay as large as the live pods, not
+    /// every pod the cluster ever ran.
+    pub pod_names: Interner,
     /// Interned node names.
-    pub node_names: Names,
+    pub node_names: Interner,
     /// Interned NodeClaim names.
-    pub claim_names: Names,
+    pub claim_names: Interner,
     /// Workloads by id.
     pub workloads: HashMap<u32, WorkloadInfo>,
     /// DaemonSet workload ids.
     pub daemonsets: HashSet<u32>,
-    /// Live pods by id.
-    pub pods: HashMap<u32, PodInfo>,
+    /// Live pods, indexed by their id in `pod_names`; see [`Self::pod`].
+    pods: Vec<Option<PodInfo>>,
     /// Pending (unbound) pods by workload: workload → pods.
     pub pending: HashMap<u32, HashSet<u32>>,
     /// Pods nominated to each claim.
@@ -327,18 +265,36 @@ impl ClusterState {
         }
     }
 
+    /// The live pod with id `id` (in [`Self::pod_names`]).
+    pub fn pod(&self, id: u32) -> Option<&PodInfo> {
+        self.pods.get(id as usize)?.as_ref()
+    }
+
     fn apply_pod(&mut self, p: &crate::event::Pod) {
-        let id = self.pod_names.intern(&p.pod);
         if p.phase == PodPhase::Deleted {
-            if let Some(old) = self.pods.remove(&id) {
-                self.unindex(id, &old);
+            if let Some(id) = self.pod_names.remove(&p.pod) {
+                if let Some(old) = self.pods.get_mut(id as usize).and_then(Option::take) {
+                    self.unindex(id, &old);
+                }
+                // The id goes to the next new pod: nothing may still name it.
+                for ups in self.scale_ups.values_mut() {
+                    for up in ups {
+                        up.pods.retain(|&q| q != id);
+                    }
+                }
+                self.pod_names.release(id);
             }
             return;
         }
+        let id = self.pod_names.intern(&p.pod);
         let workload = p.workload.as_deref().map(|w| self.workload_names.intern(w));
         let node = p.node.as_deref().map(|n| self.node_names.intern(n));
         let claim = p.node_claim.as_deref().map(|c| self.claim_names.intern(c));
-        let old = self.pods.remove(&id);
+        let slot = id as usize;
+        if slot >= self.pods.len() {
+            self.pods.resize_with(slot + 1, || None);
+        }
+        let old = self.pods[slot].take();
         if let Some(old) = &old {
             self.unindex(id, old);
         }
@@ -382,7 +338,7 @@ impl ClusterState {
             }
             PodPhase::Deleted => {}
         }
-        self.pods.insert(id, info);
+        self.pods[slot] = Some(info);
     }
 
     fn unindex(&mut self, id: u32, old: &PodInfo) {

@@ -444,7 +444,7 @@ impl Planner {
         let st = &self.state;
         if let Some(pods) = claim.and_then(|c| st.nominated_to_claim.get(&c)) {
             for p in pods {
-                if let Some(p) = st.pods.get(p) {
+                if let Some(p) = st.pod(*p) {
                     c.add(&p.images, 0, 1.0);
                 }
             }
@@ -452,7 +452,7 @@ impl Planner {
         if let Some(ups) = st.scale_ups.get(&info.pool) {
             for up in ups {
                 for p in &up.pods {
-                    if let Some(p) = st.pods.get(p)
+                    if let Some(p) = st.pod(*p)
                         && p.node.is_none()
                     {
                         c.add(&p.images, 1, 1.0);
@@ -680,7 +680,7 @@ impl Planner {
             .state
             .pod_names
             .get(pod)
-            .and_then(|id| self.state.pods.get(&id))
+            .and_then(|id| self.state.pod(id))
         else {
             return;
         };

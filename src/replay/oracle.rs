@@ -10,8 +10,8 @@ use std::sync::LazyLock;
 
 use crate::clock::Clock;
 use crate::event::{self, Body, Event, EventReader, NodePhase, PodPhase};
+use crate::intern::Interner;
 use crate::policy::{Policy, PullOrder, Reason, Target};
-use crate::state::Names;
 
 /// The future, as the oracle needs it: for each node incarnation, the images
 /// its pods will need, in order of first need.
@@ -22,7 +22,7 @@ pub struct Foresight {
     nodes: HashMap<String, NodeFuture>,
     /// Image names ↔ ids: a need is kept as an id, so that checking a
     /// node's list for an image compares integers, not names.
-    images: Names,
+    images: Interner,
     /// A binding's image ids, kept to save an allocation a binding.
     scratch: Vec<u32>,
 }

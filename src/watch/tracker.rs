@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use crate::normalize::key::Key;
+use crate::intern::Key;
 
 /// What to do with an object listed during a relist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
