@@ -16,6 +16,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use super::catalog::{Catalog, ImageId, LayerId};
 use crate::event::{Body, ClaimPhase, Event, NodePhase, PodPhase};
+use crate::intern::Interner;
 use crate::policy::{PullOrder, Target};
 
 /// The data-plane model's parameters.
@@ -162,40 +163,6 @@ impl NodeSim {
 /// No id: an empty slot of an id-indexed table.
 const NONE: u32 = u32::MAX;
 
-/// Names to small integers. An id given up with [`Interner::remove`] is
-/// handed to a later new name, so that a table of short-lived names (pods)
-/// stays as small as the set of live ones.
-#[derive(Debug, Default)]
-struct Interner {
-    ids: HashMap<Box<str>, u32>,
-    free: Vec<u32>,
-    next: u32,
-}
-
-impl Interner {
-    fn id(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = self.free.pop().unwrap_or_else(|| {
-            self.next += 1;
-            self.next - 1
-        });
-        self.ids.insert(name.into(), id);
-        id
-    }
-
-    /// Forgets `name`; its id is not reused before [`Interner::release`].
-    fn remove(&mut self, name: &str) -> Option<u32> {
-        self.ids.remove(name)
-    }
-
-    /// Lets a later new name take `id`.
-    fn release(&mut self, id: u32) {
-        self.free.push(id);
-    }
-}
-
 /// Node, pod and NodeClaim names, interned once for every lane: each
 /// [`Sim`] indexes its tables by these ids, so that an event's names are
 /// hashed once rather than once a lane.
@@ -226,7 +193,7 @@ impl Names {
         if self.last_ordered.1 != NONE && self.last_ordered.0 == name {
             return self.last_ordered.1;
         }
-        let id = self.nodes.id(name);
+        let id = self.nodes.intern(name);
         self.last_ordered.0.clear();
         self.last_ordered.0.push_str(name);
         self.last_ordered.1 = id;
@@ -274,22 +241,22 @@ impl Keys {
         self.images.clear();
         match &event.body {
             Body::Node(n) => {
-                self.node = names.nodes.id(&n.node);
+                self.node = names.nodes.intern(&n.node);
                 if n.phase != NodePhase::Deleted {
                     let images = n.images.iter().flatten();
                     self.images.extend(images.map(|i| catalog.intern(i)));
                 }
             }
             Body::NodeClaim(c) => {
-                self.claim = names.claims.id(&c.node_claim);
+                self.claim = names.claims.intern(&c.node_claim);
                 if let Some(node) = &c.node {
-                    self.node = names.nodes.id(node);
+                    self.node = names.nodes.intern(node);
                 }
             }
             Body::Pod(p) => match (p.phase, &p.node) {
                 (PodPhase::Scheduled, Some(node)) => {
-                    self.pod = names.pods.id(&p.pod);
-                    self.node = names.nodes.id(node);
+                    self.pod = names.pods.intern(&p.pod);
+                    self.node = names.nodes.intern(node);
                     let images = p.images.iter().map(|i| catalog.intern(i));
                     self.images.extend(images);
                 }
@@ -445,7 +412,7 @@ impl Sim {
         let node = match &order.target {
             Target::Node(n) => names.ordered_node(n),
             Target::NodeClaim(c) => {
-                let claim = names.claims.id(c);
+                let claim = names.claims.intern(c);
                 match peek(&self.claim_node, claim) {
                     n if n != NONE && peek(&self.node_slot, n) != NONE => n,
                     _ => {
