@@ -77,6 +77,13 @@ impl Interner {
             .map_or("", |k| std::str::from_utf8(k.as_bytes()).unwrap_or(""))
     }
 
+    /// Whether `id` is the id of `name`: a comparison, without hashing.
+    pub fn is(&self, id: u32, name: &str) -> bool {
+        self.names
+            .get(id as usize)
+            .is_some_and(|k| k.as_bytes() == name.as_bytes())
+    }
+
     /// Forgets `name`, returning its id. The id is not handed out again
     /// before [`Interner::release`], so that the caller can first clear what
     /// it keeps under it.

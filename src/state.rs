@@ -116,6 +116,9 @@ pub struct ClusterState {
     /// reused, so that the pod tables stay as large as the live pods, not
     /// every pod the cluster ever ran.
     pub pod_names: Interner,
+    /// The pod the last pod event named, and its id: a pod's events often
+    /// come in a row (pending, then bound), and this spares the lookup.
+    last_pod: Option<(String, u32)>,
     /// Interned node names.
     pub node_names: Interner,
     /// Interned NodeClaim names.
@@ -126,8 +129,9 @@ pub struct ClusterState {
     pub daemonsets: HashSet<u32>,
     /// Live pods, indexed by their id in `pod_names`; see [`Self::pod`].
     pods: Vec<Option<PodInfo>>,
-    /// Pending (unbound) pods by workload: workload → pods.
-    pub pending: HashMap<u32, HashSet<u32>>,
+    /// How many pods of each workload are pending (unbound); workloads with
+    /// none are absent.
+    pub pending: HashMap<u32, u32>,
     /// Pods nominated to each claim.
     pub nominated_to_claim: HashMap<u32, HashSet<u32>>,
     /// Live nodes by id.
@@ -272,6 +276,13 @@ impl ClusterState {
 
     fn apply_pod(&mut self, p: &crate::event::Pod) {
         if p.phase == PodPhase::Deleted {
+            if self
+                .last_pod
+                .as_ref()
+                .is_some_and(|(name, _)| *name == p.pod)
+            {
+                self.last_pod = None;
+            }
             if let Some(id) = self.pod_names.remove(&p.pod) {
                 if let Some(old) = self.pods.get_mut(id as usize).and_then(Option::take) {
                     self.unindex(id, &old);
@@ -286,7 +297,20 @@ impl ClusterState {
             }
             return;
         }
-        let id = self.pod_names.intern(&p.pod);
+        let id = match &mut self.last_pod {
+            Some((name, id)) if *name == p.pod => *id,
+            last => {
+                let id = self.pod_names.intern(&p.pod);
+                match last {
+                    Some((name, last_id)) => {
+                        name.clone_from(&p.pod);
+                        *last_id = id;
+                    }
+                    None => *last = Some((p.pod.clone(), id)),
+                }
+                id
+            }
+        };
         let workload = p.workload.as_deref().map(|w| self.workload_names.intern(w));
         let node = p.node.as_deref().map(|n| self.node_names.intern(n));
         let claim = p.node_claim.as_deref().map(|c| self.claim_names.intern(c));
@@ -307,7 +331,7 @@ impl ClusterState {
                         .images
                         .iter()
                         .zip(&p.images)
-                        .all(|(&i, name)| self.images.name(i) == name) =>
+                        .all(|(&i, name)| self.images.is(i, name)) =>
             {
                 old.images
             }
@@ -322,9 +346,8 @@ impl ClusterState {
         };
         match info.phase {
             PodPhase::Pending | PodPhase::Nominated => {
-                if let Some(w) = workload
-                    && self.pending.entry(w).or_default().insert(id)
-                {
+                if let Some(w) = workload {
+                    *self.pending.entry(w).or_default() += 1;
                     self.changed_workloads.push(w);
                 }
                 if let Some(c) = claim {
@@ -343,11 +366,12 @@ impl ClusterState {
 
     fn unindex(&mut self, id: u32, old: &PodInfo) {
         if let Some(w) = old.workload
-            && let Some(set) = self.pending.get_mut(&w)
-            && set.remove(&id)
+            && matches!(old.phase, PodPhase::Pending | PodPhase::Nominated)
+            && let Some(n) = self.pending.get_mut(&w)
         {
             self.changed_workloads.push(w);
-            if set.is_empty() {
+            *n -= 1;
+            if *n == 0 {
                 self.pending.remove(&w);
             }
         }

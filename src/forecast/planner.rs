@@ -354,7 +354,7 @@ impl Planner {
     /// Workload `w`'s pending-pod count, HPA pressure and HPA trend, each 0
     /// when absent.
     fn workload_signals(&self, w: u32) -> [f64; 3] {
-        let pending = self.state.pending.get(&w).map_or(0, |p| p.len()) as f64;
+        let pending = self.state.pending.get(&w).copied().unwrap_or(0) as f64;
         let [pressure, ahead] = self.hpa_signals.get(&w).copied().unwrap_or_default();
         [pending, pressure, ahead]
     }
