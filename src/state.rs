@@ -382,3 +382,69 @@ impl ClusterState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Autoscaler, Pod, ScaleUp};
+
+    fn pod(ts: f64, name: &str, phase: PodPhase, node: Option<&str>) -> Event {
+        Event::new(
+            ts,
+            Pod {
+                pod: name.into(),
+                workload: Some("shop/web".into()),
+                images: vec!["web:1".into(), "sidecar:2".into()],
+                phase,
+                node: node.map(String::from),
+                node_claim: None,
+            },
+        )
+    }
+
+    #[test]
+    fn deleted_pods_are_forgotten_and_their_ids_reused() {
+        let mut st = ClusterState::default();
+        for round in 0..1_000 {
+            let name = format!("shop/web-{round}");
+            st.apply(&pod(round as f64, &name, PodPhase::Pending, None));
+            assert_eq!(st.pending.get(&0), Some(&1));
+            st.apply(&pod(round as f64, &name, PodPhase::Scheduled, Some("n1")));
+            assert_eq!(st.pending.get(&0), None);
+            let id = st.pod_names.get(&name).expect("live pod has an id");
+            assert_eq!(st.pod(id).map(|p| p.images.len()), Some(2));
+            st.apply(&pod(
+                round as f64 + 0.5,
+                &name,
+                PodPhase::Deleted,
+                Some("n1"),
+            ));
+            assert_eq!(st.pod_names.get(&name), None);
+            assert!(st.pod(id).is_none());
+        }
+        // A thousand pods came and went one at a time: one id served them all.
+        assert_eq!(st.pod_names.len(), 0);
+        assert_eq!(st.pod_names.id_bound(), 1);
+    }
+
+    #[test]
+    fn a_scale_up_does_not_name_the_pod_that_reuses_a_deleted_pods_id() {
+        let mut st = ClusterState::default();
+        st.apply(&pod(0.0, "shop/a", PodPhase::Pending, None));
+        st.apply(&Event::new(
+            1.0,
+            ScaleUp {
+                source: Autoscaler::ClusterAutoscaler,
+                group: "pool".into(),
+                from: 1,
+                to: 2,
+                pods: Some(vec!["shop/a".into()]),
+            },
+        ));
+        assert_eq!(st.scale_ups["pool"][0].pods, vec![0]);
+        st.apply(&pod(2.0, "shop/a", PodPhase::Deleted, None));
+        st.apply(&pod(3.0, "shop/b", PodPhase::Pending, None));
+        assert_eq!(st.pod_names.get("shop/b"), Some(0));
+        assert!(st.scale_ups["pool"][0].pods.is_empty());
+    }
+}
