@@ -2,7 +2,8 @@
 //! slot when it is short, as nearly all are.
 //!
 //! The watcher looks every pod change up twice by name (its tracker, the
-//! normaliser's pod state), over maps of up to a hundred thousand pods. With
+//! normaliser's pod state), over maps of up to a hundred thousand pods, and
+//! [`super::Interner`] keeps its names in these keys. With
 //! the text behind a pointer each lookup read one more cold cache line just
 //! to compare the key; profiling showed those compares as the largest cost
 //! left in a watch event. Keys are looked up by their bytes (`&[u8]`), which
