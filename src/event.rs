@@ -855,12 +855,19 @@ impl ReadStats {
 /// A streaming reader of event files: one line in memory at a time.
 pub struct EventReader<R> {
     input: R,
+    /// A line that did not fit whole in `input`'s buffer, copied together.
+    buf: Vec<u8>,
+    lines: LineParser,
+    done: bool,
+}
+
+/// What parsing a line needs, apart from the input, so that a line can be
+/// parsed while it is still borrowed from the input's buffer.
+struct LineParser {
     filter: Option<fn(&[u8]) -> bool>,
     path: String,
-    buf: Vec<u8>,
     prev_ts: f64,
     stats: ReadStats,
-    done: bool,
 }
 
 impl EventReader<BufReader<Box<dyn Read + Send>>> {
@@ -884,11 +891,13 @@ impl<R: BufRead> EventReader<R> {
     pub fn new(input: R, path: impl Into<String>) -> Self {
         Self {
             input,
-            filter: None,
-            path: path.into(),
             buf: Vec::with_capacity(1024),
-            prev_ts: f64::NEG_INFINITY,
-            stats: ReadStats::default(),
+            lines: LineParser {
+                filter: None,
+                path: path.into(),
+                prev_ts: f64::NEG_INFINITY,
+                stats: ReadStats::default(),
+            },
             done: false,
         }
     }
@@ -897,25 +906,45 @@ impl<R: BufRead> EventReader<R> {
     /// For readers that need only some types and leave validation to a
     /// later full pass.
     pub fn set_filter(&mut self, keep: fn(&[u8]) -> bool) {
-        self.filter = Some(keep);
+        self.lines.filter = Some(keep);
     }
 
     /// What has been read so far.
     pub fn stats(&self) -> &ReadStats {
-        &self.stats
+        &self.lines.stats
     }
 
     /// The name used in errors.
     pub fn path(&self) -> &str {
-        &self.path
+        &self.lines.path
     }
 
-    fn malformed(&self, msg: impl ToString) -> Error {
-        Error::Malformed {
-            path: self.path.clone(),
-            line: self.stats.lines,
-            msg: msg.to_string(),
-        }
+    /// Parses the next line where it lies in the input's buffer, when the
+    /// whole of it is there: copying every line out first showed in replay
+    /// profiles. `None` when it is not, for [`EventReader::next_line`] to
+    /// gather; otherwise as [`LineParser::parse`].
+    fn line_in_place(&mut self, out: &mut Event) -> Result<Option<bool>> {
+        let available = loop {
+            match self.input.fill_buf() {
+                Ok(b) => break b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: self.lines.path.clone(),
+                        source,
+                    });
+                }
+            }
+        };
+        // The same bound as `next_line`: a longer line goes there to fail.
+        let window = &available[..available.len().min(MAX_LINE_BYTES + 1)];
+        let Some(end) = memchr::memchr(b'\n', window) else {
+            return Ok(None);
+        };
+        self.lines.stats.lines += 1;
+        let parsed = self.lines.parse(&window[..end], out);
+        self.input.consume(end + 1);
+        parsed.map(Some)
     }
 
     /// Reads the next line into `buf`; `false` at end of input. Takes at
@@ -931,7 +960,7 @@ impl<R: BufRead> EventReader<R> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(source) => {
                     return Err(Error::Io {
-                        path: self.path.clone(),
+                        path: self.lines.path.clone(),
                         source,
                     });
                 }
@@ -951,23 +980,83 @@ impl<R: BufRead> EventReader<R> {
         if n == 0 {
             return Ok(false);
         }
-        self.stats.lines += 1;
+        self.lines.stats.lines += 1;
         if self.buf.last() == Some(&b'\n') {
             self.buf.pop();
         } else if n == limit {
             return Err(Error::LineTooLong {
-                path: self.path.clone(),
-                line: self.stats.lines,
+                path: self.lines.path.clone(),
+                line: self.lines.stats.lines,
                 limit: MAX_LINE_BYTES,
             });
         }
         Ok(true)
     }
 
-    /// Parses the line in `buf` into `out`; `false` for lines that are not
-    /// events.
-    fn parse_line(&mut self, out: &mut Event) -> Result<bool> {
-        let line = self.buf.trim_ascii();
+    /// Reads the next event into `event`, overwriting it and reusing its
+    /// strings' buffers where the line allows; `false` at the end of input.
+    /// The same checks and errors as the iterator, without an allocation a
+    /// line in the common case. Any event will do as the first `event`.
+    pub fn read_into(&mut self, event: &mut Event) -> Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        loop {
+            match self.line_in_place(event) {
+                Ok(Some(true)) => return Ok(true),
+                Ok(Some(false)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+            match self.next_line() {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.done = true;
+                    let st = &self.lines;
+                    let nothing = st.filter.is_none()
+                        && st.stats.events == 0
+                        && st.stats.header.is_none()
+                        && st.stats.unknown_total() == 0;
+                    if nothing {
+                        return Err(Error::Empty {
+                            path: st.path.clone(),
+                        });
+                    }
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+            match self.lines.parse(&self.buf, event) {
+                Ok(true) => return Ok(true),
+                Ok(false) => continue,
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+impl LineParser {
+    fn malformed(&self, msg: impl ToString) -> Error {
+        Error::Malformed {
+            path: self.path.clone(),
+            line: self.stats.lines,
+            msg: msg.to_string(),
+        }
+    }
+
+    /// Parses `line` (without its newline) into `out`; `false` for lines
+    /// that are not events.
+    fn parse(&mut self, line: &[u8], out: &mut Event) -> Result<bool> {
+        let line = line.trim_ascii();
         if line.is_empty() || self.filter.is_some_and(|keep| !keep(line)) {
             return Ok(false);
         }
@@ -1045,46 +1134,6 @@ impl<R: BufRead> EventReader<R> {
         self.stats.events += 1;
         *out = Event { ts: probe.ts, body };
         Ok(true)
-    }
-
-    /// Reads the next event into `event`, overwriting it and reusing its
-    /// strings' buffers where the line allows; `false` at the end of input.
-    /// The same checks and errors as the iterator, without an allocation a
-    /// line in the common case. Any event will do as the first `event`.
-    pub fn read_into(&mut self, event: &mut Event) -> Result<bool> {
-        if self.done {
-            return Ok(false);
-        }
-        loop {
-            match self.next_line() {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.done = true;
-                    let nothing = self.filter.is_none()
-                        && self.stats.events == 0
-                        && self.stats.header.is_none()
-                        && self.stats.unknown_total() == 0;
-                    if nothing {
-                        return Err(Error::Empty {
-                            path: self.path.clone(),
-                        });
-                    }
-                    return Ok(false);
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Err(e);
-                }
-            }
-            match self.parse_line(event) {
-                Ok(true) => return Ok(true),
-                Ok(false) => continue,
-                Err(e) => {
-                    self.done = true;
-                    return Err(e);
-                }
-            }
-        }
     }
 }
 

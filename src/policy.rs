@@ -207,8 +207,9 @@ pub struct PopularPolicy {
     node_pool: HashMap<String, u32>,
     /// Pool id → demand; `None` until a pod is bound in the pool.
     demand: Vec<Option<Demand>>,
-    /// Scratch list of `top`, kept to save an allocation a registration.
+    /// Scratch lists of `top`, kept to save allocations a registration.
     counts: Vec<u64>,
+    ranked: Vec<(u32, u64)>,
 }
 
 /// One pool's demand.
@@ -230,12 +231,33 @@ impl PopularPolicy {
             node_pool: HashMap::default(),
             demand: Vec::new(),
             counts: Vec::new(),
+            ranked: Vec::new(),
         }
     }
 
-    fn top(&mut self, pool: u32) -> Vec<String> {
+    /// Orders the pool's top `k` images onto `node`, first image at the
+    /// highest priority. Names are copied once, straight into the orders.
+    fn order_top(&mut self, pool: u32, node: &str, out: &mut Vec<PullOrder>) {
+        let mut ranked = std::mem::take(&mut self.ranked);
+        self.top(pool, &mut ranked);
+        let n = ranked.len() as u32;
+        let names = &self.images;
+        out.extend(ranked.iter().enumerate().map(|(i, &(image, _))| PullOrder {
+            target: Target::Node(node.to_string()),
+            image: names.name(image).to_string(),
+            priority: n - i as u32,
+            reason: Reason::Popular,
+            probability: None,
+        }));
+        self.ranked = ranked;
+    }
+
+    /// The pool's top `k` images and their counts, best first, into
+    /// `ranked`.
+    fn top(&mut self, pool: u32, ranked: &mut Vec<(u32, u64)>) {
+        ranked.clear();
         let Some(Some(demand)) = self.demand.get(pool as usize) else {
-            return Vec::new();
+            return;
         };
         let names = &self.images;
         // Ties break by name so that the result does not depend on ids.
@@ -245,7 +267,7 @@ impl PopularPolicy {
         };
         let counts = &demand.counts;
         let used = demand.used.iter().map(|&i| (i, counts[i as usize]));
-        let mut ranked: Vec<(u32, u64)> = if demand.used.len() > self.k && self.k > 0 {
+        if demand.used.len() > self.k && self.k > 0 {
             // Only images with at least the k-th highest count can make the
             // top k: a pass over the counts alone finds that floor, so the
             // name comparisons run on the few above it, not the whole pool.
@@ -254,21 +276,16 @@ impl PopularPolicy {
             by_count.extend(demand.used.iter().map(|&i| counts[i as usize]));
             let (_, floor, _) = by_count.select_nth_unstable_by(self.k - 1, |a, b| b.cmp(a));
             let floor = *floor;
-            let mut ranked: Vec<_> = used.filter(|(_, c)| *c >= floor).collect();
+            ranked.extend(used.filter(|(_, c)| *c >= floor));
             if ranked.len() > self.k {
                 ranked.select_nth_unstable_by(self.k - 1, order);
                 ranked.truncate(self.k);
             }
-            ranked
         } else {
-            used.collect()
-        };
+            ranked.extend(used);
+        }
         ranked.sort_by(order);
-        ranked
-            .into_iter()
-            .take(self.k)
-            .map(|(i, _)| names.name(i).to_string())
-            .collect()
+        ranked.truncate(self.k);
     }
 }
 
@@ -282,8 +299,7 @@ impl Policy for PopularPolicy {
             Body::Node(n) => match n.phase {
                 NodePhase::Registered => {
                     let pool = self.pools.intern(n.pool_name());
-                    let top = self.top(pool);
-                    order_list(&n.node, top.iter(), Reason::Popular, out);
+                    self.order_top(pool, &n.node, out);
                     match self.node_pool.get_mut(&n.node) {
                         Some(p) => *p = pool,
                         None => {

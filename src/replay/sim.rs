@@ -119,10 +119,18 @@ struct ActivePull {
 #[derive(Debug)]
 struct PodWait {
     bind: f64,
+    /// Waiter lists that hold this pod: its record is reused only once
+    /// none does.
     outstanding: u32,
-    node: usize,
+    /// The slot in `Sim::nodes` of its node, and which incarnation: the
+    /// slot is reused once the node is gone.
+    node: u32,
+    incarnation: u32,
     open: bool,
     scored: bool,
+    /// Its delete event came; the record is freed when `outstanding`
+    /// reaches zero.
+    deleted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -295,12 +303,22 @@ type Held = (ImageId, u32);
 #[derive(Debug)]
 pub struct Sim {
     cfg: SimConfig,
+    /// Node records by slot. A retired node's slot, with its tables'
+    /// memory, goes to the next new node: a trace registers thousands of
+    /// nodes but few live at once, and a record for every incarnation was
+    /// page faults and cache misses.
     nodes: Vec<NodeSim>,
     /// Whether each of `nodes` is alive, apart from the nodes themselves:
     /// pods are deleted long after their node, and reading a dead node's
     /// large record only to find it dead was a cache miss a time.
     alive: Vec<bool>,
-    /// Node name id → index in `nodes` of its live incarnation.
+    /// The incarnation in each of `nodes`, numbered in order of creation.
+    incarnation: Vec<u32>,
+    /// Incarnations created so far.
+    incarnations: u32,
+    /// Slots of retired nodes, the last retired on top.
+    free_slots: Vec<u32>,
+    /// Node name id → slot in `nodes` of its live incarnation.
     node_slot: Vec<u32>,
     /// Claim id → node name id, once the claim names its node.
     claim_node: Vec<u32>,
@@ -308,11 +326,12 @@ pub struct Sim {
     held_for_claim: HashMap<u32, Vec<Held>>,
     held: usize,
     pods: Vec<PodWait>,
+    /// Records of `pods` free for a new binding: a trace binds hundreds of
+    /// thousands of pods but few live at once, and a table of every binding
+    /// was page faults and cache misses.
+    free_pods: Vec<u32>,
     /// Pod name id → index in `pods` of its binding.
     pod_slot: Vec<u32>,
-    /// Retired nodes, for new ones to reuse: a trace registers thousands of
-    /// nodes, and growing fresh tables for each showed in profiles.
-    spare: Vec<NodeSim>,
     /// Scratch lists of `complete_due`, kept to save an allocation a call.
     done: Vec<ActivePull>,
     landed: Vec<ImageId>,
@@ -331,14 +350,17 @@ impl Sim {
             cfg,
             nodes: Vec::new(),
             alive: Vec::new(),
+            incarnation: Vec::new(),
+            incarnations: 0,
+            free_slots: Vec::new(),
             node_slot: Vec::new(),
             claim_node: Vec::new(),
             held_for_node: HashMap::default(),
             held_for_claim: HashMap::default(),
             held: 0,
             pods: Vec::new(),
+            free_pods: Vec::new(),
             pod_slot: Vec::new(),
-            spare: Vec::new(),
             done: Vec::new(),
             landed: Vec::new(),
             spare_waiters: Vec::new(),
@@ -391,9 +413,16 @@ impl Sim {
                         .get_mut(keys.pod as usize)
                         .map_or(NONE, |s| std::mem::replace(s, NONE));
                     if pid != NONE {
-                        let node = self.pods[pid as usize].node;
-                        self.advance(node, t, catalog);
+                        if let Some(node) = self.pod_node(pid as usize) {
+                            self.advance(node, t, catalog);
+                        }
                         self.close_pod(pid as usize, t);
+                        let pod = &mut self.pods[pid as usize];
+                        if pod.outstanding == 0 {
+                            self.free_pods.push(pid);
+                        } else {
+                            pod.deleted = true;
+                        }
                     }
                 }
                 _ => {}
@@ -431,12 +460,16 @@ impl Sim {
     /// Runs every node until its queues are empty, settles the waste, and
     /// returns the measurements.
     pub fn finish(mut self, catalog: &mut Catalog) -> Outcome {
-        for idx in 0..self.nodes.len() {
-            if self.alive[idx] {
-                self.advance(idx, f64::INFINITY, catalog);
-                let end = self.nodes[idx].now;
-                self.retire_node(idx, end);
-            }
+        // In order of creation, as the books of each are closed in turn.
+        let mut live: Vec<(u32, usize)> = (0..self.nodes.len())
+            .filter(|&idx| self.alive[idx])
+            .map(|idx| (self.incarnation[idx], idx))
+            .collect();
+        live.sort_unstable();
+        for (_, idx) in live {
+            self.advance(idx, f64::INFINITY, catalog);
+            let end = self.nodes[idx].now;
+            self.retire_node(idx, end);
         }
         self.out.orders_dropped += self.held as u64;
         self.out
@@ -511,19 +544,26 @@ impl Sim {
             self.advance(idx as usize, t, catalog);
             return (idx as usize, false);
         }
-        let idx = self.nodes.len();
-        let fresh = match self.spare.pop() {
-            Some(mut n) => {
-                n.reset(t);
-                n
+        let serial = self.incarnations;
+        self.incarnations += 1;
+        let idx = match self.free_slots.pop() {
+            Some(idx) => {
+                let idx = idx as usize;
+                self.nodes[idx].reset(t);
+                self.alive[idx] = true;
+                self.incarnation[idx] = serial;
+                idx
             }
-            None => NodeSim {
-                now: t,
-                ..NodeSim::default()
-            },
+            None => {
+                self.nodes.push(NodeSim {
+                    now: t,
+                    ..NodeSim::default()
+                });
+                self.alive.push(true);
+                self.incarnation.push(serial);
+                self.nodes.len() - 1
+            }
         };
-        self.nodes.push(fresh);
-        self.alive.push(true);
         *slot(&mut self.node_slot, node) = idx as u32;
         (idx, true)
     }
@@ -569,10 +609,29 @@ impl Sim {
             pids.clear();
             self.spare_waiters.push(pids);
         }
-        self.spare.push(std::mem::take(node));
+        self.free_slots.push(idx as u32);
         for pid in waiting {
             self.close_pod(pid, t);
+            self.unwait(pid);
         }
+    }
+
+    /// Takes pod `pid` off one waiter list, freeing its record when it was
+    /// deleted and no list holds it any more.
+    fn unwait(&mut self, pid: usize) {
+        let pod = &mut self.pods[pid];
+        pod.outstanding = pod.outstanding.saturating_sub(1);
+        if pod.outstanding == 0 && pod.deleted {
+            pod.deleted = false;
+            self.free_pods.push(pid as u32);
+        }
+    }
+
+    /// The slot of pod `pid`'s node while that node lives.
+    fn pod_node(&self, pid: usize) -> Option<usize> {
+        let pod = &self.pods[pid];
+        let idx = pod.node as usize;
+        (self.alive[idx] && self.incarnation[idx] == pod.incarnation).then_some(idx)
     }
 
     fn close_pod(&mut self, pid: usize, t: f64) {
@@ -588,21 +647,34 @@ impl Sim {
     fn bind(&mut self, pod: u32, node: u32, images: &[ImageId], t: f64, catalog: &mut Catalog) {
         let bound = peek(&self.pod_slot, pod);
         if bound != NONE {
-            let at = self.pods[bound as usize].node;
-            if self.alive.get(at) == Some(&true) {
+            if self.pod_node(bound as usize).is_some() {
                 return; // already bound; a repeated event
             }
+            // Its node is gone, and took the pod off every waiter list: the
+            // old binding's record is free.
+            self.free_pods.push(bound);
         }
         let (idx, _) = self.node_at(node, t, catalog);
-        let pid = self.pods.len();
         let scored = t >= self.cfg.score_from;
-        self.pods.push(PodWait {
+        let record = PodWait {
             bind: t,
             outstanding: 0,
-            node: idx,
+            node: idx as u32,
+            incarnation: self.incarnation[idx],
             open: true,
             scored,
-        });
+            deleted: false,
+        };
+        let pid = match self.free_pods.pop() {
+            Some(p) => {
+                self.pods[p as usize] = record;
+                p as usize
+            }
+            None => {
+                self.pods.push(record);
+                self.pods.len() - 1
+            }
+        };
         *slot(&mut self.pod_slot, pod) = pid as u32;
         // Counters of an unscored binding go to a scratch copy.
         let mut scratch = Outcome::default();
@@ -874,10 +946,15 @@ impl Sim {
             for &pid in &pids {
                 let pod = &mut self.pods[pid];
                 pod.outstanding = pod.outstanding.saturating_sub(1);
-                if pod.outstanding == 0 && pod.open {
-                    pod.open = false;
-                    if pod.scored {
-                        self.out.waits.push(now - pod.bind);
+                if pod.outstanding == 0 {
+                    if pod.open {
+                        pod.open = false;
+                        if pod.scored {
+                            self.out.waits.push(now - pod.bind);
+                        }
+                    } else if pod.deleted {
+                        pod.deleted = false;
+                        self.free_pods.push(pid as u32);
                     }
                 }
             }
