@@ -104,3 +104,22 @@ fn unknown_policy() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown policy \"magic\""), "{stderr}");
 }
+
+#[test]
+fn the_first_bad_line_is_named_even_when_a_later_binding_is_bad_too() {
+    // Line 2 is a workload the oracle's pre-scan skips unparsed; line 3 is
+    // a binding it parses. The error must still name line 2.
+    let workload = r#"{"ts":2,"type":"workload","workload":"a/w","kind":"Deployment","images":5}"#;
+    let binding = r#"{"ts":3,"type":"pod","pod":"a/p","images":7,"phase":"scheduled","node":"n"}"#;
+    expect(
+        format!("{GOOD}\n{workload}\n{binding}\n").as_bytes(),
+        "bad.jsonl:2: malformed event",
+    );
+    // And time going backwards between two lines the scan skips comes
+    // before a bad binding later on.
+    let late = GOOD.replace("\"ts\":1", "\"ts\":0.5");
+    expect(
+        format!("{GOOD}\n{late}\n{binding}\n").as_bytes(),
+        "bad.jsonl:2: time goes backwards",
+    );
+}

@@ -4,6 +4,7 @@
 //! per-node sets stay compact and cheap to look up.
 
 use crate::event::Image;
+use crate::intern::Interner;
 use rustc_hash::FxHashMap as HashMap;
 
 /// An interned image.
@@ -25,8 +26,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct Catalog {
     default_bytes: u64,
-    ids: HashMap<String, ImageId>,
-    names: Vec<String>,
+    names: Interner,
     images: Vec<Entry>,
     layer_ids: HashMap<String, LayerId>,
     /// Bytes of each layer; `None` for the pseudo-layer of an unsized image.
@@ -40,8 +40,7 @@ impl Catalog {
     pub fn new(default_bytes: u64) -> Self {
         Self {
             default_bytes,
-            ids: HashMap::default(),
-            names: Vec::new(),
+            names: Interner::default(),
             images: Vec::new(),
             layer_ids: HashMap::default(),
             layer_bytes: Vec::new(),
@@ -57,13 +56,11 @@ impl Catalog {
 
     /// The id of `image`, interning it on first sight.
     pub fn intern(&mut self, image: &str) -> ImageId {
-        if let Some(&id) = self.ids.get(image) {
+        let id = self.names.intern(image);
+        if (id as usize) < self.images.len() {
             return id;
         }
-        let id = self.names.len() as ImageId;
         let layer = self.new_layer(None, Some(id));
-        self.ids.insert(image.to_string(), id);
-        self.names.push(image.to_string());
         self.images.push(Entry {
             bytes: None,
             layers: vec![layer],
@@ -127,7 +124,7 @@ impl Catalog {
 
     /// The name of `image`.
     pub fn name(&self, image: ImageId) -> &str {
-        &self.names[image as usize]
+        self.names.name(image)
     }
 
     /// The size of `image` as a whole, layers summed without sharing.

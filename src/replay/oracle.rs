@@ -38,7 +38,8 @@ struct NodeFuture {
     needs: Vec<Vec<u32>>,
 }
 
-/// The lines the scan parses: bindings, registrations, and the header.
+/// The words that mark a line the scan may need: bindings, registrations,
+/// and the header.
 static SCAN_WORDS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
     [
         Finder::new(b"scheduled"),
@@ -47,19 +48,49 @@ static SCAN_WORDS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
     ]
 });
 
+/// Whether the scan parses `line`. A line in the form pullahead writes,
+/// `{"ts":N,"type":"T",…`, is judged by its type, with one search at most;
+/// searching every line for all three words was half the scan. Any other
+/// line is kept if it holds one of the words. Either way a superset of the
+/// bindings and registrations is kept: the parse decides.
+fn scan_keeps(line: &[u8]) -> bool {
+    let [scheduled, registered, _] = &*SCAN_WORDS;
+    let typed = line
+        .strip_prefix(b"{\"ts\":")
+        .and_then(|rest| memchr::memchr(b',', rest).map(|i| &rest[i..]))
+        .and_then(|rest| rest.strip_prefix(b",\"type\":"));
+    match typed {
+        Some(rest) if rest.starts_with(b"\"pod\"") => scheduled.find(rest).is_some(),
+        Some(rest) if rest.starts_with(b"\"node\"") => registered.find(rest).is_some(),
+        Some(rest) if rest.starts_with(b"\"trace\"") => true,
+        Some(rest) if rest.starts_with(b"\"") && !rest[1..].starts_with(b"\"") => {
+            // Another type, named without escapes: nothing the scan reads.
+            let name_end = memchr::memchr2(b'"', b'\\', &rest[1..]);
+            !matches!(name_end.map(|i| rest[1 + i]), Some(b'"'))
+        }
+        _ => SCAN_WORDS.iter().any(|w| w.find(line).is_some()),
+    }
+}
+
 impl Foresight {
     /// Reads `path` once to learn every binding. Lines that cannot be a
     /// registration or a binding are skipped unparsed; the replay pass that
-    /// follows checks every line.
+    /// follows checks every line. A bad line ends the scan without an
+    /// error: that pass fails on it, or on an earlier bad line the scan
+    /// skipped, so the error reported is always the file's first. Only a
+    /// file that cannot be read is an error here.
     pub fn scan(path: &Path) -> event::Result<Self> {
         let mut reader = EventReader::open(path)?;
-        // Searchers built once: building one per line cost more than the
-        // search.
-        reader.set_filter(|line| SCAN_WORDS.iter().any(|w| w.find(line).is_some()));
+        reader.set_filter(scan_keeps);
         let mut learner = Self::default();
         let mut event = Event::blank();
-        while reader.read_into(&mut event)? {
-            learner.see(&event);
+        loop {
+            match reader.read_into(&mut event) {
+                Ok(true) => learner.see(&event),
+                Ok(false) => break,
+                Err(e @ event::Error::Io { .. }) => return Err(e),
+                Err(_) => break,
+            }
         }
         Ok(learner.finish())
     }
@@ -176,5 +207,37 @@ impl Policy for OraclePolicy {
             reason: Reason::Oracle,
             probability: Some(1.0),
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scan_keeps_bindings_registrations_and_the_header() {
+        let keep: &[&[u8]] = &[
+            br#"{"ts":1.0,"type":"pod","pod":"a/p","images":["i"],"phase":"scheduled","node":"n"}"#,
+            br#"{"ts":1.0,"type":"node","node":"n","phase":"registered","pool":"p"}"#,
+            br#"{"type":"trace","version":1,"ts":0.0,"source":"x"}"#,
+            br#"{"ts":1.0,"type":"trace","version":1,"source":"x"}"#,
+            // Not in the written form: judged by the words alone.
+            br#"{ "ts": 1, "type": "pod", "phase": "scheduled" }"#,
+            br#"{"ts":1,"type":"po\u0064","phase":"scheduled"}"#,
+            br#"{"ts":1,"type":"pod\"x","phase":"pending"}"#,
+        ];
+        let skip: &[&[u8]] = &[
+            br#"{"ts":1.0,"type":"pod","pod":"a/p","images":["i"],"phase":"pending"}"#,
+            br#"{"ts":1.0,"type":"node","node":"n","phase":"deleted","pool":"p"}"#,
+            br#"{"ts":1.0,"type":"node_claim","node_claim":"c","pool":"p","phase":"registered","node":"n"}"#,
+            br#"{"ts":1.0,"type":"workload","workload":"scheduled/registered","kind":"Deployment","images":[]}"#,
+            br#"{ "ts": 1, "type": "pod", "phase": "pending" }"#,
+        ];
+        for line in keep {
+            assert!(scan_keeps(line), "{}", String::from_utf8_lossy(line));
+        }
+        for line in skip {
+            assert!(!scan_keeps(line), "{}", String::from_utf8_lossy(line));
+        }
     }
 }
