@@ -58,17 +58,20 @@ fn scan_keeps(line: &[u8]) -> bool {
     let typed = line
         .strip_prefix(b"{\"ts\":")
         .and_then(|rest| memchr::memchr(b',', rest).map(|i| &rest[i..]))
-        .and_then(|rest| rest.strip_prefix(b",\"type\":"));
-    match typed {
-        Some(rest) if rest.starts_with(b"\"pod\"") => scheduled.find(rest).is_some(),
-        Some(rest) if rest.starts_with(b"\"node\"") => registered.find(rest).is_some(),
-        Some(rest) if rest.starts_with(b"\"trace\"") => true,
-        Some(rest) if rest.starts_with(b"\"") && !rest[1..].starts_with(b"\"") => {
-            // Another type, named without escapes: nothing the scan reads.
-            let name_end = memchr::memchr2(b'"', b'\\', &rest[1..]);
-            !matches!(name_end.map(|i| rest[1 + i]), Some(b'"'))
-        }
-        _ => SCAN_WORDS.iter().any(|w| w.find(line).is_some()),
+        .and_then(|rest| rest.strip_prefix(b",\"type\":\""));
+    let Some(rest) = typed else {
+        return SCAN_WORDS.iter().any(|w| w.find(line).is_some());
+    };
+    match memchr::memchr2(b'"', b'\\', rest) {
+        Some(end) if rest[end] == b'"' => match &rest[..end] {
+            b"pod" => scheduled.find(&rest[end..]).is_some(),
+            b"node" => registered.find(&rest[end..]).is_some(),
+            b"trace" => true,
+            // Another type: nothing the scan reads.
+            _ => false,
+        },
+        // An escaped or unterminated name: the parse decides.
+        _ => true,
     }
 }
 
