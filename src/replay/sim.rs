@@ -108,6 +108,17 @@ struct ImgEntry {
     scored: bool,
 }
 
+impl ImgEntry {
+    /// The bytes this entry would add to the waste if its node retired now.
+    fn waste(&self) -> u64 {
+        if self.prefetched && !self.used && self.scored {
+            self.prefetch_bytes
+        } else {
+            0
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ActivePull {
     image: ImageId,
@@ -151,6 +162,9 @@ struct NodeSim {
     /// Active pulls that are prefetches, counted rather than scanned for
     /// each pull a node may start.
     prefetching: usize,
+    /// The sum of every image's [`ImgEntry::waste`], kept as they change:
+    /// walking a retiring node's images was a cache miss an image.
+    unused_prefetch: u64,
     /// Layer → present (`true`) or in flight (`false`).
     layers: HashMap<LayerId, bool>,
     images: HashMap<ImageId, ImgEntry>,
@@ -172,6 +186,7 @@ impl NodeSim {
         self.due = f64::INFINITY;
         self.rate = 0.0;
         self.prefetching = 0;
+        self.unused_prefetch = 0;
         self.layers.clear();
         self.images.clear();
         self.active.clear();
@@ -659,7 +674,9 @@ impl Sim {
                 && e.scored
             {
                 self.out.prefetched_bytes += moved;
+                node.unused_prefetch -= e.waste();
                 e.prefetch_bytes += moved;
+                node.unused_prefetch += e.waste();
             }
         }
         self.retire_node(idx, t);
@@ -670,11 +687,11 @@ impl Sim {
     fn retire_node(&mut self, idx: usize, t: f64) {
         let node = &mut self.nodes[idx];
         self.alive[idx] = false;
-        for e in node.images.values() {
-            if e.prefetched && !e.used && e.scored {
-                self.out.wasted_bytes += e.prefetch_bytes;
-            }
-        }
+        debug_assert_eq!(
+            node.unused_prefetch,
+            node.images.values().map(ImgEntry::waste).sum::<u64>()
+        );
+        self.out.wasted_bytes += node.unused_prefetch;
         let mut waiting = Vec::new();
         for (_, mut pids) in node.waiters.drain() {
             waiting.extend_from_slice(&pids);
@@ -767,6 +784,7 @@ impl Sim {
                 scored: false,
             });
             let fresh = !entry.used;
+            n.unused_prefetch -= entry.waste();
             entry.used = true;
             match entry.state {
                 ImgState::Present { at } => {
@@ -944,7 +962,9 @@ impl Sim {
                 && e.scored
             {
                 self.out.prefetched_bytes += p.bytes;
+                node.unused_prefetch -= e.waste();
                 e.prefetch_bytes += p.bytes;
+                node.unused_prefetch += e.waste();
             }
             node.finishing.push(p.image);
         }
@@ -1017,8 +1037,10 @@ fn start_pull(
         }
     }
     if let Some(e) = node.images.get_mut(&id) {
+        node.unused_prefetch -= e.waste();
         e.state = ImgState::Pulling;
         e.prefetched = !kubelet;
+        node.unused_prefetch += e.waste();
     }
     let latency_until = node.now + latency;
     // The new pull flows only once its latency has passed: until then the
