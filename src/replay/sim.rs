@@ -8,7 +8,9 @@
 //!
 //! Nothing that happens on one node affects another, and policies never see
 //! the simulator's outcomes, so each node is advanced lazily: only when an
-//! event touches it, and once more at the end of the trace.
+//! event touches it, and once more at the end of the trace. Even then the
+//! pulls' byte counts move only when the set of flowing pulls changes, as
+//! the rate each gets holds in between.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::cmp::Reverse;
@@ -106,6 +108,17 @@ struct ImgEntry {
     scored: bool,
 }
 
+impl ImgEntry {
+    /// The bytes this entry would add to the waste if its node retired now.
+    fn waste(&self) -> u64 {
+        if self.prefetched && !self.used && self.scored {
+            self.prefetch_bytes
+        } else {
+            0
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ActivePull {
     image: ImageId,
@@ -135,7 +148,23 @@ struct PodWait {
 
 #[derive(Debug, Default)]
 struct NodeSim {
+    /// The node's clock: the latest time it was advanced to.
     now: f64,
+    /// The time the pulls' `remaining` counts hold at. Bytes flow at one
+    /// rate between the times the flowing set changes, so they are stepped
+    /// only there, not on every event that touches the node.
+    synced: f64,
+    /// When the flowing set next changes, a latency ending or a pull
+    /// completing; infinite with nothing active.
+    due: f64,
+    /// The share of bandwidth each flowing pull gets since `synced`.
+    rate: f64,
+    /// Active pulls that are prefetches, counted rather than scanned for
+    /// each pull a node may start.
+    prefetching: usize,
+    /// The sum of every image's [`ImgEntry::waste`], kept as they change:
+    /// walking a retiring node's images was a cache miss an image.
+    unused_prefetch: u64,
     /// Layer → present (`true`) or in flight (`false`).
     layers: HashMap<LayerId, bool>,
     images: HashMap<ImageId, ImgEntry>,
@@ -153,6 +182,11 @@ impl NodeSim {
     /// Empties a retired node for reuse, keeping its tables' memory.
     fn reset(&mut self, now: f64) {
         self.now = now;
+        self.synced = now;
+        self.due = f64::INFINITY;
+        self.rate = 0.0;
+        self.prefetching = 0;
+        self.unused_prefetch = 0;
         self.layers.clear();
         self.images.clear();
         self.active.clear();
@@ -163,8 +197,60 @@ impl NodeSim {
         self.waiters.clear();
     }
 
-    fn prefetch_active(&self) -> usize {
-        self.active.iter().filter(|p| !p.kubelet).count()
+    /// Whether `p` was transferring bytes at `synced`.
+    fn flows(&self, p: &ActivePull) -> bool {
+        p.latency_until <= self.synced && p.remaining > EPS_BYTES
+    }
+
+    /// Moves `remaining` forward from `synced` to `to`, which is no later
+    /// than `due`.
+    fn sync(&mut self, to: f64) {
+        let (from, rate, due) = (self.synced, self.rate, self.due);
+        let dt = to - from;
+        let at_due = to >= due;
+        if dt > 0.0 || at_due {
+            for p in self.active.iter_mut() {
+                if p.latency_until <= from && p.remaining > EPS_BYTES {
+                    // The pulls that set `due` finish exactly there: with
+                    // epoch-sized times, `due - from` is too coarse for the
+                    // subtraction to reach zero on its own, and it may even
+                    // round to no time at all.
+                    if at_due && from + p.remaining / rate <= due {
+                        p.remaining = 0.0;
+                    } else if dt > 0.0 {
+                        p.remaining -= rate * dt;
+                    }
+                }
+            }
+        }
+        if to > from {
+            self.synced = to;
+        }
+    }
+
+    /// Recomputes the rate and the next change from `synced`, once the
+    /// flowing set has changed.
+    fn plan(&mut self, bandwidth: f64) {
+        let synced = self.synced;
+        let flowing = self.active.iter().filter(|p| self.flows(p)).count();
+        let rate = if flowing > 0 {
+            bandwidth / flowing as f64
+        } else {
+            0.0
+        };
+        let mut due = f64::INFINITY;
+        for p in &self.active {
+            let at = if p.latency_until > synced {
+                p.latency_until
+            } else if p.remaining > EPS_BYTES {
+                synced + p.remaining / rate
+            } else {
+                synced
+            };
+            due = due.min(at);
+        }
+        self.rate = rate;
+        self.due = due;
     }
 }
 
@@ -555,10 +641,9 @@ impl Sim {
                 idx
             }
             None => {
-                self.nodes.push(NodeSim {
-                    now: t,
-                    ..NodeSim::default()
-                });
+                let mut node = NodeSim::default();
+                node.reset(t);
+                self.nodes.push(node);
                 self.alive.push(true);
                 self.incarnation.push(serial);
                 self.nodes.len() - 1
@@ -577,6 +662,8 @@ impl Sim {
         self.advance(idx, t, catalog);
         // Pulls cut short still moved bytes; a prefetch's count as waste.
         let node = &mut self.nodes[idx];
+        let now = node.now;
+        node.sync(now);
         for mut p in node.active.drain(..) {
             p.layers.clear();
             self.spare_layers.push(p.layers);
@@ -587,7 +674,9 @@ impl Sim {
                 && e.scored
             {
                 self.out.prefetched_bytes += moved;
+                node.unused_prefetch -= e.waste();
                 e.prefetch_bytes += moved;
+                node.unused_prefetch += e.waste();
             }
         }
         self.retire_node(idx, t);
@@ -598,11 +687,11 @@ impl Sim {
     fn retire_node(&mut self, idx: usize, t: f64) {
         let node = &mut self.nodes[idx];
         self.alive[idx] = false;
-        for e in node.images.values() {
-            if e.prefetched && !e.used && e.scored {
-                self.out.wasted_bytes += e.prefetch_bytes;
-            }
-        }
+        debug_assert_eq!(
+            node.unused_prefetch,
+            node.images.values().map(ImgEntry::waste).sum::<u64>()
+        );
+        self.out.wasted_bytes += node.unused_prefetch;
         let mut waiting = Vec::new();
         for (_, mut pids) in node.waiters.drain() {
             waiting.extend_from_slice(&pids);
@@ -695,6 +784,7 @@ impl Sim {
                 scored: false,
             });
             let fresh = !entry.used;
+            n.unused_prefetch -= entry.waste();
             entry.used = true;
             match entry.state {
                 ImgState::Present { at } => {
@@ -806,7 +896,7 @@ impl Sim {
                 }
             }
         }
-        while node.prefetch_active() < max_parallel {
+        while node.prefetching < max_parallel {
             let Some((_, _, id)) = node.prefetch_queue.pop() else {
                 break;
             };
@@ -818,74 +908,27 @@ impl Sim {
 
     /// Moves node `idx` forward to time `t`, completing pulls on the way.
     fn advance(&mut self, idx: usize, t: f64, catalog: &mut Catalog) {
-        let bw = self.cfg.bandwidth_bytes_per_second;
         // A dead node's record is a placeholder nobody reads again.
         if !self.alive[idx] {
             return;
         }
+        let bandwidth = self.cfg.bandwidth_bytes_per_second;
         loop {
             let node = &mut self.nodes[idx];
-            if node.active.is_empty() {
+            let due = node.due;
+            // Before `due` nothing completes and the rate holds: only the
+            // clock moves. An infinite `due` with pulls active cannot move
+            // at all.
+            if node.active.is_empty() || t < due || due == f64::INFINITY {
                 if t.is_finite() && t > node.now {
                     node.now = t;
                 }
                 return;
             }
-            let now = node.now;
-            let flowing = node
-                .active
-                .iter()
-                .filter(|p| p.latency_until <= now && p.remaining > EPS_BYTES)
-                .count();
-            let rate = if flowing > 0 {
-                bw / flowing as f64
-            } else {
-                0.0
-            };
-            let mut next = f64::INFINITY;
-            for p in &node.active {
-                let at = if p.latency_until > now {
-                    p.latency_until
-                } else if p.remaining > EPS_BYTES {
-                    now + p.remaining / rate
-                } else {
-                    now
-                };
-                next = next.min(at);
-            }
-            let step_to = next.min(t);
-            let stepped = step_to > now;
-            if stepped {
-                let dt = step_to - now;
-                for p in node.active.iter_mut() {
-                    if p.latency_until <= now && p.remaining > EPS_BYTES {
-                        // The pulls that set `next` finish exactly there: with
-                        // epoch-sized times, `next - now` is too coarse for the
-                        // subtraction to reach zero on its own.
-                        if step_to >= next && now + p.remaining / rate <= next {
-                            p.remaining = 0.0;
-                        } else {
-                            p.remaining -= rate * dt;
-                        }
-                    }
-                }
-                node.now = step_to;
-            }
-            if next > t {
-                return;
-            }
-            node.now = next;
-            // No time passed (next rounds to now at epoch magnitudes): finish
-            // the pulls that set `next` here, or the loop would not move.
-            for p in node.active.iter_mut().filter(|_| !stepped) {
-                if p.latency_until <= next
-                    && p.remaining > EPS_BYTES
-                    && now + p.remaining / rate <= next
-                {
-                    p.remaining = 0.0;
-                }
-            }
+            node.sync(due);
+            node.now = due;
             self.complete_due(idx, catalog);
+            self.nodes[idx].plan(bandwidth);
         }
     }
 
@@ -899,6 +942,9 @@ impl Sim {
         while i < node.active.len() {
             let p = &node.active[i];
             if p.latency_until <= now && p.remaining <= tolerance {
+                if !p.kubelet {
+                    node.prefetching -= 1;
+                }
                 done.push(node.active.swap_remove(i));
             } else {
                 i += 1;
@@ -916,7 +962,9 @@ impl Sim {
                 && e.scored
             {
                 self.out.prefetched_bytes += p.bytes;
+                node.unused_prefetch -= e.waste();
                 e.prefetch_bytes += p.bytes;
+                node.unused_prefetch += e.waste();
             }
             node.finishing.push(p.image);
         }
@@ -989,13 +1037,22 @@ fn start_pull(
         }
     }
     if let Some(e) = node.images.get_mut(&id) {
+        node.unused_prefetch -= e.waste();
         e.state = ImgState::Pulling;
         e.prefetched = !kubelet;
+        node.unused_prefetch += e.waste();
+    }
+    let latency_until = node.now + latency;
+    // The new pull flows only once its latency has passed: until then the
+    // rate holds, and only its start may come due sooner.
+    node.due = node.due.min(latency_until);
+    if !kubelet {
+        node.prefetching += 1;
     }
     node.active.push(ActivePull {
         image: id,
         kubelet,
-        latency_until: node.now + latency,
+        latency_until,
         remaining: bytes as f64,
         bytes,
         layers,
