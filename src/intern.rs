@@ -19,21 +19,51 @@ pub(crate) use key::Key;
 
 /// Names ↔ ids. Ids are dense, from 0, in order of first sight; an id given
 /// up with [`Interner::release`] is reused by the next new name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Interner {
     table: HashTable<u32>,
     /// By id; a released id keeps its old name until it is reused.
     names: Vec<Key>,
     free: Vec<u32>,
+    /// The id the last [`Interner::intern`] returned, or `NONE`: events come
+    /// in runs naming the same node, claim or workload, and comparing one
+    /// name that is already in cache is cheaper than hashing and probing.
+    last: u32,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Self {
+            table: HashTable::default(),
+            names: Vec::new(),
+            free: Vec::new(),
+            last: Self::NONE,
+        }
+    }
 }
 
 impl Interner {
+    /// No id: `last` before any `intern`, or after its name was removed.
+    const NONE: u32 = u32::MAX;
+
     fn hash(name: &str) -> u64 {
         FxBuildHasher.hash_one(name.as_bytes())
     }
 
     /// The id of `name`, interning it on first sight.
     pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(k) = self.names.get(self.last as usize)
+            && k.as_bytes() == name.as_bytes()
+        {
+            return self.last;
+        }
+        let id = self.intern_new(name);
+        self.last = id;
+        id
+    }
+
+    /// [`Interner::intern`] past the `last` check.
+    fn intern_new(&mut self, name: &str) -> u32 {
         let hash = Self::hash(name);
         let names = &self.names;
         if let Some(&id) = self
@@ -62,6 +92,11 @@ impl Interner {
 
     /// The id of `name`, if it is known.
     pub fn get(&self, name: &str) -> Option<u32> {
+        if let Some(k) = self.names.get(self.last as usize)
+            && k.as_bytes() == name.as_bytes()
+        {
+            return Some(self.last);
+        }
         let names = &self.names;
         self.table
             .find(Self::hash(name), |&id| {
@@ -96,6 +131,9 @@ impl Interner {
             })
             .ok()?;
         let (id, _) = entry.remove();
+        if id == self.last {
+            self.last = Self::NONE;
+        }
         Some(id)
     }
 
@@ -148,6 +186,22 @@ mod tests {
         assert_eq!(i.intern("a"), 3);
         assert_eq!(i.id_bound(), 4);
         assert_eq!(i.name(99), "");
+    }
+
+    #[test]
+    fn the_last_name_is_not_found_once_removed() {
+        let mut i = Interner::default();
+        assert_eq!(i.intern("a"), 0);
+        assert_eq!(i.intern("a"), 0);
+        assert_eq!(i.get("a"), Some(0));
+        assert_eq!(i.remove("a"), Some(0));
+        assert_eq!(i.get("a"), None);
+        i.release(0);
+        assert_eq!(i.intern("b"), 0);
+        assert_eq!(i.get("a"), None);
+        assert_eq!(i.intern("a"), 1);
+        assert_eq!(i.intern("b"), 0);
+        assert_eq!(i.get("a"), Some(1));
     }
 
     #[test]

@@ -105,6 +105,19 @@ pub struct PendingScaleUp {
     pub pods: Vec<u32>,
 }
 
+/// The ids of the names the last [`ClusterState::apply`] resolved, so that
+/// a reader acting on the same event need not look them up again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// The pod of a pod event, unless it was deleted.
+    pub pod: Option<u32>,
+    /// The node of a node event, the node a claim registered as, or the
+    /// node a pod is bound to.
+    pub node: Option<u32>,
+    /// The NodeClaim of a claim event, or the claim a pod is nominated to.
+    pub claim: Option<u32>,
+}
+
 /// The cluster as the events so far describe it.
 #[derive(Debug, Default)]
 pub struct ClusterState {
@@ -116,9 +129,6 @@ pub struct ClusterState {
     /// reused, so that the pod tables stay as large as the live pods, not
     /// every pod the cluster ever ran.
     pub pod_names: Interner,
-    /// The pod the last pod event named, and its id: a pod's events often
-    /// come in a row (pending, then bound), and this spares the lookup.
-    last_pod: Option<(String, u32)>,
     /// Interned node names.
     pub node_names: Interner,
     /// Interned NodeClaim names.
@@ -148,6 +158,8 @@ pub struct ClusterState {
     /// changed, so that a reader can update what it derived from them
     /// without rescanning. Cleared at the start of every `apply`.
     pub changed_workloads: Vec<u32>,
+    /// What the last [`apply`](Self::apply) resolved.
+    pub resolved: Resolved,
 }
 
 impl ClusterState {
@@ -155,6 +167,7 @@ impl ClusterState {
     pub fn apply(&mut self, event: &Event) {
         let t = event.ts;
         self.changed_workloads.clear();
+        self.resolved = Resolved::default();
         match &event.body {
             Body::Workload(w) => {
                 let id = self.workload_names.intern(&w.workload);
@@ -207,6 +220,7 @@ impl ClusterState {
             }
             Body::NodeClaim(c) => {
                 let id = self.claim_names.intern(&c.node_claim);
+                self.resolved.claim = Some(id);
                 match c.phase {
                     ClaimPhase::Deleted => {
                         self.claims.remove(&id);
@@ -219,10 +233,15 @@ impl ClusterState {
                             ..Default::default()
                         });
                         info.pool.clone_from(&c.pool);
-                        info.labels.clone_from(&c.labels);
+                        // A claim's labels seldom change between its events:
+                        // comparing them spares a tree's allocations.
+                        if info.labels != c.labels {
+                            info.labels.clone_from(&c.labels);
+                        }
                         info.taints = c.taints.clone().unwrap_or_default();
                         if let Some(node) = &c.node {
                             let n = self.node_names.intern(node);
+                            self.resolved.node = Some(n);
                             self.claim_node.insert(id, n);
                         }
                     }
@@ -230,18 +249,24 @@ impl ClusterState {
             }
             Body::Node(n) => {
                 let id = self.node_names.intern(&n.node);
+                self.resolved.node = Some(id);
                 match n.phase {
                     NodePhase::Deleted => {
                         self.nodes.remove(&id);
                     }
                     NodePhase::Registered | NodePhase::Ready => {
-                        let pool = n.pool_name().to_string();
                         let info = self.nodes.entry(id).or_insert_with(|| NodeInfo {
                             since: t,
                             ..Default::default()
                         });
-                        info.pool = pool;
-                        info.labels.clone_from(&n.labels);
+                        let pool = n.pool_name();
+                        if info.pool != pool {
+                            info.pool.clear();
+                            info.pool.push_str(pool);
+                        }
+                        if info.labels != n.labels {
+                            info.labels.clone_from(&n.labels);
+                        }
                         info.taints = n.taints.clone().unwrap_or_default();
                         for image in n.images.iter().flatten() {
                             let i = self.images.intern(image);
@@ -276,13 +301,6 @@ impl ClusterState {
 
     fn apply_pod(&mut self, p: &crate::event::Pod) {
         if p.phase == PodPhase::Deleted {
-            if self
-                .last_pod
-                .as_ref()
-                .is_some_and(|(name, _)| *name == p.pod)
-            {
-                self.last_pod = None;
-            }
             if let Some(id) = self.pod_names.remove(&p.pod) {
                 if let Some(old) = self.pods.get_mut(id as usize).and_then(Option::take) {
                     self.unindex(id, &old);
@@ -297,23 +315,15 @@ impl ClusterState {
             }
             return;
         }
-        let id = match &mut self.last_pod {
-            Some((name, id)) if *name == p.pod => *id,
-            last => {
-                let id = self.pod_names.intern(&p.pod);
-                match last {
-                    Some((name, last_id)) => {
-                        name.clone_from(&p.pod);
-                        *last_id = id;
-                    }
-                    None => *last = Some((p.pod.clone(), id)),
-                }
-                id
-            }
-        };
+        let id = self.pod_names.intern(&p.pod);
         let workload = p.workload.as_deref().map(|w| self.workload_names.intern(w));
         let node = p.node.as_deref().map(|n| self.node_names.intern(n));
         let claim = p.node_claim.as_deref().map(|c| self.claim_names.intern(c));
+        self.resolved = Resolved {
+            pod: Some(id),
+            node,
+            claim,
+        };
         let slot = id as usize;
         if slot >= self.pods.len() {
             self.pods.resize_with(slot + 1, || None);
@@ -322,20 +332,22 @@ impl ClusterState {
         if let Some(old) = &old {
             self.unindex(id, old);
         }
-        // A pod's images rarely change between its events: comparing names
-        // is cheaper than interning them again.
+        // A pod's images rarely change between its events, and a new pod's
+        // are mostly its workload's: comparing names is cheaper than
+        // interning them again.
+        let same = |ids: &[ImageId]| {
+            ids.len() == p.images.len()
+                && ids
+                    .iter()
+                    .zip(&p.images)
+                    .all(|(&i, name)| self.images.is(i, name))
+        };
         let images = match old {
-            Some(old)
-                if old.images.len() == p.images.len()
-                    && old
-                        .images
-                        .iter()
-                        .zip(&p.images)
-                        .all(|(&i, name)| self.images.is(i, name)) =>
-            {
-                old.images
-            }
-            _ => p.images.iter().map(|i| self.images.intern(i)).collect(),
+            Some(old) if same(&old.images) => old.images,
+            _ => match workload.and_then(|w| self.workloads.get(&w)) {
+                Some(w) if same(&w.images) => w.images.clone(),
+                _ => p.images.iter().map(|i| self.images.intern(i)).collect(),
+            },
         };
         let info = PodInfo {
             workload,

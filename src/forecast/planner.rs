@@ -638,6 +638,10 @@ impl Planner {
             scored.push((p * saved / bytes as f64, p, image, Self::reason(f), bytes));
         }
         let (done, spent) = planned.entry(key).or_default();
+        // Most plans order nothing: no target name to copy then.
+        if scored.is_empty() {
+            return;
+        }
         let names = &self.state.images;
         scored.sort_by(|a, b| {
             b.0.total_cmp(&a.0)
@@ -666,7 +670,7 @@ impl Planner {
 
     /// Counts the images of `pod`, just bound to `node`, in its pool's
     /// history while the node is younger than the horizon.
-    fn learn_binding(&mut self, node: u32, pod: &str, now: f64) {
+    fn learn_binding(&mut self, node: u32, pod: u32, now: f64) {
         let h = self.model.horizon_seconds;
         // Most bindings are to nodes past their first hour: no lookups then.
         let Some((pool, since, counted)) = self.fresh.get_mut(&node) else {
@@ -676,12 +680,7 @@ impl Planner {
             self.fresh.remove(&node);
             return;
         }
-        let Some(info) = self
-            .state
-            .pod_names
-            .get(pod)
-            .and_then(|id| self.state.pod(id))
-        else {
+        let Some(info) = self.state.pod(pod) else {
             return;
         };
         // Registration made the pool's history before the node was fresh.
@@ -704,6 +703,8 @@ impl Policy for Planner {
     fn on_event(&mut self, event: &Event, clock: &dyn Clock, out: &mut Vec<PullOrder>) {
         let now = clock.now();
         self.state.apply(event);
+        // The ids of the event's names, as `apply` just interned them.
+        let ids = self.state.resolved;
         let changed = std::mem::take(&mut self.state.changed_workloads);
         for &w in &changed {
             if matches!(event.body, Body::Hpa(_)) {
@@ -725,7 +726,7 @@ impl Policy for Planner {
                 self.wl_views.clear();
             }
             Body::NodeClaim(c) => {
-                let Some(id) = self.state.claim_names.get(&c.node_claim) else {
+                let Some(id) = ids.claim else {
                     return;
                 };
                 match c.phase {
@@ -736,32 +737,26 @@ impl Policy for Planner {
                         self.planned.remove(&Key::Claim(id));
                     }
                     _ => {
-                        if let Some(n) =
-                            c.node.as_deref().and_then(|n| self.state.node_names.get(n))
-                        {
+                        if let Some(n) = ids.node {
                             self.node_claim.insert(n, id);
                         }
                     }
                 }
             }
             Body::Pod(p) if p.phase == PodPhase::Nominated => {
-                let claim = p
-                    .node_claim
-                    .as_deref()
-                    .and_then(|c| self.state.claim_names.get(c));
-                if let Some(id) = claim
+                if let Some(id) = ids.claim
                     && !self.state.claim_node.contains_key(&id)
                 {
                     self.plan(Key::Claim(id), Some(id), now, out);
                 }
             }
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
-                if let Some(n) = p.node.as_deref().and_then(|n| self.state.node_names.get(n)) {
-                    self.learn_binding(n, &p.pod, now);
+                if let (Some(n), Some(pod)) = (ids.node, ids.pod) {
+                    self.learn_binding(n, pod, now);
                 }
             }
             Body::Node(n) => {
-                let Some(id) = self.state.node_names.get(&n.node) else {
+                let Some(id) = ids.node else {
                     return;
                 };
                 match n.phase {
