@@ -50,12 +50,18 @@ impl Interner {
         FxBuildHasher.hash_one(name.as_bytes())
     }
 
+    /// `last`, when it is the id of `name`.
+    fn cached(&self, name: &str) -> Option<u32> {
+        self.names
+            .get(self.last as usize)
+            .is_some_and(|k| k.as_bytes() == name.as_bytes())
+            .then_some(self.last)
+    }
+
     /// The id of `name`, interning it on first sight.
     pub fn intern(&mut self, name: &str) -> u32 {
-        if let Some(k) = self.names.get(self.last as usize)
-            && k.as_bytes() == name.as_bytes()
-        {
-            return self.last;
+        if let Some(id) = self.cached(name) {
+            return id;
         }
         let id = self.intern_new(name);
         self.last = id;
@@ -92,10 +98,8 @@ impl Interner {
 
     /// The id of `name`, if it is known.
     pub fn get(&self, name: &str) -> Option<u32> {
-        if let Some(k) = self.names.get(self.last as usize)
-            && k.as_bytes() == name.as_bytes()
-        {
-            return Some(self.last);
+        if let Some(id) = self.cached(name) {
+            return Some(id);
         }
         let names = &self.names;
         self.table

@@ -117,6 +117,14 @@ impl ImgEntry {
             0
         }
     }
+
+    /// Applies `change`, keeping `unused_prefetch`, its node's running sum
+    /// of [`ImgEntry::waste`], in step.
+    fn update(&mut self, unused_prefetch: &mut u64, change: impl FnOnce(&mut Self)) {
+        *unused_prefetch -= self.waste();
+        change(self);
+        *unused_prefetch += self.waste();
+    }
 }
 
 #[derive(Debug)]
@@ -674,9 +682,7 @@ impl Sim {
                 && e.scored
             {
                 self.out.prefetched_bytes += moved;
-                node.unused_prefetch -= e.waste();
-                e.prefetch_bytes += moved;
-                node.unused_prefetch += e.waste();
+                e.update(&mut node.unused_prefetch, |e| e.prefetch_bytes += moved);
             }
         }
         self.retire_node(idx, t);
@@ -784,8 +790,7 @@ impl Sim {
                 scored: false,
             });
             let fresh = !entry.used;
-            n.unused_prefetch -= entry.waste();
-            entry.used = true;
+            entry.update(&mut n.unused_prefetch, |e| e.used = true);
             match entry.state {
                 ImgState::Present { at } => {
                     if fresh {
@@ -962,9 +967,7 @@ impl Sim {
                 && e.scored
             {
                 self.out.prefetched_bytes += p.bytes;
-                node.unused_prefetch -= e.waste();
-                e.prefetch_bytes += p.bytes;
-                node.unused_prefetch += e.waste();
+                e.update(&mut node.unused_prefetch, |e| e.prefetch_bytes += p.bytes);
             }
             node.finishing.push(p.image);
         }
@@ -1037,10 +1040,10 @@ fn start_pull(
         }
     }
     if let Some(e) = node.images.get_mut(&id) {
-        node.unused_prefetch -= e.waste();
-        e.state = ImgState::Pulling;
-        e.prefetched = !kubelet;
-        node.unused_prefetch += e.waste();
+        e.update(&mut node.unused_prefetch, |e| {
+            e.state = ImgState::Pulling;
+            e.prefetched = !kubelet;
+        });
     }
     let latency_until = node.now + latency;
     // The new pull flows only once its latency has passed: until then the
