@@ -507,7 +507,13 @@ impl Sim {
                         .get_mut(keys.pod as usize)
                         .map_or(NONE, |s| std::mem::replace(s, NONE));
                     if pid != NONE {
-                        if let Some(node) = self.pod_node(pid as usize) {
+                        // Only a pod still waiting needs its node's pulls
+                        // brought up to now, to end its wait at the right
+                        // time; nodes are stepped lazily anyway, and the
+                        // waits are sorted before they are summed.
+                        if self.pods[pid as usize].open
+                            && let Some(node) = self.pod_node(pid as usize)
+                        {
                             self.advance(node, t, catalog);
                         }
                         self.close_pod(pid as usize, t);
@@ -954,6 +960,12 @@ impl Sim {
             } else {
                 i += 1;
             }
+        }
+        // A latency ending: the flowing set changed, but nothing landed and
+        // no slot freed, so there is nothing new to start either.
+        if done.is_empty() {
+            self.done = done;
+            return;
         }
         for mut p in done.drain(..) {
             for &l in &p.layers {
