@@ -577,28 +577,29 @@ fn plain_decimal(text: &[u8]) -> Option<f64> {
         Some((b'-', rest)) => (true, rest),
         _ => (false, text),
     };
-    let mut mantissa: u64 = 0;
-    let mut count = 0usize;
-    let mut fraction = None;
-    for (i, &b) in digits.iter().enumerate() {
-        match b {
-            b'0'..=b'9' => {
-                mantissa = mantissa * 10 + u64::from(b - b'0');
-                count += 1;
-            }
-            b'.' if fraction.is_none() && i > 0 => fraction = Some(digits.len() - i - 1),
-            _ => return None,
-        }
-        if count > 15 {
-            return None;
-        }
-    }
-    let leading_zero =
-        digits.first() == Some(&b'0') && digits.get(1).is_some_and(u8::is_ascii_digit);
-    if count == 0 || fraction == Some(0) || leading_zero {
+    // The parts around the first `.`; a second `.` fails the digit test.
+    // Lengths are checked first, so that the loop tests one thing a byte.
+    let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
+        Some(p) => (&digits[..p], &digits[p + 1..]),
+        None => (digits, &[][..]),
+    };
+    let dot = whole.len() < digits.len();
+    let leading_zero = whole.len() > 1 && whole[0] == b'0';
+    if whole.is_empty() || (dot && fraction.is_empty()) || leading_zero {
         return None;
     }
-    let value = mantissa as f64 / EXACT_POW10[fraction.unwrap_or(0)];
+    if whole.len() + fraction.len() > 15 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    for &b in whole.iter().chain(fraction) {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        mantissa = mantissa * 10 + u64::from(digit);
+    }
+    let value = mantissa as f64 / EXACT_POW10[fraction.len()];
     Some(if negative { -value } else { value })
 }
 
@@ -741,22 +742,23 @@ impl Spares {
 
 /// The index of the first `"`, `\` or control character in `b`, the bytes
 /// that end a string of the fast path. Eight bytes at a time: strings are
-/// short, and a `memchr2` call a string was mostly its setup. Each test
-/// flags the lowest matching byte exactly (a borrow only runs upwards, past
-/// it), so the lowest flag of the three is the first stop.
+/// short, and a `memchr2` call a string was mostly its setup. Flipping bit
+/// 1 maps `"` (0x22) below 0x21 and keeps every other byte on its side of
+/// it, so one "below 0x21" test finds quotes and control characters, and a
+/// zero test after xor finds backslashes. Each test flags the lowest
+/// matching byte exactly (a borrow only runs upwards, past it), so the
+/// lowest flag of the two is the first stop.
 fn string_end(b: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
     let mut i = 0;
     while let Some(chunk) = b.get(i..i + 8) {
         let mut bytes = [0; 8];
         bytes.copy_from_slice(chunk);
         let x = u64::from_le_bytes(bytes);
-        let stops = (zero(x ^ (ONES * u64::from(b'"')))
-            | zero(x ^ (ONES * u64::from(b'\\')))
-            | (x.wrapping_sub(ONES * 0x20) & !x))
-            & TOPS;
+        let stops =
+            (below(x ^ (ONES * 0x02), 0x21) | below(x ^ (ONES * u64::from(b'\\')), 1)) & TOPS;
         if stops != 0 {
             return Some(i + stops.trailing_zeros() as usize / 8);
         }
@@ -821,6 +823,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A string without escapes or control characters.
+    #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         self.eat("\"")?;
         let b = &self.s.as_bytes()[self.i..];
@@ -1594,7 +1597,9 @@ mod tests {
     #[test]
     fn string_end_stops_where_a_byte_loop_stops() {
         let stops: [u8; 6] = [b'"', b'\\', 0x00, 0x1f, b'\n', b'\t'];
-        let others: [u8; 8] = [b'a', b' ', 0x7f, 0x80, 0xc3, 0xe9, 0xff, b'!'];
+        let others = [
+            b'a', b' ', b'!', b'#', b'$', b'[', b']', 0x7f, 0x80, 0xa2, 0xdc, 0xff,
+        ];
         let naive = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
         for len in 0..40 {
             for fill in others {
