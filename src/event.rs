@@ -752,10 +752,12 @@ fn string_end(b: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
+    // `chunks_exact` rather than `get(i..i + 8)`: no bounds test a word.
+    let mut words = b.chunks_exact(8);
     let mut i = 0;
-    while let Some(chunk) = b.get(i..i + 8) {
+    for word in &mut words {
         let mut bytes = [0; 8];
-        bytes.copy_from_slice(chunk);
+        bytes.copy_from_slice(word);
         let x = u64::from_le_bytes(bytes);
         let stops =
             (below(x ^ (ONES * 0x02), 0x21) | below(x ^ (ONES * u64::from(b'\\')), 1)) & TOPS;
@@ -764,7 +766,8 @@ fn string_end(b: &[u8]) -> Option<usize> {
         }
         i += 8;
     }
-    b[i..]
+    words
+        .remainder()
         .iter()
         .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
         .map(|p| i + p)
