@@ -577,29 +577,30 @@ fn plain_decimal(text: &[u8]) -> Option<f64> {
         Some((b'-', rest)) => (true, rest),
         _ => (false, text),
     };
-    // The parts around the first `.`; a second `.` fails the digit test.
-    // Lengths are checked first, so that the loop tests one thing a byte.
-    let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
-        Some(p) => (&digits[..p], &digits[p + 1..]),
-        None => (digits, &[][..]),
-    };
-    let dot = whole.len() < digits.len();
-    let leading_zero = whole.len() > 1 && whole[0] == b'0';
-    if whole.is_empty() || (dot && fraction.is_empty()) || leading_zero {
-        return None;
-    }
-    if whole.len() + fraction.len() > 15 {
+    // At most 15 digits and a dot: 16 digits still fit a `u64`, so the
+    // loop need not count, and the count is checked once after it.
+    if digits.is_empty() || digits.len() > 16 {
         return None;
     }
     let mut mantissa: u64 = 0;
-    for &b in whole.iter().chain(fraction) {
+    let mut dot = None;
+    for (i, &b) in digits.iter().enumerate() {
         let digit = b.wrapping_sub(b'0');
-        if digit > 9 {
+        if digit <= 9 {
+            mantissa = mantissa * 10 + u64::from(digit);
+        } else if b == b'.' && dot.is_none() && i > 0 {
+            dot = Some(i);
+        } else {
             return None;
         }
-        mantissa = mantissa * 10 + u64::from(digit);
     }
-    let value = mantissa as f64 / EXACT_POW10[fraction.len()];
+    let fraction = dot.map_or(0, |d| digits.len() - d - 1);
+    let count = digits.len() - usize::from(dot.is_some());
+    let leading_zero = digits[0] == b'0' && digits.get(1).is_some_and(u8::is_ascii_digit);
+    if count > 15 || (dot.is_some() && fraction == 0) || leading_zero {
+        return None;
+    }
+    let value = mantissa as f64 / EXACT_POW10[fraction];
     Some(if negative { -value } else { value })
 }
 
@@ -687,6 +688,7 @@ impl Spares {
     /// Makes `body` one of `kind`, the spare of that kind when there is
     /// one, and keeps what it held when that is of a fast-path kind. Every
     /// field is overwritten by the parse that follows.
+    #[inline(always)]
     fn ready<'b>(&mut self, body: &'b mut Body, kind: Kind) -> &'b mut Body {
         let same = matches!(
             (&*body, kind),
@@ -694,9 +696,17 @@ impl Spares {
                 | (Body::Node(_), Kind::Node)
                 | (Body::NodeClaim(_), Kind::NodeClaim)
         );
-        if same {
-            return body;
+        if !same {
+            self.swap(body, kind);
         }
+        body
+    }
+
+    /// The change of kind behind [`Spares::ready`], kept out of line: it is
+    /// the rarer case.
+    #[cold]
+    #[inline(never)]
+    fn swap(&mut self, body: &mut Body, kind: Kind) {
         let fresh = match kind {
             Kind::Pod => self.pod.take().unwrap_or_else(|| {
                 Body::Pod(Pod {
@@ -736,7 +746,6 @@ impl Spares {
             Body::NodeClaim(_) => self.node_claim = Some(old),
             _ => {}
         }
-        body
     }
 }
 
@@ -779,13 +788,17 @@ struct Cursor<'a> {
     i: usize,
 }
 
+// Inlined: a call for each string of a line cost more than its copy.
+
 /// Overwrites `dst` with `src`, keeping its buffer.
+#[inline(always)]
 fn set_str(dst: &mut String, src: &str) {
     dst.clear();
     dst.push_str(src);
 }
 
 /// Overwrites `dst` with `src`, keeping the buffer of a string already there.
+#[inline(always)]
 fn set_opt(dst: &mut Option<String>, src: Option<&str>) {
     match (dst.as_mut(), src) {
         (Some(d), Some(s)) => set_str(d, s),
