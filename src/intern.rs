@@ -116,6 +116,14 @@ impl Interner {
             .map_or("", |k| std::str::from_utf8(k.as_bytes()).unwrap_or(""))
     }
 
+    /// How the names of `a` and `b` sort. Compared as bytes, which sort
+    /// UTF-8 text as `str` does, without the check `name` makes of each:
+    /// rankings break ties by name, many times a ranking.
+    pub fn cmp_names(&self, a: u32, b: u32) -> std::cmp::Ordering {
+        let bytes = |id: u32| self.names.get(id as usize).map_or(&[][..], Key::as_bytes);
+        bytes(a).cmp(bytes(b))
+    }
+
     /// Whether `id` is the id of `name`: a comparison, without hashing.
     pub fn is(&self, id: u32, name: &str) -> bool {
         self.names

@@ -261,10 +261,8 @@ impl PopularPolicy {
         };
         let names = &self.images;
         // Ties break by name so that the result does not depend on ids.
-        let order = |a: &(u32, u64), b: &(u32, u64)| {
-            b.1.cmp(&a.1)
-                .then_with(|| names.name(a.0).cmp(names.name(b.0)))
-        };
+        let order =
+            |a: &(u32, u64), b: &(u32, u64)| b.1.cmp(&a.1).then_with(|| names.cmp_names(a.0, b.0));
         let counts = &demand.counts;
         let used = demand.used.iter().map(|&i| (i, counts[i as usize]));
         if demand.used.len() > self.k && self.k > 0 {

@@ -643,10 +643,7 @@ impl Planner {
             return;
         }
         let names = &self.state.images;
-        scored.sort_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then_with(|| names.name(a.2).cmp(names.name(b.2)))
-        });
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| names.cmp_names(a.2, b.2)));
         let target = match key {
             Key::Claim(c) => Target::NodeClaim(self.state.claim_names.name(c).to_string()),
             Key::Node(n) => Target::Node(self.state.node_names.name(n).to_string()),
