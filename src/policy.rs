@@ -207,8 +207,7 @@ pub struct PopularPolicy {
     node_pool: HashMap<String, u32>,
     /// Pool id → demand; `None` until a pod is bound in the pool.
     demand: Vec<Option<Demand>>,
-    /// Scratch lists of `top`, kept to save allocations a registration.
-    counts: Vec<u64>,
+    /// Scratch list of `top`, kept to save an allocation a registration.
     ranked: Vec<(u32, u64)>,
 }
 
@@ -217,8 +216,44 @@ pub struct PopularPolicy {
 struct Demand {
     /// Image id → pods that needed it.
     counts: Vec<u64>,
-    /// The images with a count above zero, so that ranking walks only those.
-    used: Vec<u32>,
+    /// The `k` images that rank first (most pods, then name), in no order.
+    /// Kept as counts rise: a count only grows by one, so only the image
+    /// counted can enter, in place of the last. Ranking every used image at
+    /// each registration was a selection over the whole pool.
+    top: Vec<u32>,
+}
+
+impl Demand {
+    /// Whether image `a` ranks before image `b`.
+    fn before(&self, names: &Interner, a: u32, b: u32) -> bool {
+        let (ca, cb) = (self.counts[a as usize], self.counts[b as usize]);
+        ca > cb || (ca == cb && names.cmp_names(a, b).is_lt())
+    }
+
+    /// Counts one more pod needing `image`, and lets it into the top `k`.
+    fn count(&mut self, names: &Interner, image: u32, k: usize) {
+        let i = image as usize;
+        if self.counts.len() <= i {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] += 1;
+        if k == 0 || self.top.contains(&image) {
+            return;
+        }
+        if self.top.len() < k {
+            self.top.push(image);
+            return;
+        }
+        let mut last = 0;
+        for (n, &t) in self.top.iter().enumerate().skip(1) {
+            if self.before(names, self.top[last], t) {
+                last = n;
+            }
+        }
+        if self.before(names, image, self.top[last]) {
+            self.top[last] = image;
+        }
+    }
 }
 
 impl PopularPolicy {
@@ -230,7 +265,6 @@ impl PopularPolicy {
             pools: Interner::default(),
             node_pool: HashMap::default(),
             demand: Vec::new(),
-            counts: Vec::new(),
             ranked: Vec::new(),
         }
     }
@@ -260,30 +294,10 @@ impl PopularPolicy {
             return;
         };
         let names = &self.images;
-        // Ties break by name so that the result does not depend on ids.
-        let order =
-            |a: &(u32, u64), b: &(u32, u64)| b.1.cmp(&a.1).then_with(|| names.cmp_names(a.0, b.0));
         let counts = &demand.counts;
-        let used = demand.used.iter().map(|&i| (i, counts[i as usize]));
-        if demand.used.len() > self.k && self.k > 0 {
-            // Only images with at least the k-th highest count can make the
-            // top k: a pass over the counts alone finds that floor, so the
-            // name comparisons run on the few above it, not the whole pool.
-            let by_count = &mut self.counts;
-            by_count.clear();
-            by_count.extend(demand.used.iter().map(|&i| counts[i as usize]));
-            let (_, floor, _) = by_count.select_nth_unstable_by(self.k - 1, |a, b| b.cmp(a));
-            let floor = *floor;
-            ranked.extend(used.filter(|(_, c)| *c >= floor));
-            if ranked.len() > self.k {
-                ranked.select_nth_unstable_by(self.k - 1, order);
-                ranked.truncate(self.k);
-            }
-        } else {
-            ranked.extend(used);
-        }
-        ranked.sort_by(order);
-        ranked.truncate(self.k);
+        ranked.extend(demand.top.iter().map(|&i| (i, counts[i as usize])));
+        // Ties break by name so that the result does not depend on ids.
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| names.cmp_names(a.0, b.0)));
     }
 }
 
@@ -322,17 +336,11 @@ impl Policy for PopularPolicy {
                 }
                 self.demand[i].get_or_insert_with(Demand::default);
                 for image in &p.images {
-                    let id = self.images.intern(image) as usize;
+                    let id = self.images.intern(image);
                     let Some(Some(demand)) = self.demand.get_mut(i) else {
                         return;
                     };
-                    if demand.counts.len() <= id {
-                        demand.counts.resize(id + 1, 0);
-                    }
-                    if demand.counts[id] == 0 {
-                        demand.used.push(id as u32);
-                    }
-                    demand.counts[id] += 1;
+                    demand.count(&self.images, id, self.k);
                 }
             }
             _ => {}
@@ -409,6 +417,41 @@ mod tests {
             .map(|o| (o.target.to_string(), o.image.as_str(), o.priority))
             .collect();
         assert_eq!(got, vec![("n1".into(), "x:1", 2), ("n1".into(), "y:1", 1)]);
+    }
+
+    #[test]
+    fn popular_keeps_the_top_k_that_a_full_ranking_gives() {
+        // Few images and many ties, so that names often decide.
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for k in [0, 1, 3, 10] {
+            let mut p = PopularPolicy::new(k);
+            run(&mut p, &[node("n0", "p", NodePhase::Registered)]);
+            let mut events = Vec::new();
+            let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+            for i in 0..400 {
+                let images: Vec<String> = (0..=next(2))
+                    .map(|_| format!("img{}:1", next(25)))
+                    .collect();
+                for image in &images {
+                    *counts.entry(image.clone()).or_default() += 1;
+                }
+                let refs: Vec<&str> = images.iter().map(String::as_str).collect();
+                events.push(scheduled(&format!("ns/{i}"), "n0", &refs));
+                events.push(node(&format!("m{i}"), "p", NodePhase::Registered));
+                let orders = run(&mut p, &events[events.len() - 2..]);
+                let got: Vec<&str> = orders.iter().map(|o| o.image.as_str()).collect();
+                let mut want: Vec<(&String, &u64)> = counts.iter().collect();
+                want.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+                let want: Vec<&str> = want.iter().take(k).map(|(n, _)| n.as_str()).collect();
+                assert_eq!(got, want, "k {k}, after pod {i}");
+            }
+        }
     }
 
     #[test]
