@@ -507,13 +507,7 @@ impl Sim {
                         .get_mut(keys.pod as usize)
                         .map_or(NONE, |s| std::mem::replace(s, NONE));
                     if pid != NONE {
-                        // Only a pod still waiting needs its node's pulls
-                        // brought up to now, to end its wait at the right
-                        // time; nodes are stepped lazily anyway, and the
-                        // waits are sorted before they are summed.
-                        if self.pods[pid as usize].open
-                            && let Some(node) = self.pod_node(pid as usize)
-                        {
+                        if let Some(node) = self.pod_node(pid as usize) {
                             self.advance(node, t, catalog);
                         }
                         self.close_pod(pid as usize, t);
