@@ -224,10 +224,16 @@ struct Demand {
 }
 
 impl Demand {
+    /// How images `a` and `b` rank: most pods first, ties by name, so that
+    /// the ranking does not depend on ids.
+    fn rank(&self, names: &Interner, a: u32, b: u32) -> std::cmp::Ordering {
+        let count = |i: u32| self.counts[i as usize];
+        count(b).cmp(&count(a)).then_with(|| names.cmp_names(a, b))
+    }
+
     /// Whether image `a` ranks before image `b`.
     fn before(&self, names: &Interner, a: u32, b: u32) -> bool {
-        let (ca, cb) = (self.counts[a as usize], self.counts[b as usize]);
-        ca > cb || (ca == cb && names.cmp_names(a, b).is_lt())
+        self.rank(names, a, b).is_lt()
     }
 
     /// Counts one more pod needing `image`, and lets it into the top `k`.
@@ -293,11 +299,9 @@ impl PopularPolicy {
         let Some(Some(demand)) = self.demand.get(pool as usize) else {
             return;
         };
-        let names = &self.images;
         let counts = &demand.counts;
         ranked.extend(demand.top.iter().map(|&i| (i, counts[i as usize])));
-        // Ties break by name so that the result does not depend on ids.
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| names.cmp_names(a.0, b.0)));
+        ranked.sort_by(|a, b| demand.rank(&self.images, a.0, b.0));
     }
 }
 

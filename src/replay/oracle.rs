@@ -75,13 +75,8 @@ fn scan_keeps(line: &[u8]) -> bool {
         return false;
     }
     match memchr::memchr2(b'"', b'\\', rest) {
-        Some(end) if rest[end] == b'"' => match &rest[..end] {
-            b"pod" => scheduled.find(&rest[end..]).is_some(),
-            b"node" => registered.find(&rest[end..]).is_some(),
-            b"trace" => true,
-            // Another type: nothing the scan reads.
-            _ => false,
-        },
+        // Another type than those above: only the header is read.
+        Some(end) if rest[end] == b'"' => &rest[..end] == b"trace",
         // An escaped or unterminated name: the parse decides.
         _ => true,
     }
