@@ -517,39 +517,59 @@ struct Probe<'a> {
     version: Option<u64>,
 }
 
-/// Reads `ts` and `type` straight off a line that starts the way pullahead
-/// writes them, `{"ts":NUM,"type":"NAME",`, so that the common case is
-/// parsed once. Anything else returns `None` and takes the general path.
-/// Also returns what follows the type's closing quote, and whether the `ts`
-/// text is a plain JSON number (the body fast path needs both).
-fn fast_probe(line: &[u8]) -> Option<(Probe<'_>, &[u8], bool)> {
+/// Splits a line that starts the way pullahead writes it,
+/// `{"ts":NUM,"type":"…`, into the `ts` text and what follows the type's
+/// opening quote; `None` for any other start. Shared by the reader's fast
+/// path and by the oracle's scan filter, which must agree on which lines are
+/// in that form.
+pub(crate) fn written_form(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let rest = line.strip_prefix(b"{\"ts\":")?;
     // A `ts` is a few bytes: a byte loop beats `memchr`'s setup.
     let end = rest.iter().position(|&b| b == b',')?;
-    let (ts, plain) = match plain_decimal(&rest[..end]) {
+    let after = rest[end..].strip_prefix(b",\"type\":\"")?;
+    Some((&rest[..end], after))
+}
+
+/// The usual type at the start of `rest`, as [`written_form`] returns it,
+/// recognised by its bytes, closing quote included. Checked before any
+/// search, as `str::from_utf8` on a few bytes a line costs more.
+pub(crate) fn usual_type(rest: &[u8]) -> Option<Kind> {
+    if rest.starts_with(b"pod\"") {
+        Some(Kind::Pod)
+    } else if rest.starts_with(b"node\"") {
+        Some(Kind::Node)
+    } else if rest.starts_with(b"node_claim\"") {
+        Some(Kind::NodeClaim)
+    } else {
+        None
+    }
+}
+
+/// Reads `ts` and `type` straight off a line in [`written_form`], so that
+/// the common case is parsed once. Anything else returns `None` and takes
+/// the general path. Also returns what follows the type's closing quote,
+/// and whether the `ts` text is a plain JSON number (the body fast path
+/// needs both).
+fn fast_probe(line: &[u8]) -> Option<(Probe<'_>, &[u8], bool)> {
+    let (ts_text, rest) = written_form(line)?;
+    let (ts, plain) = match plain_decimal(ts_text) {
         Some(ts) => (ts, true),
         None => {
-            let text = std::str::from_utf8(&rest[..end]).ok()?;
+            let text = std::str::from_utf8(ts_text).ok()?;
             (text.parse().ok()?, is_json_number(text.as_bytes()))
         }
     };
-    let rest = rest[end..].strip_prefix(b",\"type\":\"")?;
-    // The usual types by their bytes, closing quote included, before any
-    // search: `str::from_utf8` on a few bytes a line costs more.
-    let (kind, end) = if rest.starts_with(b"pod\"") {
-        ("pod", 3)
-    } else if rest.starts_with(b"node\"") {
-        ("node", 4)
-    } else if rest.starts_with(b"node_claim\"") {
-        ("node_claim", 10)
-    } else {
-        let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
-        if rest[end] != b'"' {
-            return None;
-        }
-        match &rest[..end] {
-            b"trace" => return None,
-            other => (std::str::from_utf8(other).ok()?, end),
+    let (kind, end) = match usual_type(rest) {
+        Some(usual) => (usual.name(), usual.name().len()),
+        None => {
+            let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+            if rest[end] != b'"' {
+                return None;
+            }
+            match &rest[..end] {
+                b"trace" => return None,
+                other => (std::str::from_utf8(other).ok()?, end),
+            }
         }
     };
     let probe = Probe {
@@ -665,12 +685,23 @@ fn fast_body(kind: &str, rest: &[u8], body: &mut Body, spares: &mut Spares) -> O
     (c.i == c.s.len()).then_some(())
 }
 
-/// The body kinds that [`fast_body`] reads.
-#[derive(Clone, Copy)]
-enum Kind {
+/// The body kinds that [`fast_body`] reads: the usual types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
     Pod,
     Node,
     NodeClaim,
+}
+
+impl Kind {
+    /// The `type` that names it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Pod => "pod",
+            Kind::Node => "node",
+            Kind::NodeClaim => "node_claim",
+        }
+    }
 }
 
 /// Bodies of the fast-path kinds that the caller's event held before a

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use crate::clock::Clock;
-use crate::event::{self, Body, Event, EventReader, NodePhase, PodPhase};
+use crate::event::{self, Body, Event, EventReader, Kind, NodePhase, PodPhase};
 use crate::intern::Interner;
 use crate::policy::{Policy, PullOrder, Reason, Target};
 
@@ -55,24 +55,16 @@ static SCAN_WORDS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
 /// bindings and registrations is kept: the parse decides.
 fn scan_keeps(line: &[u8]) -> bool {
     let [scheduled, registered, _] = &*SCAN_WORDS;
-    // A `ts` is a few bytes: a byte loop beats `memchr`'s setup.
-    let typed = line
-        .strip_prefix(b"{\"ts\":")
-        .and_then(|rest| rest.iter().position(|&b| b == b',').map(|i| &rest[i..]))
-        .and_then(|rest| rest.strip_prefix(b",\"type\":\""));
-    let Some(rest) = typed else {
+    let Some((_, rest)) = event::written_form(line) else {
         return SCAN_WORDS.iter().any(|w| w.find(line).is_some());
     };
     // The usual names, closing quote included, before any search; the
     // search after them starts at that quote, as the general case's does.
-    if rest.starts_with(b"pod\"") {
-        return scheduled.find(&rest[3..]).is_some();
-    }
-    if rest.starts_with(b"node\"") {
-        return registered.find(&rest[4..]).is_some();
-    }
-    if rest.starts_with(b"node_claim\"") {
-        return false;
+    match event::usual_type(rest) {
+        Some(k @ Kind::Pod) => return scheduled.find(&rest[k.name().len()..]).is_some(),
+        Some(k @ Kind::Node) => return registered.find(&rest[k.name().len()..]).is_some(),
+        Some(Kind::NodeClaim) => return false,
+        None => {}
     }
     match memchr::memchr2(b'"', b'\\', rest) {
         // Another type than those above: only the header is read.
