@@ -4,6 +4,7 @@
 //! allowed to see the future.
 
 use memchr::memmem::Finder;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::Path;
 use std::sync::LazyLock;
 
@@ -16,11 +17,9 @@ use crate::policy::{Policy, PullOrder, Reason, Target};
 /// its pods will need, in order of first need.
 #[derive(Debug, Default)]
 pub struct Foresight {
-    /// Node names ↔ ids into `futures`: bindings come in runs naming one
-    /// node, which the interner answers without hashing.
-    node_ids: Interner,
-    /// By node id: its registrations and needs.
-    futures: Vec<NodeFuture>,
+    /// Node → its registrations and needs. Keyed by the node alone, so that
+    /// a binding is looked up without building a key.
+    nodes: HashMap<String, NodeFuture>,
     /// Image names ↔ ids: a need is kept as an id, so that checking a
     /// node's list for an image compares integers, not names.
     images: Interner,
@@ -122,7 +121,9 @@ impl Foresight {
     fn see(&mut self, e: &Event) {
         match &e.body {
             Body::Node(n) if n.phase == NodePhase::Registered => {
-                self.node(&n.node).registrations += 1;
+                if let Some(future) = self.node(&n.node) {
+                    future.registrations += 1;
+                }
             }
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
                 let Some(node) = p.node.as_deref() else {
@@ -133,15 +134,16 @@ impl Foresight {
                 for image in &p.images {
                     ids.push(self.images.intern(image));
                 }
-                let future = self.node(node);
-                let inc = future.registrations as usize;
-                if future.needs.len() <= inc {
-                    future.needs.resize_with(inc + 1, Vec::new);
-                }
-                let list = &mut future.needs[inc];
-                for id in &ids {
-                    if !list.contains(id) {
-                        list.push(*id);
+                if let Some(future) = self.node(node) {
+                    let inc = future.registrations as usize;
+                    if future.needs.len() <= inc {
+                        future.needs.resize_with(inc + 1, Vec::new);
+                    }
+                    let list = &mut future.needs[inc];
+                    for id in &ids {
+                        if !list.contains(id) {
+                            list.push(*id);
+                        }
                     }
                 }
                 self.scratch = ids;
@@ -150,18 +152,18 @@ impl Foresight {
         }
     }
 
-    /// The entry of node `name`, made on first sight.
-    fn node(&mut self, name: &str) -> &mut NodeFuture {
-        let id = self.node_ids.intern(name) as usize;
-        if id >= self.futures.len() {
-            self.futures.resize_with(id + 1, NodeFuture::default);
+    /// The entry of node `name`, made on first sight (looked up first, so
+    /// that the name is copied once).
+    fn node(&mut self, name: &str) -> Option<&mut NodeFuture> {
+        if !self.nodes.contains_key(name) {
+            self.nodes.insert(name.to_string(), NodeFuture::default());
         }
-        &mut self.futures[id]
+        self.nodes.get_mut(name)
     }
 
     /// Rewinds the registration counts for the oracle's replay.
     fn finish(mut self) -> Self {
-        self.futures.iter_mut().for_each(|f| f.registrations = 0);
+        self.nodes.values_mut().for_each(|f| f.registrations = 0);
         self
     }
 }
@@ -190,9 +192,7 @@ impl Policy for OraclePolicy {
             return;
         }
         // A node no pod is ever bound to needs nothing, whatever incarnation.
-        let Some(future) = (self.foresight.node_ids.get(&n.node))
-            .and_then(|id| self.foresight.futures.get_mut(id as usize))
-        else {
+        let Some(future) = self.foresight.nodes.get_mut(&n.node) else {
             return;
         };
         future.registrations += 1;
