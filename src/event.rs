@@ -545,12 +545,15 @@ pub(crate) fn usual_type(rest: &[u8]) -> Option<Kind> {
     }
 }
 
+/// A usual type and the bytes after its closing quote, for [`fast_body`].
+type FastBody<'a> = Option<(Kind, &'a [u8])>;
+
 /// Reads `ts` and `type` straight off a line in [`written_form`], so that
 /// the common case is parsed once. Anything else returns `None` and takes
-/// the general path. Also returns what follows the type's closing quote,
-/// and whether the `ts` text is a plain JSON number (the body fast path
-/// needs both).
-fn fast_probe(line: &[u8]) -> Option<(Probe<'_>, &[u8], bool)> {
+/// the general path. Also returns, for a usual type whose `ts` text is a
+/// plain JSON number, that type and what follows its closing quote: the
+/// body fast path needs both.
+fn fast_probe(line: &[u8]) -> Option<(Probe<'_>, FastBody<'_>)> {
     let (ts_text, rest) = written_form(line)?;
     let (ts, plain) = match plain_decimal(ts_text) {
         Some(ts) => (ts, true),
@@ -559,8 +562,11 @@ fn fast_probe(line: &[u8]) -> Option<(Probe<'_>, &[u8], bool)> {
             (text.parse().ok()?, is_json_number(text.as_bytes()))
         }
     };
-    let (kind, end) = match usual_type(rest) {
-        Some(usual) => (usual.name(), usual.name().len()),
+    let (kind, fast) = match usual_type(rest) {
+        Some(usual) => {
+            let body = &rest[usual.name().len() + 1..];
+            (usual.name(), plain.then_some((usual, body)))
+        }
         None => {
             let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
             if rest[end] != b'"' {
@@ -568,7 +574,7 @@ fn fast_probe(line: &[u8]) -> Option<(Probe<'_>, &[u8], bool)> {
             }
             match &rest[..end] {
                 b"trace" => return None,
-                other => (std::str::from_utf8(other).ok()?, end),
+                other => (std::str::from_utf8(other).ok()?, None),
             }
         }
     };
@@ -577,7 +583,7 @@ fn fast_probe(line: &[u8]) -> Option<(Probe<'_>, &[u8], bool)> {
         kind: Cow::Borrowed(kind),
         version: None,
     };
-    Some((probe, &rest[end + 1..], plain))
+    Some((probe, fast))
 }
 
 /// Powers of ten that an `f64` holds exactly.
@@ -668,7 +674,7 @@ fn is_json_number(s: &[u8]) -> bool {
 /// was a third of its time. `rest` is what follows the type. `None` for
 /// anything else; the caller then parses the line with serde_json, which
 /// accepts the same lines with the same result and words the errors.
-fn fast_body(kind: &str, rest: &[u8], body: &mut Body, spares: &mut Spares) -> Option<()> {
+fn fast_body(kind: Kind, rest: &[u8], body: &mut Body, spares: &mut Spares) -> Option<()> {
     let mut c = Cursor {
         // A SIMD check: `str::from_utf8` over the whole body showed in
         // replay profiles. Control characters are left to `string`, which
@@ -676,11 +682,11 @@ fn fast_body(kind: &str, rest: &[u8], body: &mut Body, spares: &mut Spares) -> O
         s: simdutf8::basic::from_utf8(rest).ok()?,
         i: 0,
     };
+    let body = spares.ready(body, kind);
     match kind {
-        "pod" => c.pod(spares.ready(body, Kind::Pod))?,
-        "node" => c.node(spares.ready(body, Kind::Node))?,
-        "node_claim" => c.node_claim(spares.ready(body, Kind::NodeClaim))?,
-        _ => return None,
+        Kind::Pod => c.pod(body)?,
+        Kind::Node => c.node(body)?,
+        Kind::NodeClaim => c.node_claim(body)?,
     }
     (c.i == c.s.len()).then_some(())
 }
@@ -1267,9 +1273,8 @@ impl LineParser {
         if line.is_empty() || self.filter.is_some_and(|keep| !keep(line)) {
             return Ok(false);
         }
-        let (probe, fast_rest) = match fast_probe(line) {
-            Some((p, rest, true)) => (p, Some(rest)),
-            Some((p, _, false)) => (p, None),
+        let (probe, fast) = match fast_probe(line) {
+            Some(probed) => probed,
             None => (
                 serde_json::from_slice(line).map_err(|e| self.malformed(e))?,
                 None,
@@ -1308,8 +1313,8 @@ impl LineParser {
                 self.stats.header = Some(body(line).map_err(|e| self.malformed(e))?);
                 return Ok(false);
             }
-            kind @ ("pod" | "node" | "node_claim")
-                if fast_rest.is_some_and(|rest| {
+            "pod" | "node" | "node_claim"
+                if fast.is_some_and(|(kind, rest)| {
                     fast_body(kind, rest, &mut out.body, &mut self.spares).is_some()
                 }) =>
             {

@@ -107,7 +107,7 @@ pub fn build(
     let outcomes: Vec<(String, bool, Outcome)> = outcomes
         .into_iter()
         .map(|(n, shown, mut o)| {
-            o.waits.sort_unstable_by(f64::total_cmp);
+            o.waits = sorted(std::mem::take(&mut o.waits));
             (n, shown, o)
         })
         .collect();
