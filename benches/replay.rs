@@ -38,6 +38,8 @@ fn bench(c: &mut Criterion) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    // As the binary's `replay` sets it.
+    pullahead::allocator::keep_freed_memory();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = trace(dir.path(), events);
     let opts = replay::Options {

@@ -5,6 +5,7 @@
 //! [`policy::Policy`] turns them into [`policy::PullOrder`]s, and the
 //! [`replay`] simulator scores policies on recorded or generated streams.
 
+pub mod allocator;
 pub mod bus;
 pub mod clock;
 pub mod config;

@@ -47,6 +47,17 @@ enum Command {
     Record(pullahead::record::Args),
 }
 
+impl Command {
+    /// A batch command, which may keep the memory it frees (see
+    /// [`pullahead::allocator`]); the services give it back.
+    fn runs_to_completion(&self) -> bool {
+        !matches!(
+            self,
+            Command::Agent(_) | Command::Run(_) | Command::Record(_)
+        )
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -62,6 +73,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.command.runs_to_completion() {
+        pullahead::allocator::keep_freed_memory();
+    }
     match cli.command {
         Command::Replay(args) => replay_cmd(&args),
         Command::Tune(args) => tune_cmd(&args),
