@@ -545,6 +545,15 @@ pub(crate) fn usual_type(rest: &[u8]) -> Option<Kind> {
     }
 }
 
+/// The name of the type at the start of `rest`, as [`written_form`]
+/// returns it: the bytes before its closing quote. `None` when an escape
+/// or the line's end comes first; the general parser reads such a name.
+pub(crate) fn plain_type(rest: &[u8]) -> Option<&[u8]> {
+    // A type name is a few bytes: a byte loop beats `memchr2`'s setup.
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    (rest[end] == b'"').then(|| &rest[..end])
+}
+
 /// A usual type and the bytes after its closing quote, for [`fast_body`].
 type FastBody<'a> = Option<(Kind, &'a [u8])>;
 
@@ -567,16 +576,10 @@ fn fast_probe(line: &[u8]) -> Option<(Probe<'_>, FastBody<'_>)> {
             let body = &rest[usual.name().len() + 1..];
             (usual.name(), plain.then_some((usual, body)))
         }
-        None => {
-            let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
-            if rest[end] != b'"' {
-                return None;
-            }
-            match &rest[..end] {
-                b"trace" => return None,
-                other => (std::str::from_utf8(other).ok()?, None),
-            }
-        }
+        None => match plain_type(rest)? {
+            b"trace" => return None,
+            other => (std::str::from_utf8(other).ok()?, None),
+        },
     };
     let probe = Probe {
         ts,

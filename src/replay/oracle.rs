@@ -66,12 +66,9 @@ fn scan_keeps(line: &[u8]) -> bool {
         Some(Kind::NodeClaim) => return false,
         None => {}
     }
-    match memchr::memchr2(b'"', b'\\', rest) {
-        // Another type than those above: only the header is read.
-        Some(end) if rest[end] == b'"' => &rest[..end] == b"trace",
-        // An escaped or unterminated name: the parse decides.
-        _ => true,
-    }
+    // Another type than those above: only the header is read. An escaped
+    // or unterminated name: the parse decides.
+    event::plain_type(rest).is_none_or(|name| name == b"trace")
 }
 
 impl Foresight {
