@@ -221,6 +221,10 @@ struct Demand {
     /// counted can enter, in place of the last. Ranking every used image at
     /// each registration was a selection over the whole pool.
     top: Vec<u32>,
+    /// The index in `top` of its last-ranked image, once `top` is full. It
+    /// changes only when `top` does or that image is counted again, and
+    /// finding it anew at every count was most of this policy's time.
+    last: usize,
 }
 
 impl Demand {
@@ -243,22 +247,38 @@ impl Demand {
             self.counts.resize(i + 1, 0);
         }
         self.counts[i] += 1;
-        if k == 0 || self.top.contains(&image) {
+        if k == 0 {
+            return;
+        }
+        if self.top.contains(&image) {
+            // Counted again, the last may now rank above another.
+            if self.top.len() == k && self.top[self.last] == image {
+                self.find_last(names);
+            }
             return;
         }
         if self.top.len() < k {
             self.top.push(image);
+            if self.top.len() == k {
+                self.find_last(names);
+            }
             return;
         }
+        if self.before(names, image, self.top[self.last]) {
+            self.top[self.last] = image;
+            self.find_last(names);
+        }
+    }
+
+    /// Points `last` at the last-ranked image of `top`.
+    fn find_last(&mut self, names: &Interner) {
         let mut last = 0;
         for (n, &t) in self.top.iter().enumerate().skip(1) {
             if self.before(names, self.top[last], t) {
                 last = n;
             }
         }
-        if self.before(names, image, self.top[last]) {
-            self.top[last] = image;
-        }
+        self.last = last;
     }
 }
 
