@@ -496,6 +496,13 @@ impl Planner {
     ) {
         c.clear();
         self.claim_signals(info, claim, c);
+        // Once the claim's own pods are known, an image none of them needs
+        // gets `not_nominated`. With a positive weight that could lift an
+        // image whose pool signals fail, so then every image is scored.
+        let named = claim
+            .and_then(|c| self.state.nominated_to_claim.get(&c))
+            .is_some_and(|p| !p.is_empty());
+        let every = every || (named && self.model.weights()[8] > 0.0);
         // Before the history, so that every image already in gets its
         // history share whatever the sign of its weight.
         if every {
@@ -521,7 +528,7 @@ impl Planner {
                         c.rows[i as usize][6] = h.share(n);
                     }
                 }
-                self.history_candidates(view, h, c);
+                self.history_candidates(view, h, named, c);
             }
         }
         for t in 0..c.touched.len() {
@@ -535,21 +542,31 @@ impl Planner {
             if let Some(k) = view.index(i) {
                 self.add_pool_signals(&view.images[k], row);
             }
+            // Scaled by `fits` (already on a log scale), not a flag: a flag
+            // or the history share left an image that many of the pool's
+            // workloads share above the threshold on claims whose pods do
+            // not use it.
+            if named && row[0] == 0.0 {
+                row[8] = row[7];
+            }
             Self::log_scale(row);
         }
     }
 
     /// Adds the history images that no claim pod names and whose pool
     /// signals fail alone, but which their history share may carry over the
-    /// threshold.
-    fn history_candidates(&self, view: &PoolView, h: &PoolHistory, c: &mut Scratch) {
+    /// threshold. With `named` (the claim's pods are known), each also has
+    /// `not_nominated`, whose weight is then at most 0.
+    fn history_candidates(&self, view: &PoolView, h: &PoolHistory, named: bool, c: &mut Scratch) {
         // The sum below is the log-odds up to rounding, so a margin keeps
         // every image that might pass, and the exact test comes later.
         let z_min = self.model.logit_threshold();
         let may_pass = |z: f64| z >= z_min - 1e-9 * (1.0 + z.abs());
         let z_none = self.model.logit(&[0.0; N_FEATURES]);
         let per_node = self.model.weights()[6] / h.new_nodes as f64;
-        // Any image not yet a candidate has at most this pool log-odds.
+        let not_nominated = if named { self.model.weights()[8] } else { 0.0 };
+        // Any image not yet a candidate has at most this pool log-odds
+        // (`not_nominated` only lowers it).
         let z_top = view.z_failing.max(z_none);
         for &(i, n) in &h.needs {
             // `needs` runs from most needed down: with a positive weight,
@@ -561,7 +578,9 @@ impl Planner {
             if c.has(i) {
                 continue;
             }
-            let z = view.index(i).map_or(z_none, |k| view.images[k].z) + per_node * n as f64;
+            let z = view.index(i).map_or(z_none, |k| {
+                view.images[k].z + not_nominated * view.images[k].fits
+            }) + per_node * n as f64;
             if may_pass(z) {
                 c.row(i)[6] = h.share(n);
             }
