@@ -85,10 +85,20 @@ fn pruned_planner_orders_what_the_exhaustive_one_orders() {
         default.horizon_seconds,
         default.threshold,
     );
+    // Nor on the sign of `not_nominated`'s: with it positive, a claim's
+    // plan scores every image.
+    let mut w = *default.weights();
+    w[8] = w[8].abs() + 1.0;
+    let lifting = Model::new(w, default.bias, default.horizon_seconds, default.threshold);
     let (mut with_default, mut with_flipped) = (0, 0);
     for (name, events) in all_traces() {
         with_default += compare(&name, &default, &events);
         with_flipped += compare(&format!("{name} (negative history)"), &flipped, &events);
+        compare(
+            &format!("{name} (positive not_nominated)"),
+            &lifting,
+            &events,
+        );
     }
     assert!(
         with_default > 1_000,

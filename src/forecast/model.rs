@@ -13,7 +13,7 @@ use super::{Error, Result};
 pub const MODEL_VERSION: u32 = 1;
 
 /// The features, in the order the weights use. See `docs/forecaster.md`.
-pub const FEATURES: [&str; 8] = [
+pub const FEATURES: [&str; 9] = [
     "nominated",
     "scale_up",
     "daemonset",
@@ -22,6 +22,7 @@ pub const FEATURES: [&str; 8] = [
     "hpa_trend",
     "history",
     "fits",
+    "not_nominated",
 ];
 
 /// Number of features.
@@ -298,7 +299,7 @@ mod tests {
                 Box::new(|v| v["threshold"] = 1.5.into()),
             ),
             (
-                "7 weights for 8 features",
+                "8 weights for 9 features",
                 Box::new(|v| {
                     v["weights"].as_array_mut().unwrap().pop();
                 }),

@@ -13,6 +13,7 @@ use crate::event::{Body, ClaimPhase, Event, NodePhase, PodPhase};
 use crate::policy::{Policy, PullOrder, Reason, Target};
 use crate::state::{ClusterState, ImageId, NodeInfo};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::VecDeque;
 
 /// Planner settings that are not part of the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,6 +28,15 @@ pub struct PlannerConfig {
     pub default_image_bytes: u64,
     /// How often HPA series are sampled for the trend, seconds.
     pub tick_seconds: f64,
+    /// How long after a NodeClaim's creation its first plan waits, seconds;
+    /// 0 plans at creation. Karpenter nominates the claim's pods just after
+    /// it creates the claim, and a plan made before that cannot tell the
+    /// pool's usual images from the ones these pods need. The plan is made
+    /// at the first event or tick at least this long after creation, or at
+    /// the node's registration if that comes first. Claim orders wait for
+    /// the node anyway, so the delay costs no lead time while the node
+    /// takes longer than this to register.
+    pub claim_plan_delay_seconds: f64,
 }
 
 impl Default for PlannerConfig {
@@ -37,6 +47,7 @@ impl Default for PlannerConfig {
             pull_latency_seconds: 0.5,
             default_image_bytes: 200_000_000,
             tick_seconds: 15.0,
+            claim_plan_delay_seconds: 5.0,
         }
     }
 }
@@ -130,6 +141,11 @@ pub struct Planner {
     wl_views: HashMap<u32, Vec<usize>>,
     scratch: Scratch,
     collect: Option<Vec<Candidate>>,
+    /// Claims whose creation plan waits, with the time it is due.
+    waiting: HashMap<u32, f64>,
+    /// (due time, claim), in due order; an entry whose time no longer
+    /// matches `waiting` was planned or dropped already.
+    due: VecDeque<(f64, u32)>,
 }
 
 /// A pool's candidates as its workloads give them, and which of them pass
@@ -258,6 +274,8 @@ impl Planner {
             wl_views: HashMap::default(),
             scratch: Scratch::default(),
             collect: None,
+            waiting: HashMap::default(),
+            due: VecDeque::new(),
         }
     }
 
@@ -478,6 +496,13 @@ impl Planner {
     ) {
         c.clear();
         self.claim_signals(info, claim, c);
+        // Once the claim's own pods are known, an image none of them needs
+        // gets `not_nominated`. With a positive weight that could lift an
+        // image whose pool signals fail, so then every image is scored.
+        let named = claim
+            .and_then(|c| self.state.nominated_to_claim.get(&c))
+            .is_some_and(|p| !p.is_empty());
+        let every = every || (named && self.model.weights()[8] > 0.0);
         // Before the history, so that every image already in gets its
         // history share whatever the sign of its weight.
         if every {
@@ -503,7 +528,7 @@ impl Planner {
                         c.rows[i as usize][6] = h.share(n);
                     }
                 }
-                self.history_candidates(view, h, c);
+                self.history_candidates(view, h, named, c);
             }
         }
         for t in 0..c.touched.len() {
@@ -517,21 +542,31 @@ impl Planner {
             if let Some(k) = view.index(i) {
                 self.add_pool_signals(&view.images[k], row);
             }
+            // Scaled by `fits` (already on a log scale), not a flag: a flag
+            // or the history share left an image that many of the pool's
+            // workloads share above the threshold on claims whose pods do
+            // not use it.
+            if named && row[0] == 0.0 {
+                row[8] = row[7];
+            }
             Self::log_scale(row);
         }
     }
 
     /// Adds the history images that no claim pod names and whose pool
     /// signals fail alone, but which their history share may carry over the
-    /// threshold.
-    fn history_candidates(&self, view: &PoolView, h: &PoolHistory, c: &mut Scratch) {
+    /// threshold. With `named` (the claim's pods are known), each also has
+    /// `not_nominated`, whose weight is then at most 0.
+    fn history_candidates(&self, view: &PoolView, h: &PoolHistory, named: bool, c: &mut Scratch) {
         // The sum below is the log-odds up to rounding, so a margin keeps
         // every image that might pass, and the exact test comes later.
         let z_min = self.model.logit_threshold();
         let may_pass = |z: f64| z >= z_min - 1e-9 * (1.0 + z.abs());
         let z_none = self.model.logit(&[0.0; N_FEATURES]);
         let per_node = self.model.weights()[6] / h.new_nodes as f64;
-        // Any image not yet a candidate has at most this pool log-odds.
+        let not_nominated = if named { self.model.weights()[8] } else { 0.0 };
+        // Any image not yet a candidate has at most this pool log-odds
+        // (`not_nominated` only lowers it).
         let z_top = view.z_failing.max(z_none);
         for &(i, n) in &h.needs {
             // `needs` runs from most needed down: with a positive weight,
@@ -543,7 +578,9 @@ impl Planner {
             if c.has(i) {
                 continue;
             }
-            let z = view.index(i).map_or(z_none, |k| view.images[k].z) + per_node * n as f64;
+            let z = view.index(i).map_or(z_none, |k| {
+                view.images[k].z + not_nominated * view.images[k].fits
+            }) + per_node * n as f64;
             if may_pass(z) {
                 c.row(i)[6] = h.share(n);
             }
@@ -665,6 +702,22 @@ impl Planner {
         }
     }
 
+    /// Makes the creation plans of the claims due by `t`, in the order they
+    /// fell due. Called before the event at `t` is applied, so a plan sees
+    /// what happened until then.
+    fn plan_due(&mut self, t: f64, out: &mut Vec<PullOrder>) {
+        while let Some(&(at, c)) = self.due.front() {
+            if at > t {
+                break;
+            }
+            self.due.pop_front();
+            if self.waiting.get(&c) == Some(&at) {
+                self.waiting.remove(&c);
+                self.plan(Key::Claim(c), Some(c), t, out);
+            }
+        }
+    }
+
     /// Counts the images of `pod`, just bound to `node`, in its pool's
     /// history while the node is younger than the horizon.
     fn learn_binding(&mut self, node: u32, pod: u32, now: f64) {
@@ -699,6 +752,9 @@ impl Policy for Planner {
 
     fn on_event(&mut self, event: &Event, clock: &dyn Clock, out: &mut Vec<PullOrder>) {
         let now = clock.now();
+        if !self.due.is_empty() {
+            self.plan_due(now, out);
+        }
         self.state.apply(event);
         // The ids of the event's names, as `apply` just interned them.
         let ids = self.state.resolved;
@@ -728,10 +784,18 @@ impl Policy for Planner {
                 };
                 match c.phase {
                     ClaimPhase::Created => {
-                        self.plan(Key::Claim(id), Some(id), now, out);
+                        let delay = self.cfg.claim_plan_delay_seconds;
+                        if delay > 0.0 {
+                            let at = now + delay;
+                            self.waiting.insert(id, at);
+                            self.due.push_back((at, id));
+                        } else {
+                            self.plan(Key::Claim(id), Some(id), now, out);
+                        }
                     }
                     ClaimPhase::Deleted => {
                         self.planned.remove(&Key::Claim(id));
+                        self.waiting.remove(&id);
                     }
                     _ => {
                         if let Some(n) = ids.node {
@@ -741,8 +805,10 @@ impl Policy for Planner {
                 }
             }
             Body::Pod(p) if p.phase == PodPhase::Nominated => {
+                // A claim whose first plan still waits will see this pod then.
                 if let Some(id) = ids.claim
                     && !self.state.claim_node.contains_key(&id)
+                    && !self.waiting.contains_key(&id)
                 {
                     self.plan(Key::Claim(id), Some(id), now, out);
                 }
@@ -768,11 +834,13 @@ impl Policy for Planner {
                                 .find(|(_, node)| **node == id)
                                 .map(|(c, _)| *c)
                         });
-                        // What was ordered for the claim is already on its way here.
-                        if let Some(c) = claim
-                            && let Some(done) = self.planned.remove(&Key::Claim(c))
-                        {
-                            self.planned.insert(Key::Node(id), done);
+                        // What was ordered for the claim is already on its way
+                        // here; a claim plan still waiting is this plan now.
+                        if let Some(c) = claim {
+                            self.waiting.remove(&c);
+                            if let Some(done) = self.planned.remove(&Key::Claim(c)) {
+                                self.planned.insert(Key::Node(id), done);
+                            }
                         }
                         self.history.entry(pool.clone()).or_default().new_nodes += 1;
                         self.plan(Key::Node(id), claim, now, out);
@@ -795,7 +863,10 @@ impl Policy for Planner {
         Some(self.cfg.tick_seconds)
     }
 
-    fn on_tick(&mut self, _clock: &dyn Clock, _out: &mut Vec<PullOrder>) {
+    fn on_tick(&mut self, clock: &dyn Clock, out: &mut Vec<PullOrder>) {
+        if !self.due.is_empty() {
+            self.plan_due(clock.now(), out);
+        }
         // Sample every HPA's desired replicas on a regular grid for the trend.
         let mut hpas: Vec<u32> = Vec::with_capacity(self.state.hpas.len());
         for (w, h) in &self.state.hpas {
@@ -814,7 +885,66 @@ impl Policy for Planner {
 
 #[cfg(test)]
 mod tests {
-    use super::PoolHistory;
+    use super::{Planner, PlannerConfig, PoolHistory};
+    use crate::clock::SimClock;
+    use crate::event::EventReader;
+    use crate::forecast::model::Model;
+    use crate::policy::{Policy, PullOrder, Target};
+
+    /// Each event's orders, from a planner fed `lines` without ticks.
+    fn orders_by_event(lines: &str) -> Vec<(f64, Vec<PullOrder>)> {
+        let model = Model::from_json(crate::replay::DEFAULT_MODEL).unwrap();
+        let mut planner = Planner::new(model, PlannerConfig::default());
+        let clock = SimClock::new(0.0);
+        let mut all = Vec::new();
+        for e in EventReader::new(lines.as_bytes(), "t") {
+            let e = e.unwrap();
+            let mut out = Vec::new();
+            clock.set(e.ts);
+            planner.on_event(&e, &clock, &mut out);
+            all.push((e.ts, out));
+        }
+        all
+    }
+
+    const CLAIM: &str = r#"{"ts":0,"type":"workload","workload":"a/web","kind":"Deployment","images":["r/web:1"],"node_selector":{}}
+{"ts":0,"type":"workload","workload":"a/db","kind":"Deployment","images":["r/db:1"],"node_selector":{}}
+{"ts":10,"type":"node_claim","node_claim":"c1","pool":"p","phase":"created","labels":{}}
+{"ts":10,"type":"pod","pod":"a/web-1","workload":"a/web","images":["r/web:1"],"phase":"nominated","node_claim":"c1"}
+"#;
+
+    /// The claim's first plan waits for the delay, then sees the pod
+    /// nominated in the same second as the claim.
+    #[test]
+    fn claim_plan_waits_and_sees_the_nominations() {
+        let later = r#"{"ts":16,"type":"pod","pod":"a/db-1","workload":"a/db","images":["r/db:1"],"phase":"pending"}"#;
+        let all = orders_by_event(&format!("{CLAIM}{later}\n"));
+        let (last, rest) = all.split_last().unwrap();
+        assert!(rest.iter().all(|(_, o)| o.is_empty()), "{rest:?}");
+        assert_eq!(last.0, 16.0);
+        let web = last.1.iter().find(|o| o.image == "r/web:1").unwrap();
+        assert_eq!(web.target, Target::NodeClaim("c1".into()));
+        assert_eq!(web.reason, crate::policy::Reason::Nominated);
+    }
+
+    /// A node that registers before the delay is up gets one plan, at its
+    /// registration, and the claim none.
+    #[test]
+    fn early_registration_takes_the_claim_plan() {
+        let reg = r#"{"ts":12,"type":"node_claim","node_claim":"c1","pool":"p","phase":"registered","labels":{},"node":"n1"}
+{"ts":12,"type":"node","node":"n1","phase":"registered","pool":"p","labels":{}}
+{"ts":30,"type":"pod","pod":"a/db-1","workload":"a/db","images":["r/db:1"],"phase":"pending"}
+"#;
+        let all = orders_by_event(&format!("{CLAIM}{reg}"));
+        let orders: Vec<_> = all
+            .iter()
+            .flat_map(|(ts, o)| o.iter().map(move |o| (*ts, o)))
+            .collect();
+        assert!(!orders.is_empty());
+        for (ts, o) in orders {
+            assert_eq!((ts, &o.target), (12.0, &Target::Node("n1".into())), "{o:?}");
+        }
+    }
 
     /// `needs` stays sorted by count, most first, and `at` points at each
     /// image, whatever order the counts come in.
