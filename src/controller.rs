@@ -24,7 +24,7 @@ use kube::api::{Patch, PatchParams};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::clock::{Clock, SimClock};
+use crate::clock::{Clock, SimClock, TickGrid};
 use crate::decisions::DecisionLog;
 use crate::dispatch::crd::{ImageOrder, NodePrefetch};
 use crate::event::{Body, ClaimPhase, Event, NodePhase};
@@ -144,6 +144,9 @@ pub struct Controller {
     /// Consecutive failures per node, for the backoff.
     failures: HashMap<String, u32>,
     orders: Vec<PullOrder>,
+    /// The policy's ticks on the events' own clock ([`TimeSource::EventTime`]);
+    /// a live clock ticks on a timer in [`Controller::run`] instead.
+    ticks: Option<TickGrid>,
     summary: Summary,
 }
 
@@ -159,6 +162,10 @@ impl Controller {
         decisions: Option<DecisionLog>,
     ) -> Self {
         let client = if opts.dry_run { None } else { client };
+        let ticks = match time {
+            TimeSource::EventTime => TickGrid::new(policy.tick_interval()),
+            TimeSource::Live(_) => None,
+        };
         Self {
             scorecard: Scorecard::new(metrics.clone()),
             opts,
@@ -177,6 +184,7 @@ impl Controller {
             retries: BinaryHeap::new(),
             failures: HashMap::new(),
             orders: Vec::new(),
+            ticks,
             summary: Summary::default(),
         }
     }
@@ -199,6 +207,15 @@ impl Controller {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<Summary> {
         let mut inflight: JoinSet<WriteResult> = JoinSet::new();
+        // On a live clock the policy's ticks (the HPA trend's samples, plans
+        // that wait a few seconds) come from a timer.
+        let live_every = match self.time {
+            TimeSource::Live(_) => self.policy.tick_interval().filter(|i| *i > 0.0),
+            TimeSource::EventTime => None,
+        };
+        let mut live_ticks =
+            tokio::time::interval(Duration::from_secs_f64(live_every.unwrap_or(3600.0)));
+        live_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_open = true;
         let mut is_leader = *leader.borrow_and_update();
         loop {
@@ -210,6 +227,12 @@ impl Controller {
                 _ = shutdown.wait_for(|s| *s) => break,
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => self.finish(done),
                 _ = sleep_until_first(&self.retries), if !self.retries.is_empty() => self.requeue_due(),
+                _ = live_ticks.tick(), if live_every.is_some() => {
+                    self.tick(Instant::now())?;
+                    if let Some(d) = self.decisions.as_mut() {
+                        d.flush()?;
+                    }
+                }
                 changed = leader.changed(), if leader_open => {
                     if changed.is_err() {
                         // The election stopped (shutdown); keep the last role.
@@ -285,6 +308,11 @@ impl Controller {
     }
 
     fn handle(&mut self, event: &Event, arrived: Instant) -> Result<()> {
+        // Ticks on the events' clock come before the event that passes them.
+        while let Some(t) = self.ticks.as_mut().and_then(|g| g.next_due(event.ts)) {
+            self.event_clock.set(t);
+            self.tick(arrived)?;
+        }
         self.summary.events += 1;
         let kind = event.body.type_name();
         self.metrics.events.with_label_values(&[kind]).inc();
@@ -309,7 +337,28 @@ impl Controller {
         self.metrics
             .planner_decision
             .observe(started.elapsed().as_secs_f64());
+        self.emit(orders, arrived, kind)
+    }
 
+    /// Lets the policy act on the passing of time alone.
+    fn tick(&mut self, arrived: Instant) -> Result<()> {
+        let mut orders = std::mem::take(&mut self.orders);
+        let clock: &dyn Clock = match &self.time {
+            TimeSource::Live(c) => c.as_ref(),
+            TimeSource::EventTime => &self.event_clock,
+        };
+        self.policy.on_tick(clock, &mut orders);
+        self.emit(orders, arrived, "tick")
+    }
+
+    /// Counts, records and places the policy's new `orders`, and keeps the
+    /// emptied list for the next call.
+    fn emit(
+        &mut self,
+        mut orders: Vec<PullOrder>,
+        arrived: Instant,
+        kind: &'static str,
+    ) -> Result<()> {
         let now = self.clock().now();
         for order in orders.drain(..) {
             self.summary.orders += 1;
@@ -668,5 +717,85 @@ mod tests {
         drop(rx);
         assert!(!offer(&tx, node_event(), &m));
         assert_eq!(m.events_dropped.with_label_values(&["shutdown"]).get(), 1);
+    }
+
+    /// A policy that ticks every 10 s, notes each tick's time, and orders
+    /// an image onto node `n` at each.
+    struct Ticking(Arc<std::sync::Mutex<Vec<f64>>>);
+
+    impl Policy for Ticking {
+        fn name(&self) -> &str {
+            "ticking"
+        }
+
+        fn on_event(&mut self, _: &Event, _: &dyn Clock, _: &mut Vec<PullOrder>) {}
+
+        fn tick_interval(&self) -> Option<f64> {
+            Some(10.0)
+        }
+
+        fn on_tick(&mut self, clock: &dyn Clock, out: &mut Vec<PullOrder>) {
+            self.0.lock().unwrap().push(clock.now());
+            out.push(PullOrder {
+                target: Target::Node("n".into()),
+                image: "r/i:1".into(),
+                priority: 1,
+                reason: Reason::HpaTrend,
+                probability: None,
+            });
+        }
+    }
+
+    fn controller(time: TimeSource) -> (Controller, Arc<std::sync::Mutex<Vec<f64>>>) {
+        let ticks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let opts = Options {
+            dry_run: true,
+            max_images_per_node: 10,
+            write_concurrency: 1,
+            deadline: 60.0,
+            shutdown_timeout: Duration::from_secs(1),
+        };
+        let policy = Box::new(Ticking(ticks.clone()));
+        let c = Controller::new(opts, policy, time, Metrics::new().unwrap(), None, None);
+        (c, ticks)
+    }
+
+    /// On the events' clock, the policy ticks on the replay's grid, before
+    /// the event that passes each tick, and its orders are placed.
+    #[tokio::test]
+    async fn a_recorded_file_ticks_on_the_events_clock() {
+        let (c, ticks) = controller(TimeSource::EventTime);
+        let (tx, rx) = mpsc::channel(8);
+        let at = |ts: f64| {
+            let mut e = node_event();
+            e.ts = ts;
+            e
+        };
+        for ts in [3.0, 25.0, 31.0] {
+            tx.send(at(ts)).await.unwrap();
+        }
+        drop(tx);
+        let (_leader_tx, leader) = watch::channel(false);
+        let (_stop_tx, stop) = watch::channel(false);
+        let summary = c.run(rx, leader, stop).await.unwrap();
+        assert_eq!(*ticks.lock().unwrap(), vec![10.0, 20.0, 30.0]);
+        assert_eq!(summary.orders, 3);
+    }
+
+    /// On a live clock, a timer drives the ticks with no event at all.
+    #[tokio::test(start_paused = true)]
+    async fn a_live_clock_ticks_on_a_timer() {
+        let clock = Arc::new(SimClock::new(1000.0));
+        let (c, ticks) = controller(TimeSource::Live(clock));
+        let (_tx, rx) = mpsc::channel(8);
+        let (_leader_tx, leader) = watch::channel(false);
+        let (stop_tx, stop) = watch::channel(false);
+        let run = tokio::spawn(c.run(rx, leader, stop));
+        // Paused time jumps to each timer; 35 s hold ticks at 0, 10, 20, 30.
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        stop_tx.send(true).unwrap();
+        let summary = run.await.unwrap().unwrap();
+        assert_eq!(ticks.lock().unwrap().len(), 4);
+        assert_eq!(summary.orders, 4);
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::bus::kafka::{self, KafkaConfig};
-use crate::clock::SimClock;
+use crate::clock::{SimClock, TickGrid};
 use crate::event::{self, Event, EventReader};
 use crate::forecast::model::Model;
 use crate::forecast::planner::{Planner, PlannerConfig};
@@ -256,13 +256,9 @@ pub fn replay_events(
 struct Lane {
     policy: Box<dyn Policy>,
     sim: Sim,
-    next_tick: Option<f64>,
+    ticks: Option<TickGrid>,
     shown: bool,
 }
-
-/// Ticks further apart than this many intervals are skipped over: nothing
-/// happened in between for a tick to react to.
-const MAX_TICKS_PER_GAP: f64 = 10_000.0;
 
 /// Replays `events` (the trace called `label`) with every policy in `opts`.
 /// `foresight` must come from the same events; `none` and `oracle` always
@@ -346,9 +342,9 @@ impl<'l, 'd> Replayer<'l, 'd> {
         let lanes = policies
             .into_iter()
             .map(|(policy, shown)| Lane {
+                ticks: TickGrid::new(policy.tick_interval()),
                 policy,
                 sim: Sim::new(opts.sim),
-                next_tick: None,
                 shown,
             })
             .collect();
@@ -397,20 +393,10 @@ impl<'l, 'd> Replayer<'l, 'd> {
             decisions: &mut self.decisions,
         };
         for lane in &mut self.lanes {
-            if let Some(interval) = lane.policy.tick_interval().filter(|i| *i > 0.0) {
-                let mut tick = *lane
-                    .next_tick
-                    .get_or_insert((event.ts / interval).ceil() * interval);
-                if (event.ts - tick) / interval > MAX_TICKS_PER_GAP {
-                    tick = (event.ts / interval).floor() * interval;
-                }
-                while tick <= event.ts {
-                    clock.set(tick);
-                    lane.policy.on_tick(clock, out.orders);
-                    out.deliver(lane, tick)?;
-                    tick += interval;
-                }
-                lane.next_tick = Some(tick);
+            while let Some(tick) = lane.ticks.as_mut().and_then(|g| g.next_due(event.ts)) {
+                clock.set(tick);
+                lane.policy.on_tick(clock, out.orders);
+                out.deliver(lane, tick)?;
             }
             clock.set(event.ts);
             lane.sim.on_event(event, &self.keys, out.catalog);
