@@ -1529,16 +1529,21 @@ mod tests {
         line.replacen('{', "{ ", 1)
     }
 
-    #[test]
-    fn the_fast_path_reads_what_serde_reads() {
+    /// A synthetic trace as pullahead writes it, header first.
+    fn synth_text(seed: u64, events: u64) -> String {
         let mut w = EventWriter::new(Vec::new(), "mem", &Header::new(0.0, "test")).unwrap();
         let cfg = crate::replay::synth::SynthConfig {
-            seed: 3,
-            events: 3_000,
+            seed,
+            events,
             ..Default::default()
         };
         crate::replay::synth::generate(cfg, &mut w).unwrap();
-        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        String::from_utf8(w.into_inner().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_fast_path_reads_what_serde_reads() {
+        let text = synth_text(3, 3_000);
         let hand = [
             r#"{"ts":0,"type":"pod","pod":"a/b","images":[],"phase":"pending"}"#,
             r#"{"ts":0,"type":"pod","pod":"a/b","workload":"a/w","images":["x","y"],"phase":"scheduled","node":"n","node_claim":"c"}"#,
@@ -1694,14 +1699,7 @@ mod tests {
     #[test]
     fn mutated_lines_are_read_as_serde_reads_them() {
         use rand::{Rng, SeedableRng};
-        let mut w = EventWriter::new(Vec::new(), "mem", &Header::new(0.0, "test")).unwrap();
-        let cfg = crate::replay::synth::SynthConfig {
-            seed: 5,
-            events: 2_000,
-            ..Default::default()
-        };
-        crate::replay::synth::generate(cfg, &mut w).unwrap();
-        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        let text = synth_text(5, 2_000);
         let lines: Vec<&[u8]> = text.lines().skip(1).map(str::as_bytes).collect();
         // Bytes that JSON gives a meaning to, and a few it does not allow.
         let alphabet = b"{}[]\":,0123456789.eE+-nulltruefalse \\\t\x00\x1f\x7f\xc3\xa9\xff";
