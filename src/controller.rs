@@ -210,11 +210,14 @@ impl Controller {
         // On a live clock the policy's ticks (the HPA trend's samples, plans
         // that wait a few seconds) come from a timer.
         let live_every = match self.time {
-            TimeSource::Live(_) => self.policy.tick_interval().filter(|i| *i > 0.0),
+            TimeSource::Live(_) => self
+                .policy
+                .tick_interval()
+                .filter(|i| *i > 0.0)
+                .and_then(|i| Duration::try_from_secs_f64(i).ok()),
             TimeSource::EventTime => None,
         };
-        let mut live_ticks =
-            tokio::time::interval(Duration::from_secs_f64(live_every.unwrap_or(3600.0)));
+        let mut live_ticks = tokio::time::interval(live_every.unwrap_or(Duration::from_secs(3600)));
         live_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_open = true;
         let mut is_leader = *leader.borrow_and_update();
