@@ -70,6 +70,11 @@ impl TickGrid {
         })
     }
 
+    /// Seconds between ticks.
+    pub fn interval(&self) -> f64 {
+        self.interval
+    }
+
     /// The next tick at or before `t` that has not been handed out yet;
     /// `None` once there is none. Call until `None` before the event at `t`.
     pub fn next_due(&mut self, t: f64) -> Option<f64> {

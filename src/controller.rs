@@ -56,6 +56,18 @@ pub enum TimeSource {
     EventTime,
 }
 
+impl TimeSource {
+    /// The clock the policy plans by: the live one, or `event_clock`, which
+    /// the loop sets to each event's time. A free borrow of the two fields,
+    /// so that the policy can be borrowed mutably beside it.
+    fn clock<'a>(&'a self, event_clock: &'a SimClock) -> &'a dyn Clock {
+        match self {
+            TimeSource::Live(c) => c.as_ref(),
+            TimeSource::EventTime => event_clock,
+        }
+    }
+}
+
 /// Tunables of the loop.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -190,10 +202,7 @@ impl Controller {
     }
 
     fn clock(&self) -> &dyn Clock {
-        match &self.time {
-            TimeSource::Live(c) => c.as_ref(),
-            TimeSource::EventTime => &self.event_clock,
-        }
+        self.time.clock(&self.event_clock)
     }
 
     /// Runs until `shutdown` is set or `events` closes. Plans only while
@@ -210,11 +219,8 @@ impl Controller {
         // On a live clock the policy's ticks (the HPA trend's samples, plans
         // that wait a few seconds) come from a timer.
         let live_every = match self.time {
-            TimeSource::Live(_) => self
-                .policy
-                .tick_interval()
-                .filter(|i| *i > 0.0)
-                .and_then(|i| Duration::try_from_secs_f64(i).ok()),
+            TimeSource::Live(_) => TickGrid::new(self.policy.tick_interval())
+                .and_then(|g| Duration::try_from_secs_f64(g.interval()).ok()),
             TimeSource::EventTime => None,
         };
         let mut live_ticks = tokio::time::interval(live_every.unwrap_or(Duration::from_secs(3600)));
@@ -332,10 +338,7 @@ impl Controller {
 
         let started = Instant::now();
         let mut orders = std::mem::take(&mut self.orders);
-        let clock: &dyn Clock = match &self.time {
-            TimeSource::Live(c) => c.as_ref(),
-            TimeSource::EventTime => &self.event_clock,
-        };
+        let clock = self.time.clock(&self.event_clock);
         self.policy.on_event(event, clock, &mut orders);
         self.metrics
             .planner_decision
@@ -346,10 +349,7 @@ impl Controller {
     /// Lets the policy act on the passing of time alone.
     fn tick(&mut self, arrived: Instant) -> Result<()> {
         let mut orders = std::mem::take(&mut self.orders);
-        let clock: &dyn Clock = match &self.time {
-            TimeSource::Live(c) => c.as_ref(),
-            TimeSource::EventTime => &self.event_clock,
-        };
+        let clock = self.time.clock(&self.event_clock);
         self.policy.on_tick(clock, &mut orders);
         self.emit(orders, arrived, "tick")
     }
