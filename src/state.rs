@@ -74,6 +74,9 @@ pub struct NodeInfo {
     pub since: f64,
     /// Images bound pods or the planner put there.
     pub images: HashSet<ImageId>,
+    /// Live pods bound to it: the planner's stand-in for how full it is,
+    /// since events carry no resource requests.
+    pub pods: u32,
 }
 
 /// An HPA's recent history.
@@ -369,6 +372,7 @@ impl ClusterState {
             PodPhase::Scheduled | PodPhase::Started => {
                 if let Some(n) = node.and_then(|n| self.nodes.get_mut(&n)) {
                     n.images.extend(info.images.iter().copied());
+                    n.pods += 1;
                 }
             }
             PodPhase::Deleted => {}
@@ -386,6 +390,11 @@ impl ClusterState {
             if *n == 0 {
                 self.pending.remove(&w);
             }
+        }
+        if matches!(old.phase, PodPhase::Scheduled | PodPhase::Started)
+            && let Some(n) = old.node.and_then(|n| self.nodes.get_mut(&n))
+        {
+            n.pods = n.pods.saturating_sub(1);
         }
         if let Some(c) = old.claim
             && let Some(set) = self.nominated_to_claim.get_mut(&c)
@@ -437,6 +446,37 @@ mod tests {
         // A thousand pods came and went one at a time: one id served them all.
         assert_eq!(st.pod_names.len(), 0);
         assert_eq!(st.pod_names.id_bound(), 1);
+    }
+
+    #[test]
+    fn a_node_counts_its_live_bound_pods() {
+        let mut st = ClusterState::default();
+        st.apply(&Event::new(
+            0.0,
+            crate::event::Node {
+                node: "n1".into(),
+                phase: NodePhase::Registered,
+                pool: None,
+                labels: BTreeMap::new(),
+                taints: None,
+                images: None,
+            },
+        ));
+        let n1 = st.node_names.get("n1").expect("registered node has an id");
+        let count = |st: &ClusterState| st.nodes[&n1].pods;
+        st.apply(&pod(1.0, "shop/a", PodPhase::Pending, None));
+        assert_eq!(count(&st), 0);
+        st.apply(&pod(2.0, "shop/a", PodPhase::Scheduled, Some("n1")));
+        st.apply(&pod(2.0, "shop/b", PodPhase::Scheduled, Some("n1")));
+        assert_eq!(count(&st), 2);
+        // Started is the same pod on the same node, not another one.
+        st.apply(&pod(3.0, "shop/a", PodPhase::Started, Some("n1")));
+        assert_eq!(count(&st), 2);
+        st.apply(&pod(4.0, "shop/a", PodPhase::Deleted, Some("n1")));
+        assert_eq!(count(&st), 1);
+        // A pod bound to a node the view has not seen counts nowhere.
+        st.apply(&pod(5.0, "shop/c", PodPhase::Scheduled, Some("n2")));
+        assert_eq!(count(&st), 1);
     }
 
     #[test]

@@ -304,7 +304,7 @@ fn a_bad_model_is_refused_at_start_naming_file_and_problem() {
         (
             "missing.json",
             missing.to_string(),
-            "missing feature \"not_nominated\"",
+            "missing feature \"existing\"",
         ),
     ];
     let home = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use super::{Error, Result};
 pub const MODEL_VERSION: u32 = 1;
 
 /// The features, in the order the weights use. See `docs/forecaster.md`.
-pub const FEATURES: [&str; 9] = [
+pub const FEATURES: [&str; 10] = [
     "nominated",
     "scale_up",
     "daemonset",
@@ -23,7 +23,35 @@ pub const FEATURES: [&str; 9] = [
     "history",
     "fits",
     "not_nominated",
+    "existing",
 ];
+
+/// Each feature's position in [`FEATURES`], in a [`Features`] row and in
+/// [`Model::weights`].
+pub mod feature {
+    /// `nominated`: pods nominated to the claim that need the image.
+    pub const NOMINATED: usize = 0;
+    /// `scale_up`: unbound pods of a pending scale-up of the node's group.
+    pub const SCALE_UP: usize = 1;
+    /// `daemonset`: a DaemonSet that fits the node uses the image.
+    pub const DAEMONSET: usize = 2;
+    /// `pending`: pending pods of fitting workloads.
+    pub const PENDING: usize = 3;
+    /// `hpa_pressure`: desired minus current replicas.
+    pub const HPA_PRESSURE: usize = 4;
+    /// `hpa_trend`: replicas the trend forecasts beyond the current ones.
+    pub const HPA_TREND: usize = 5;
+    /// `history`: share of the pool's new nodes that needed the image.
+    pub const HISTORY: usize = 6;
+    /// `fits`: fitting workloads that use the image.
+    pub const FITS: usize = 7;
+    /// `not_nominated`: `fits`, on a claim whose nominated pods do not use
+    /// the image.
+    pub const NOT_NOMINATED: usize = 8;
+    /// `existing`: 1 on a node that registered earlier and is planned for
+    /// because a fitting workload's HPA is rising.
+    pub const EXISTING: usize = 9;
+}
 
 /// Number of features.
 pub const N_FEATURES: usize = FEATURES.len();
@@ -127,7 +155,12 @@ impl Model {
                 .features
                 .iter()
                 .position(|f| f == name)
-                .ok_or_else(|| format!("missing feature {name:?}"))?;
+                .ok_or_else(|| {
+                    format!(
+                        "missing feature {name:?} (a model from an older pullahead: \
+                         fit it again with this one's `pullahead tune`)"
+                    )
+                })?;
             self.ordered[i] = self.weights[pos];
         }
         if let Some((i, _)) = self
@@ -299,7 +332,7 @@ mod tests {
                 Box::new(|v| v["threshold"] = 1.5.into()),
             ),
             (
-                "8 weights for 9 features",
+                "9 weights for 10 features",
                 Box::new(|v| {
                     v["weights"].as_array_mut().unwrap().pop();
                 }),
@@ -311,6 +344,25 @@ mod tests {
                 err.contains(want) || (want == "not a finite number" && err.contains("null")),
                 "{err:?} lacks {want:?}"
             );
+        }
+    }
+
+    #[test]
+    fn feature_positions_match_their_names() {
+        use feature::*;
+        for (i, name) in [
+            (NOMINATED, "nominated"),
+            (SCALE_UP, "scale_up"),
+            (DAEMONSET, "daemonset"),
+            (PENDING, "pending"),
+            (HPA_PRESSURE, "hpa_pressure"),
+            (HPA_TREND, "hpa_trend"),
+            (HISTORY, "history"),
+            (FITS, "fits"),
+            (NOT_NOMINATED, "not_nominated"),
+            (EXISTING, "existing"),
+        ] {
+            assert_eq!(FEATURES[i], name);
         }
     }
 

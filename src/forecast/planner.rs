@@ -6,6 +6,10 @@
 //! It reads only the events given so far (through [`ClusterState`]) and the
 //! clock, so it is causal and deterministic: ties are broken by image name.
 
+use super::model::feature::{
+    DAEMONSET, EXISTING, FITS, HISTORY, HPA_PRESSURE, HPA_TREND, NOMINATED, NOT_NOMINATED, PENDING,
+    SCALE_UP,
+};
 use super::model::{Features, Model, N_FEATURES};
 use super::trend::{Holt, HoltState};
 use crate::clock::Clock;
@@ -13,7 +17,8 @@ use crate::event::{Body, ClaimPhase, Event, NodePhase, PodPhase};
 use crate::policy::{Policy, PullOrder, Reason, Target};
 use crate::state::{ClusterState, ImageId, NodeInfo};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// Planner settings that are not part of the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +62,17 @@ impl Default for PlannerConfig {
 enum Key {
     Claim(u32),
     Node(u32),
+}
+
+/// Why a plan is made, which decides its candidates.
+#[derive(Clone, Copy, Debug)]
+enum Why<'a> {
+    /// A NodeClaim or a newly registered node, which this claim (if any)
+    /// announced: every signal.
+    New(Option<u32>),
+    /// A node already up, where these workloads' rising HPAs are expected
+    /// to put pods: their images it lacks.
+    Rising(&'a [u32]),
 }
 
 /// One candidate the planner scored: for `pullahead tune`.
@@ -396,11 +412,15 @@ impl Planner {
     /// Adds the pool signals of `img` (DaemonSet, fits, and the pending and
     /// HPA sums over its workloads, in workload order) to `row`.
     fn add_pool_signals(&self, img: &PoolImage, row: &mut Features) {
-        row[2] = img.ds;
-        row[7] = img.fits;
+        row[DAEMONSET] = img.ds;
+        row[FITS] = img.fits;
         for &w in img.workloads.iter() {
             let [pending, pressure, ahead] = self.workload_signals(w);
-            for (k, v) in [(3, pending), (4, pressure), (5, ahead)] {
+            for (k, v) in [
+                (PENDING, pending),
+                (HPA_PRESSURE, pressure),
+                (HPA_TREND, ahead),
+            ] {
                 if v > 0.0 {
                     row[k] += v;
                 }
@@ -411,7 +431,7 @@ impl Planner {
     /// Counts enter the model on a log scale (`fits` already is); the
     /// DaemonSet flag and the history share stay as they are.
     fn log_scale(row: &mut Features) {
-        for k in [0, 1, 3, 4, 5] {
+        for k in [NOMINATED, SCALE_UP, PENDING, HPA_PRESSURE, HPA_TREND] {
             if row[k] != 0.0 {
                 row[k] = row[k].ln_1p();
             }
@@ -463,7 +483,7 @@ impl Planner {
         if let Some(pods) = claim.and_then(|c| st.nominated_to_claim.get(&c)) {
             for p in pods {
                 if let Some(p) = st.pod(*p) {
-                    c.add(&p.images, 0, 1.0);
+                    c.add(&p.images, NOMINATED, 1.0);
                 }
             }
         }
@@ -473,7 +493,7 @@ impl Planner {
                     if let Some(p) = st.pod(*p)
                         && p.node.is_none()
                     {
-                        c.add(&p.images, 1, 1.0);
+                        c.add(&p.images, SCALE_UP, 1.0);
                     }
                 }
             }
@@ -502,7 +522,7 @@ impl Planner {
         let named = claim
             .and_then(|c| self.state.nominated_to_claim.get(&c))
             .is_some_and(|p| !p.is_empty());
-        let every = every || (named && self.model.weights()[8] > 0.0);
+        let every = every || (named && self.model.weights()[NOT_NOMINATED] > 0.0);
         // Before the history, so that every image already in gets its
         // history share whatever the sign of its weight.
         if every {
@@ -519,13 +539,13 @@ impl Planner {
         {
             if every {
                 for &(i, n) in &h.needs {
-                    c.row(i)[6] = h.share(n);
+                    c.row(i)[HISTORY] = h.share(n);
                 }
             } else {
                 for t in 0..c.touched.len() {
                     let i = c.touched[t];
                     if let Some(n) = h.needs_of(i) {
-                        c.rows[i as usize][6] = h.share(n);
+                        c.rows[i as usize][HISTORY] = h.share(n);
                     }
                 }
                 self.history_candidates(view, h, named, c);
@@ -546,8 +566,8 @@ impl Planner {
             // or the history share left an image that many of the pool's
             // workloads share above the threshold on claims whose pods do
             // not use it.
-            if named && row[0] == 0.0 {
-                row[8] = row[7];
+            if named && row[NOMINATED] == 0.0 {
+                row[NOT_NOMINATED] = row[FITS];
             }
             Self::log_scale(row);
         }
@@ -563,8 +583,12 @@ impl Planner {
         let z_min = self.model.logit_threshold();
         let may_pass = |z: f64| z >= z_min - 1e-9 * (1.0 + z.abs());
         let z_none = self.model.logit(&[0.0; N_FEATURES]);
-        let per_node = self.model.weights()[6] / h.new_nodes as f64;
-        let not_nominated = if named { self.model.weights()[8] } else { 0.0 };
+        let per_node = self.model.weights()[HISTORY] / h.new_nodes as f64;
+        let not_nominated = if named {
+            self.model.weights()[NOT_NOMINATED]
+        } else {
+            0.0
+        };
         // Any image not yet a candidate has at most this pool log-odds
         // (`not_nominated` only lowers it).
         let z_top = view.z_failing.max(z_none);
@@ -582,21 +606,127 @@ impl Planner {
                 view.images[k].z + not_nominated * view.images[k].fits
             }) + per_node * n as f64;
             if may_pass(z) {
-                c.row(i)[6] = h.share(n);
+                c.row(i)[HISTORY] = h.share(n);
+            }
+        }
+    }
+
+    /// Fills the scratch rows for an existing node's plan: each image of
+    /// `workloads` that the node neither has nor was ordered, with its pool
+    /// signals and `existing`.
+    fn rising_candidates(
+        &self,
+        view: &PoolView,
+        info: &NodeInfo,
+        workloads: &[u32],
+        done: Option<&HashSet<ImageId>>,
+        c: &mut Scratch,
+    ) {
+        c.clear();
+        for w in workloads {
+            let Some(wl) = self.state.workloads.get(w) else {
+                continue;
+            };
+            for &i in wl.images.iter() {
+                if c.has(i) || info.images.contains(&i) || done.is_some_and(|d| d.contains(&i)) {
+                    continue;
+                }
+                let row = c.row(i);
+                if let Some(k) = view.index(i) {
+                    self.add_pool_signals(&view.images[k], row);
+                }
+                row[EXISTING] = 1.0;
+                Self::log_scale(row);
+            }
+        }
+    }
+
+    /// Plans for nodes already up where rising HPAs will put their next
+    /// pods. A workload whose pressure or trend expects `k` ≥ 1 more
+    /// replicas within the horizon targets the `k` nodes it fits with the
+    /// fewest bound pods, where the scheduler's least-allocated scoring
+    /// would most likely send them (events carry no resource requests, so
+    /// bound pods stand in for load). Each target node is planned once per
+    /// tick, for the images of its rising workloads that it lacks.
+    fn plan_existing(&mut self, now: f64, out: &mut Vec<PullOrder>) {
+        let mut rising: Vec<(u32, usize)> = self
+            .hpa_signals
+            .iter()
+            .filter_map(|(&w, &[pressure, ahead])| {
+                let more = pressure.max(ahead);
+                // `more` is at most max replicas here; the cast saturates.
+                (more >= 1.0).then_some((w, more.ceil() as usize))
+            })
+            .collect();
+        if rising.is_empty() || self.state.nodes.is_empty() {
+            return;
+        }
+        // Map order is not the events' order; sorting keeps plans
+        // deterministic, and node ids are interned in event order.
+        rising.sort_unstable();
+        // The expected pods are placed one at a time on the least loaded
+        // node each fits, which then counts them: several rising workloads
+        // spread over the nodes as the scheduler would spread their pods,
+        // rather than all aiming at the same emptiest one.
+        let mut by_load: BinaryHeap<Reverse<(u32, u32)>> = self
+            .state
+            .nodes
+            .iter()
+            .map(|(&n, info)| Reverse((info.pods, n)))
+            .collect();
+        let mut targets: Vec<(u32, u32)> = Vec::new();
+        let mut skipped = Vec::new();
+        for (w, k) in rising {
+            let Some(wl) = self.state.workloads.get(&w) else {
+                continue;
+            };
+            if wl.is_daemonset() {
+                continue;
+            }
+            let mut placed = Vec::with_capacity(k);
+            while placed.len() < k {
+                let Some(Reverse((load, n))) = by_load.pop() else {
+                    break;
+                };
+                let Some(info) = self.state.nodes.get(&n) else {
+                    continue;
+                };
+                if !wl.fits(&info.labels, &info.taints) {
+                    skipped.push(Reverse((load, n)));
+                    continue;
+                }
+                placed.push(Reverse((load + 1, n)));
+                let done = self.planned.get(&Key::Node(n)).map(|(d, _)| d);
+                let lacks =
+                    |i: &ImageId| !info.images.contains(i) && !done.is_some_and(|d| d.contains(i));
+                if wl.images.iter().any(lacks) {
+                    targets.push((n, w));
+                }
+            }
+            by_load.extend(placed.drain(..).chain(skipped.drain(..)));
+        }
+        targets.dedup();
+        targets.sort_unstable();
+        let mut workloads = Vec::new();
+        for (k, &(n, w)) in targets.iter().enumerate() {
+            workloads.push(w);
+            if targets.get(k + 1).is_none_or(|&(next, _)| next != n) {
+                self.plan(Key::Node(n), Why::Rising(&workloads), now, out);
+                workloads.clear();
             }
         }
     }
 
     fn reason(f: &Features) -> Reason {
         const ORDER: [(usize, Reason); 8] = [
-            (0, Reason::Nominated),
-            (1, Reason::ScaleUp),
-            (2, Reason::Daemonset),
-            (3, Reason::Pending),
-            (4, Reason::HpaPressure),
-            (5, Reason::HpaTrend),
-            (6, Reason::History),
-            (7, Reason::Workload),
+            (NOMINATED, Reason::Nominated),
+            (SCALE_UP, Reason::ScaleUp),
+            (DAEMONSET, Reason::Daemonset),
+            (PENDING, Reason::Pending),
+            (HPA_PRESSURE, Reason::HpaPressure),
+            (HPA_TREND, Reason::HpaTrend),
+            (HISTORY, Reason::History),
+            (FITS, Reason::Workload),
         ];
         ORDER
             .iter()
@@ -604,9 +734,9 @@ impl Planner {
             .map_or(Reason::History, |(_, r)| *r)
     }
 
-    /// Scores the candidates for `key` (a NodeClaim or a node, which `claim`
-    /// may have announced) and orders the ones worth it.
-    fn plan(&mut self, key: Key, claim: Option<u32>, now: f64, out: &mut Vec<PullOrder>) {
+    /// Scores the candidates for `key` (a NodeClaim or a node) that `why`
+    /// gives, and orders the ones worth it.
+    fn plan(&mut self, key: Key, why: Why<'_>, now: f64, out: &mut Vec<PullOrder>) {
         // The caches are moved out for the call, so that they can be filled
         // while the view they summarise is borrowed.
         let mut pool_ix = std::mem::take(&mut self.pool_ix);
@@ -624,7 +754,14 @@ impl Planner {
             let view = &mut views[v];
             self.refresh(view);
             let done = planned.get(&key).map(|(d, _)| d);
-            self.candidates(view, info, claim, done, collect.is_some(), &mut scratch);
+            match why {
+                Why::New(claim) => {
+                    self.candidates(view, info, claim, done, collect.is_some(), &mut scratch);
+                }
+                Why::Rising(workloads) => {
+                    self.rising_candidates(view, info, workloads, done, &mut scratch);
+                }
+            }
             if let (Some(rows), Key::Node(n)) = (collect.as_mut(), key) {
                 let node = self.state.node_names.name(n);
                 let mut list = scratch.touched.clone();
@@ -713,7 +850,7 @@ impl Planner {
             self.due.pop_front();
             if self.waiting.get(&c) == Some(&at) {
                 self.waiting.remove(&c);
-                self.plan(Key::Claim(c), Some(c), t, out);
+                self.plan(Key::Claim(c), Why::New(Some(c)), t, out);
             }
         }
     }
@@ -790,7 +927,7 @@ impl Policy for Planner {
                             self.waiting.insert(id, at);
                             self.due.push_back((at, id));
                         } else {
-                            self.plan(Key::Claim(id), Some(id), now, out);
+                            self.plan(Key::Claim(id), Why::New(Some(id)), now, out);
                         }
                     }
                     ClaimPhase::Deleted => {
@@ -810,7 +947,7 @@ impl Policy for Planner {
                     && !self.state.claim_node.contains_key(&id)
                     && !self.waiting.contains_key(&id)
                 {
-                    self.plan(Key::Claim(id), Some(id), now, out);
+                    self.plan(Key::Claim(id), Why::New(Some(id)), now, out);
                 }
             }
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
@@ -843,7 +980,7 @@ impl Policy for Planner {
                             }
                         }
                         self.history.entry(pool.clone()).or_default().new_nodes += 1;
-                        self.plan(Key::Node(id), claim, now, out);
+                        self.plan(Key::Node(id), Why::New(claim), now, out);
                         self.state.consume_scale_up(&pool);
                         self.fresh.insert(id, (pool, now, HashSet::default()));
                     }
@@ -880,6 +1017,7 @@ impl Policy for Planner {
                 self.views[v].mark(w);
             }
         }
+        self.plan_existing(clock.now(), out);
     }
 }
 
@@ -944,6 +1082,49 @@ mod tests {
         for (ts, o) in orders {
             assert_eq!((ts, &o.target), (12.0, &Target::Node("n1".into())), "{o:?}");
         }
+    }
+
+    /// A rising HPA plans for nodes already up: its expected pods go, one
+    /// at a time, to the least loaded node they fit, and only such a node
+    /// that lacks the image gets an order.
+    #[test]
+    fn a_rising_hpa_plans_for_the_nodes_its_pods_will_land_on() {
+        use crate::forecast::model::{N_FEATURES, feature::EXISTING};
+        let lines = r#"{"ts":0,"type":"workload","workload":"a/fn","kind":"Deployment","images":["r/fn:1"],"node_selector":{"pool":"x"}}
+{"ts":0,"type":"workload","workload":"a/b","kind":"Deployment","images":["r/b:1"],"node_selector":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n1","phase":"registered","pool":"x","labels":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n2","phase":"registered","pool":"x","labels":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n3","phase":"registered","pool":"x","labels":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n4","phase":"registered","pool":"y","labels":{"pool":"y"}}
+{"ts":2,"type":"pod","pod":"a/b-1","workload":"a/b","images":["r/b:1"],"phase":"scheduled","node":"n1"}
+{"ts":2,"type":"pod","pod":"a/b-2","workload":"a/b","images":["r/b:1"],"phase":"scheduled","node":"n1"}
+{"ts":2,"type":"pod","pod":"a/fn-1","workload":"a/fn","images":["r/fn:1"],"phase":"scheduled","node":"n3"}
+{"ts":5,"type":"hpa","hpa":"a/fn","workload":"a/fn","current_replicas":1,"desired_replicas":3,"min_replicas":0,"max_replicas":10}
+"#;
+        // Only `existing` counts, so no registration plan passes.
+        let mut w = [0.0; N_FEATURES];
+        w[EXISTING] = 10.0;
+        let mut planner = Planner::new(Model::new(w, -5.0, 600.0, 0.5), PlannerConfig::default());
+        let clock = SimClock::new(0.0);
+        let mut out = Vec::new();
+        for e in EventReader::new(lines.as_bytes(), "t") {
+            let e = e.unwrap();
+            clock.set(e.ts);
+            planner.on_event(&e, &clock, &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+        clock.set(15.0);
+        planner.on_tick(&clock, &mut out);
+        // Two more pods: n2 (empty) and n3 (one pod, has the image) take
+        // them before n1 (two pods); n4 is empty but in another pool.
+        let got: Vec<_> = out.iter().map(|o| (&o.target, o.image.as_str())).collect();
+        assert_eq!(got, [(&Target::Node("n2".into()), "r/fn:1")]);
+        assert_eq!(out[0].reason, crate::policy::Reason::HpaPressure);
+        // Ordered once: the next tick does not order it again.
+        out.clear();
+        clock.set(30.0);
+        planner.on_tick(&clock, &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     /// `needs` stays sorted by count, most first, and `at` points at each

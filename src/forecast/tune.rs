@@ -2,15 +2,17 @@
 //! time) and scores it, beside the baselines, on the part held back.
 //!
 //! 1. Replay the training part with a collecting planner: every candidate
-//!    (node, image) it scores at a node's registration, with its features.
+//!    (node, image) it scores for a node, at its registration or when a
+//!    rising HPA targets it, with its features.
 //! 2. Label each candidate: did a pod bound to that node within the horizon
-//!    need the image? (Training data may look ahead; the planner never does.)
+//!    after the decision need the image? (Training data may look ahead; the
+//!    planner never does.)
 //! 3. Fit logistic regression.
 //! 4. Pick the threshold with the best oracle capture on the training part
 //!    whose waste stays within the bound.
 //! 5. Replay each whole trace, scoring only what happens after the split.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -109,14 +111,15 @@ impl Trace {
     }
 }
 
-/// Images each node needed within `horizon` of its registration, keyed by
-/// (node, registration time in milliseconds).
-fn labels(
-    events: impl Iterator<Item = event::Result<Event>>,
-    horizon: f64,
-) -> event::Result<HashSet<(String, i64, String)>> {
+/// When pods bound to each node needed each image: (node, image) → the
+/// bindings, each as (binding time, when that node registered), in time
+/// order. The registration time tells a node's incarnations apart when a
+/// name comes back.
+type Bindings = HashMap<(String, String), Vec<(f64, f64)>>;
+
+fn bindings(events: impl Iterator<Item = event::Result<Event>>) -> event::Result<Bindings> {
     let mut since: HashMap<String, f64> = HashMap::new();
-    let mut out = HashSet::new();
+    let mut out: Bindings = HashMap::new();
     for e in events {
         let e = e?;
         match &e.body {
@@ -129,10 +132,11 @@ fn labels(
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
                 if let Some(node) = &p.node
                     && let Some(&t0) = since.get(node)
-                    && e.ts - t0 <= horizon
                 {
                     for i in &p.images {
-                        out.insert((node.clone(), (t0 * 1000.0).round() as i64, i.clone()));
+                        out.entry((node.clone(), i.clone()))
+                            .or_default()
+                            .push((e.ts, t0));
                     }
                 }
             }
@@ -140,6 +144,15 @@ fn labels(
         }
     }
     Ok(out)
+}
+
+/// The label of candidate `c`: did a pod bound to its node, the same
+/// incarnation, within `horizon` after the decision need its image?
+fn needed(b: &Bindings, c: Candidate, horizon: f64) -> bool {
+    b.get(&(c.node, c.image)).is_some_and(|list| {
+        list.iter()
+            .any(|&(at, t0)| t0 <= c.ts && at >= c.ts && at - c.ts <= horizon)
+    })
 }
 
 fn planner_config(opts: &replay::Options) -> PlannerConfig {
@@ -193,15 +206,16 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
             &opts.replay,
             None,
         )?;
-        let truth = labels(t.train(), opts.horizon_seconds)?;
+        let truth = bindings(t.train())?;
         let candidates = std::mem::take(
             &mut *sink
                 .lock()
                 .map_err(|_| replay::Error::InvalidOption("candidate list poisoned".into()))?,
         );
         rows.extend(candidates.into_iter().map(|c| {
-            let key = (c.node, (c.ts * 1000.0).round() as i64, c.image);
-            (c.features, if truth.contains(&key) { 1.0 } else { 0.0 })
+            let features = c.features;
+            let label = needed(&truth, c, opts.horizon_seconds);
+            (features, if label { 1.0 } else { 0.0 })
         }));
     }
     if rows.is_empty() {
@@ -382,5 +396,44 @@ impl Args {
             replay: self.replay.options(Vec::new())?,
             command,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(ts: f64) -> Candidate {
+        Candidate {
+            ts,
+            node: "n1".into(),
+            image: "r/fn:1".into(),
+            features: [0.0; N_FEATURES],
+        }
+    }
+
+    /// A decision is labelled by the pods bound to its node after it, within
+    /// the horizon, on the same incarnation of the node.
+    #[test]
+    fn labels_look_from_the_decision_through_the_horizon() {
+        let lines = r#"{"ts":0,"type":"node","node":"n1","phase":"registered","labels":{}}
+{"ts":100,"type":"pod","pod":"a/fn-1","images":["r/fn:1"],"phase":"scheduled","node":"n1"}
+{"ts":200,"type":"node","node":"n1","phase":"deleted","labels":{}}
+{"ts":300,"type":"node","node":"n1","phase":"registered","labels":{}}
+{"ts":350,"type":"pod","pod":"a/fn-2","images":["r/fn:1"],"phase":"scheduled","node":"n1"}
+"#;
+        let b = bindings(EventReader::new(lines.as_bytes(), "t")).unwrap();
+        // At registration and later, up to the binding.
+        assert!(needed(&b, candidate(0.0), 150.0));
+        assert!(needed(&b, candidate(60.0), 150.0));
+        // The binding is past the horizon.
+        assert!(!needed(&b, candidate(0.0), 50.0));
+        // After the first binding, the next is on the node's next life.
+        assert!(!needed(&b, candidate(150.0), 300.0));
+        assert!(needed(&b, candidate(300.0), 60.0));
+        // Another image is not needed.
+        let mut other = candidate(0.0);
+        other.image = "r/other:1".into();
+        assert!(!needed(&b, other, 1000.0));
     }
 }
