@@ -64,6 +64,12 @@ enum Key {
     Node(u32),
 }
 
+/// Whether `image` is on the node `info` describes, or among the images
+/// already ordered for it (`done`): a plan orders neither again.
+fn present_or_ordered(info: &NodeInfo, done: Option<&HashSet<ImageId>>, image: ImageId) -> bool {
+    done.is_some_and(|d| d.contains(&image)) || info.images.contains(&image)
+}
+
 /// Why a plan is made, which decides its candidates.
 #[derive(Clone, Copy, Debug)]
 enum Why<'a> {
@@ -555,7 +561,7 @@ impl Planner {
             let i = c.touched[t];
             // Already ordered here, or already on the node: `order` skips
             // it whatever its score, so only `tune` needs its features.
-            if !every && (done.is_some_and(|d| d.contains(&i)) || info.images.contains(&i)) {
+            if !every && present_or_ordered(info, done, i) {
                 continue;
             }
             let row = &mut c.rows[i as usize];
@@ -628,7 +634,7 @@ impl Planner {
                 continue;
             };
             for &i in wl.images.iter() {
-                if c.has(i) || info.images.contains(&i) || done.is_some_and(|d| d.contains(&i)) {
+                if c.has(i) || present_or_ordered(info, done, i) {
                     continue;
                 }
                 let row = c.row(i);
@@ -697,15 +703,16 @@ impl Planner {
                 }
                 placed.push(Reverse((load + 1, n)));
                 let done = self.planned.get(&Key::Node(n)).map(|(d, _)| d);
-                let lacks =
-                    |i: &ImageId| !info.images.contains(i) && !done.is_some_and(|d| d.contains(i));
-                if wl.images.iter().any(lacks) {
+                if wl
+                    .images
+                    .iter()
+                    .any(|&i| !present_or_ordered(info, done, i))
+                {
                     targets.push((n, w));
                 }
             }
             by_load.extend(placed.drain(..).chain(skipped.drain(..)));
         }
-        targets.dedup();
         targets.sort_unstable();
         let mut workloads = Vec::new();
         for (k, &(n, w)) in targets.iter().enumerate() {
@@ -793,16 +800,13 @@ impl Planner {
         out: &mut Vec<PullOrder>,
     ) {
         let mut scored: Vec<(f64, f64, ImageId, Reason, u64)> = Vec::new();
-        let already = planned.get(&key);
+        let done = planned.get(&key).map(|(d, _)| d);
         let z_min = self.model.logit_threshold();
         for &image in &c.touched {
             let f = &c.rows[image as usize];
             // Most candidates fall below the threshold: the cheapest test
             // first, and no exp for them.
-            if self.model.logit(f) < z_min
-                || already.is_some_and(|(done, _)| done.contains(&image))
-                || info.images.contains(&image)
-            {
+            if self.model.logit(f) < z_min || present_or_ordered(info, done, image) {
                 continue;
             }
             let p = self.model.predict(f);
