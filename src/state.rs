@@ -94,6 +94,62 @@ pub struct HpaInfo {
     pub series: std::collections::VecDeque<(f64, f64)>,
 }
 
+/// How one pool's nodes are loaded, and how the scheduler has been
+/// placing pods on them, as the bindings show. Events carry no resource
+/// requests, so bound pods stand in for load and the most ever seen on one
+/// node for its capacity.
+#[derive(Debug, Clone, Default)]
+pub struct PoolLoad {
+    /// How many nodes have each number of live bound pods.
+    by_pods: BTreeMap<u32, u32>,
+    /// The most live pods seen on one node of the pool.
+    pub most: u32,
+    /// New bindings onto the fullest node with room, when another node
+    /// with room had fewer pods: what MostAllocated scoring does.
+    pub packed: u32,
+    /// New bindings onto the emptiest node, when another node with room
+    /// had more: what LeastAllocated scoring does.
+    pub spread: u32,
+}
+
+impl PoolLoad {
+    fn add(&mut self, pods: u32) {
+        *self.by_pods.entry(pods).or_default() += 1;
+        self.most = self.most.max(pods);
+    }
+
+    fn remove(&mut self, pods: u32) {
+        if let Some(n) = self.by_pods.get_mut(&pods) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_pods.remove(&pods);
+            }
+        }
+    }
+
+    /// Counts a scheduler's choice of a node that had `pods` bound pods.
+    fn vote(&mut self, pods: u32) {
+        // Nodes at the most ever seen are taken as full: the choice was
+        // among the others.
+        let mut open = self.by_pods.range(..self.most).map(|(&k, _)| k);
+        let (Some(lo), Some(hi)) = (open.next(), open.next_back()) else {
+            return;
+        };
+        if pods == hi {
+            self.packed += 1;
+        } else if pods == lo {
+            self.spread += 1;
+        }
+    }
+
+    /// Whether the scheduler packs this pool's nodes (more bindings went to
+    /// the fullest node with room than to the emptiest) rather than
+    /// spreading pods over them.
+    pub fn packs(&self) -> bool {
+        self.packed > self.spread
+    }
+}
+
 /// How many HPA observations are kept for the trend.
 pub const HPA_SERIES_LEN: usize = 64;
 
@@ -153,6 +209,8 @@ pub struct ClusterState {
     pub claims: HashMap<u32, NodeInfo>,
     /// Claim → node, once registered.
     pub claim_node: HashMap<u32, u32>,
+    /// Each pool's load and placement, by pool name.
+    pub pool_load: HashMap<String, PoolLoad>,
     /// HPAs by workload id.
     pub hpas: HashMap<u32, HpaInfo>,
     /// Scale-ups by group whose nodes are still coming.
@@ -255,17 +313,32 @@ impl ClusterState {
                 self.resolved.node = Some(id);
                 match n.phase {
                     NodePhase::Deleted => {
-                        self.nodes.remove(&id);
+                        if let Some(info) = self.nodes.remove(&id)
+                            && let Some(l) = self.pool_load.get_mut(&info.pool)
+                        {
+                            l.remove(info.pods);
+                        }
                     }
                     NodePhase::Registered | NodePhase::Ready => {
-                        let info = self.nodes.entry(id).or_insert_with(|| NodeInfo {
-                            since: t,
-                            ..Default::default()
+                        let mut fresh = false;
+                        let info = self.nodes.entry(id).or_insert_with(|| {
+                            fresh = true;
+                            NodeInfo {
+                                since: t,
+                                ..Default::default()
+                            }
                         });
                         let pool = n.pool_name();
-                        if info.pool != pool {
+                        if fresh || info.pool != pool {
+                            if !fresh && let Some(l) = self.pool_load.get_mut(&info.pool) {
+                                l.remove(info.pods);
+                            }
                             info.pool.clear();
                             info.pool.push_str(pool);
+                            self.pool_load
+                                .entry(info.pool.clone())
+                                .or_default()
+                                .add(info.pods);
                         }
                         if info.labels != n.labels {
                             info.labels.clone_from(&n.labels);
@@ -332,6 +405,13 @@ impl ClusterState {
             self.pods.resize_with(slot + 1, || None);
         }
         let old = self.pods[slot].take();
+        // A pod newly bound without a NodeClaim was placed by the scheduler
+        // among the nodes up; a nominated one went where its claim became.
+        let placed = matches!(p.phase, PodPhase::Scheduled | PodPhase::Started)
+            && old.as_ref().is_none_or(|o| {
+                o.claim.is_none() && matches!(o.phase, PodPhase::Pending | PodPhase::Nominated)
+            })
+            && !workload.is_some_and(|w| self.daemonsets.contains(&w));
         if let Some(old) = &old {
             self.unindex(id, old);
         }
@@ -372,6 +452,13 @@ impl ClusterState {
             PodPhase::Scheduled | PodPhase::Started => {
                 if let Some(n) = node.and_then(|n| self.nodes.get_mut(&n)) {
                     n.images.extend(info.images.iter().copied());
+                    if let Some(l) = self.pool_load.get_mut(&n.pool) {
+                        if placed {
+                            l.vote(n.pods);
+                        }
+                        l.remove(n.pods);
+                        l.add(n.pods + 1);
+                    }
                     n.pods += 1;
                 }
             }
@@ -393,8 +480,13 @@ impl ClusterState {
         }
         if matches!(old.phase, PodPhase::Scheduled | PodPhase::Started)
             && let Some(n) = old.node.and_then(|n| self.nodes.get_mut(&n))
+            && n.pods > 0
         {
-            n.pods = n.pods.saturating_sub(1);
+            if let Some(l) = self.pool_load.get_mut(&n.pool) {
+                l.remove(n.pods);
+                l.add(n.pods - 1);
+            }
+            n.pods -= 1;
         }
         if let Some(c) = old.claim
             && let Some(set) = self.nominated_to_claim.get_mut(&c)
@@ -477,6 +569,84 @@ mod tests {
         // A pod bound to a node the view has not seen counts nowhere.
         st.apply(&pod(5.0, "shop/c", PodPhase::Scheduled, Some("n2")));
         assert_eq!(count(&st), 1);
+    }
+
+    fn node(ts: f64, name: &str, phase: NodePhase) -> Event {
+        Event::new(
+            ts,
+            crate::event::Node {
+                node: name.into(),
+                phase,
+                pool: Some("x".into()),
+                labels: BTreeMap::new(),
+                taints: None,
+                images: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_pool_learns_whether_the_scheduler_packs_or_spreads() {
+        // Three nodes; each step binds a new pod to a node, or deletes one.
+        let run = |steps: &[(&str, bool)]| {
+            let mut st = ClusterState::default();
+            for n in ["n1", "n2", "n3"] {
+                st.apply(&node(0.0, n, NodePhase::Registered));
+            }
+            for (k, &(n, bind)) in steps.iter().enumerate() {
+                if !bind {
+                    // Deletes the pod step `n` names (as a number).
+                    let name = format!("shop/p{n}");
+                    st.apply(&pod(2.0, &name, PodPhase::Deleted, None));
+                    continue;
+                }
+                let name = format!("shop/p{k}");
+                st.apply(&pod(1.0, &name, PodPhase::Pending, None));
+                st.apply(&pod(1.0, &name, PodPhase::Scheduled, Some(n)));
+                // Started is not a second placement.
+                st.apply(&pod(2.0, &name, PodPhase::Started, Some(n)));
+            }
+            st
+        };
+        let bind = |n| (n, true);
+        // MostAllocated: n1 until it is full at 3, then n2 until it is too.
+        let st = run(&["n1", "n1", "n1", "n2", "n2", "n2", "n3"].map(bind));
+        let l = &st.pool_load["x"];
+        assert_eq!((l.most, l.packed, l.spread), (3, 2, 0));
+        assert!(l.packs());
+        // Nodes that fill in step leave no node with room to compare with:
+        // no vote, and spreading is the default.
+        let st = run(&["n1", "n2", "n3", "n1", "n2", "n3", "n1"].map(bind));
+        let l = &st.pool_load["x"];
+        assert_eq!((l.most, l.packed, l.spread), (3, 0, 0));
+        assert!(!l.packs());
+        // LeastAllocated after churn: n1 had 3 and lost 2; the next pods
+        // go to the empty n2 and n3 rather than to n1.
+        let st = run(&[
+            bind("n1"),
+            bind("n1"),
+            bind("n1"),
+            ("0", false),
+            ("1", false),
+            bind("n2"),
+            bind("n3"),
+        ]);
+        let l = &st.pool_load["x"];
+        assert_eq!((l.most, l.packed, l.spread), (3, 0, 2));
+        assert!(!l.packs());
+        // Nodes by pods stays right through deletions of pods and nodes:
+        // n1, n2 and n3 hold one pod each, then n1 goes and n2 empties.
+        let mut st = st;
+        assert_eq!(
+            st.pool_load["x"].by_pods.iter().collect::<Vec<_>>(),
+            [(&1, &3)]
+        );
+        st.apply(&node(3.0, "n1", NodePhase::Deleted));
+        st.apply(&pod(3.0, "shop/p5", PodPhase::Deleted, None));
+        assert_eq!(
+            st.pool_load["x"].by_pods.iter().collect::<Vec<_>>(),
+            [(&0, &1), (&1, &1)]
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::trend::{Holt, HoltState};
 use crate::clock::Clock;
 use crate::event::{Body, ClaimPhase, Event, NodePhase, PodPhase};
 use crate::policy::{Policy, PullOrder, Reason, Target};
-use crate::state::{ClusterState, ImageId, NodeInfo};
+use crate::state::{ClusterState, ImageId, NodeInfo, PoolLoad};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -62,6 +62,16 @@ impl Default for PlannerConfig {
 enum Key {
     Claim(u32),
     Node(u32),
+}
+
+/// How much the scheduler would prefer `info`'s node, holding `pods` bound
+/// pods, for a new pod: lower first. `None` when a packing pool's node is
+/// taken as full; a spreading pool reaches its fullest nodes last anyway.
+fn rank(loads: &HashMap<String, PoolLoad>, info: &NodeInfo, pods: u32) -> Option<u32> {
+    match loads.get(&info.pool) {
+        Some(l) if l.packs() => l.most.checked_sub(pods).filter(|&room| room > 0),
+        _ => Some(pods),
+    }
 }
 
 /// Whether `image` is on the node `info` describes, or among the images
@@ -649,11 +659,13 @@ impl Planner {
 
     /// Plans for nodes already up where rising HPAs will put their next
     /// pods. A workload whose pressure or trend expects `k` ≥ 1 more
-    /// replicas within the horizon targets the `k` nodes it fits with the
-    /// fewest bound pods, where the scheduler's least-allocated scoring
-    /// would most likely send them (events carry no resource requests, so
-    /// bound pods stand in for load). Each target node is planned once per
-    /// tick, for the images of its rising workloads that it lacks.
+    /// replicas within the horizon targets the `k` nodes it fits where the
+    /// scheduler would most likely send them: the fewest bound pods where
+    /// the pool's bindings show spreading (LeastAllocated), the most short
+    /// of full where they show packing (MostAllocated). Events carry no
+    /// resource requests, so bound pods stand in for load ([`PoolLoad`]).
+    /// Each target node is planned once per tick, for the images of its
+    /// rising workloads that it lacks.
     fn plan_existing(&mut self, now: f64, out: &mut Vec<PullOrder>) {
         let mut rising: Vec<(u32, usize)> = self
             .hpa_signals
@@ -670,15 +682,17 @@ impl Planner {
         // Map order is not the events' order; sorting keeps plans
         // deterministic, and node ids are interned in event order.
         rising.sort_unstable();
-        // The expected pods are placed one at a time on the least loaded
-        // node each fits, which then counts them: several rising workloads
-        // spread over the nodes as the scheduler would spread their pods,
-        // rather than all aiming at the same emptiest one.
-        let mut by_load: BinaryHeap<Reverse<(u32, u32)>> = self
+        // The expected pods are placed one at a time on the node each fits
+        // that the scheduler would prefer, which then counts them: several
+        // rising workloads share out the nodes as the scheduler would share
+        // out their pods, rather than all aiming at the same one.
+        let loads = &self.state.pool_load;
+        // (rank, node, pods counting those placed this tick), lowest first.
+        let mut by_load: BinaryHeap<Reverse<(u32, u32, u32)>> = self
             .state
             .nodes
             .iter()
-            .map(|(&n, info)| Reverse((info.pods, n)))
+            .filter_map(|(&n, info)| Some(Reverse((rank(loads, info, info.pods)?, n, info.pods))))
             .collect();
         let mut targets: Vec<(u32, u32)> = Vec::new();
         let mut skipped = Vec::new();
@@ -691,17 +705,20 @@ impl Planner {
             }
             let mut placed = Vec::with_capacity(k);
             while placed.len() < k {
-                let Some(Reverse((load, n))) = by_load.pop() else {
+                let Some(Reverse((r, n, pods))) = by_load.pop() else {
                     break;
                 };
                 let Some(info) = self.state.nodes.get(&n) else {
                     continue;
                 };
                 if !wl.fits(&info.labels, &info.taints) {
-                    skipped.push(Reverse((load, n)));
+                    skipped.push(Reverse((r, n, pods)));
                     continue;
                 }
-                placed.push(Reverse((load + 1, n)));
+                // A node filled by this placement takes no more.
+                if let Some(r) = rank(loads, info, pods + 1) {
+                    placed.push(Reverse((r, n, pods + 1)));
+                }
                 let done = self.planned.get(&Key::Node(n)).map(|(d, _)| d);
                 if wl
                     .images
@@ -1129,6 +1146,54 @@ mod tests {
         clock.set(30.0);
         planner.on_tick(&clock, &mut out);
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn in_a_packing_pool_rising_pods_go_to_the_fullest_node_with_room() {
+        use crate::forecast::model::{N_FEATURES, feature::EXISTING};
+        // n1 fills to 3 pods, then n2 takes 2: the pool packs, and n1 is
+        // taken as full. n3 is empty.
+        let mut lines = String::from(
+            r#"{"ts":0,"type":"workload","workload":"a/fn","kind":"Deployment","images":["r/fn:1"],"node_selector":{"pool":"x"}}
+{"ts":0,"type":"workload","workload":"a/b","kind":"Deployment","images":["r/b:1"],"node_selector":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n1","phase":"registered","pool":"x","labels":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n2","phase":"registered","pool":"x","labels":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n3","phase":"registered","pool":"x","labels":{"pool":"x"}}
+"#,
+        );
+        for (k, n) in ["n1", "n1", "n1", "n2", "n2"].iter().enumerate() {
+            lines.push_str(&format!(
+                r#"{{"ts":2,"type":"pod","pod":"a/b-{k}","workload":"a/b","images":["r/b:1"],"phase":"scheduled","node":"{n}"}}
+"#
+            ));
+        }
+        lines.push_str(r#"{"ts":5,"type":"hpa","hpa":"a/fn","workload":"a/fn","current_replicas":1,"desired_replicas":3,"min_replicas":0,"max_replicas":10}
+"#);
+        let mut w = [0.0; N_FEATURES];
+        w[EXISTING] = 10.0;
+        let mut planner = Planner::new(Model::new(w, -5.0, 600.0, 0.5), PlannerConfig::default());
+        let clock = SimClock::new(0.0);
+        let mut out = Vec::new();
+        for e in EventReader::new(lines.as_bytes(), "t") {
+            let e = e.unwrap();
+            clock.set(e.ts);
+            planner.on_event(&e, &clock, &mut out);
+        }
+        assert!(planner.state.pool_load["x"].packs());
+        assert!(out.is_empty(), "{out:?}");
+        clock.set(15.0);
+        planner.on_tick(&clock, &mut out);
+        // Two more pods: n2 (2 pods) fills with the first, n3 takes the
+        // second; n1 is full. Spreading would have sent both to n3.
+        let mut got: Vec<_> = out.iter().map(|o| (&o.target, o.image.as_str())).collect();
+        got.sort_by_key(|(t, _)| format!("{t:?}"));
+        assert_eq!(
+            got,
+            [
+                (&Target::Node("n2".into()), "r/fn:1"),
+                (&Target::Node("n3".into()), "r/fn:1")
+            ]
+        );
     }
 
     /// `needs` stays sorted by count, most first, and `at` points at each

@@ -182,6 +182,31 @@ fn load(opts: &TuneOptions) -> replay::Result<Vec<Trace>> {
     Ok(traces)
 }
 
+/// Training captures within this of the best are taken as equal when the
+/// threshold is chosen.
+const CAPTURE_NOISE: f64 = 0.01;
+
+/// The threshold whose training capture is best among those that waste at
+/// most `max_waste` of their prefetched bytes, or the least wasteful one if
+/// none does. `scores` run from the lowest threshold up.
+fn choose_threshold(scores: &[ThresholdScore], max_waste: f64) -> f64 {
+    let feasible = || scores.iter().filter(|s| s.waste_share <= max_waste);
+    let top = feasible()
+        .map(|s| s.capture)
+        .fold(f64::NEG_INFINITY, f64::max);
+    // Captures this close are the training part's noise, not a better
+    // threshold: of those, the lowest, which prefetches the most that the
+    // waste bound allows, is the one most likely to carry over.
+    feasible()
+        .find(|s| s.capture >= top - CAPTURE_NOISE)
+        .or_else(|| {
+            scores
+                .iter()
+                .min_by(|a, b| a.waste_share.total_cmp(&b.waste_share))
+        })
+        .map_or(0.5, |s| s.threshold)
+}
+
 /// Runs the whole tuning procedure.
 pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
     let traces = load(opts)?;
@@ -266,16 +291,7 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
             },
         });
     }
-    let best = thresholds
-        .iter()
-        .filter(|s| s.waste_share <= opts.max_waste_share)
-        .max_by(|a, b| a.capture.total_cmp(&b.capture))
-        .or_else(|| {
-            thresholds
-                .iter()
-                .min_by(|a, b| a.waste_share.total_cmp(&b.waste_share))
-        })
-        .map_or(0.5, |s| s.threshold);
+    let best = choose_threshold(&thresholds, opts.max_waste_share);
     let mut model = Model::new(weights, bias, opts.horizon_seconds, best);
     model.provenance = Provenance {
         command: opts.command.clone(),
@@ -402,6 +418,32 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_threshold_is_the_lowest_within_noise_of_the_best_capture_under_the_waste_bound() {
+        let s = |threshold, capture, waste_share| ThresholdScore {
+            threshold,
+            capture,
+            waste_share,
+        };
+        let scores = [
+            s(0.1, 0.90, 0.60),
+            s(0.3, 0.70, 0.20),
+            s(0.5, 0.616, 0.06),
+            s(0.6, 0.60, 0.05),
+            s(0.8, 0.621, 0.01),
+        ];
+        // 0.1 and 0.3 waste too much; 0.8 captures most, but 0.5 is as
+        // good within the noise and prefetches more.
+        assert_eq!(choose_threshold(&scores, 0.15), 0.5);
+        // A real gap is not noise.
+        let mut gap = scores;
+        gap[4].capture = 0.65;
+        assert_eq!(choose_threshold(&gap, 0.15), 0.8);
+        // Nothing within the bound: the least wasteful.
+        assert_eq!(choose_threshold(&scores, 0.001), 0.8);
+        assert_eq!(choose_threshold(&scores, 1.0), 0.1);
+    }
 
     fn candidate(ts: f64) -> Candidate {
         Candidate {
