@@ -1108,21 +1108,11 @@ mod tests {
     /// A rising HPA plans for nodes already up: its expected pods go, one
     /// at a time, to the least loaded node they fit, and only such a node
     /// that lacks the image gets an order.
-    #[test]
-    fn a_rising_hpa_plans_for_the_nodes_its_pods_will_land_on() {
+    /// Feeds `lines` to a planner whose model counts only `existing` (so
+    /// that no registration plan passes), checks that they ordered nothing,
+    /// and runs the tick at 15 s.
+    fn ticked(lines: &str) -> (Planner, SimClock, Vec<PullOrder>) {
         use crate::forecast::model::{N_FEATURES, feature::EXISTING};
-        let lines = r#"{"ts":0,"type":"workload","workload":"a/fn","kind":"Deployment","images":["r/fn:1"],"node_selector":{"pool":"x"}}
-{"ts":0,"type":"workload","workload":"a/b","kind":"Deployment","images":["r/b:1"],"node_selector":{"pool":"x"}}
-{"ts":1,"type":"node","node":"n1","phase":"registered","pool":"x","labels":{"pool":"x"}}
-{"ts":1,"type":"node","node":"n2","phase":"registered","pool":"x","labels":{"pool":"x"}}
-{"ts":1,"type":"node","node":"n3","phase":"registered","pool":"x","labels":{"pool":"x"}}
-{"ts":1,"type":"node","node":"n4","phase":"registered","pool":"y","labels":{"pool":"y"}}
-{"ts":2,"type":"pod","pod":"a/b-1","workload":"a/b","images":["r/b:1"],"phase":"scheduled","node":"n1"}
-{"ts":2,"type":"pod","pod":"a/b-2","workload":"a/b","images":["r/b:1"],"phase":"scheduled","node":"n1"}
-{"ts":2,"type":"pod","pod":"a/fn-1","workload":"a/fn","images":["r/fn:1"],"phase":"scheduled","node":"n3"}
-{"ts":5,"type":"hpa","hpa":"a/fn","workload":"a/fn","current_replicas":1,"desired_replicas":3,"min_replicas":0,"max_replicas":10}
-"#;
-        // Only `existing` counts, so no registration plan passes.
         let mut w = [0.0; N_FEATURES];
         w[EXISTING] = 10.0;
         let mut planner = Planner::new(Model::new(w, -5.0, 600.0, 0.5), PlannerConfig::default());
@@ -1136,6 +1126,23 @@ mod tests {
         assert!(out.is_empty(), "{out:?}");
         clock.set(15.0);
         planner.on_tick(&clock, &mut out);
+        (planner, clock, out)
+    }
+
+    #[test]
+    fn a_rising_hpa_plans_for_the_nodes_its_pods_will_land_on() {
+        let lines = r#"{"ts":0,"type":"workload","workload":"a/fn","kind":"Deployment","images":["r/fn:1"],"node_selector":{"pool":"x"}}
+{"ts":0,"type":"workload","workload":"a/b","kind":"Deployment","images":["r/b:1"],"node_selector":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n1","phase":"registered","pool":"x","labels":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n2","phase":"registered","pool":"x","labels":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n3","phase":"registered","pool":"x","labels":{"pool":"x"}}
+{"ts":1,"type":"node","node":"n4","phase":"registered","pool":"y","labels":{"pool":"y"}}
+{"ts":2,"type":"pod","pod":"a/b-1","workload":"a/b","images":["r/b:1"],"phase":"scheduled","node":"n1"}
+{"ts":2,"type":"pod","pod":"a/b-2","workload":"a/b","images":["r/b:1"],"phase":"scheduled","node":"n1"}
+{"ts":2,"type":"pod","pod":"a/fn-1","workload":"a/fn","images":["r/fn:1"],"phase":"scheduled","node":"n3"}
+{"ts":5,"type":"hpa","hpa":"a/fn","workload":"a/fn","current_replicas":1,"desired_replicas":3,"min_replicas":0,"max_replicas":10}
+"#;
+        let (mut planner, clock, mut out) = ticked(lines);
         // Two more pods: n2 (empty) and n3 (one pod, has the image) take
         // them before n1 (two pods); n4 is empty but in another pool.
         let got: Vec<_> = out.iter().map(|o| (&o.target, o.image.as_str())).collect();
@@ -1150,7 +1157,6 @@ mod tests {
 
     #[test]
     fn in_a_packing_pool_rising_pods_go_to_the_fullest_node_with_room() {
-        use crate::forecast::model::{N_FEATURES, feature::EXISTING};
         // n1 fills to 3 pods, then n2 takes 2: the pool packs, and n1 is
         // taken as full. n3 is empty.
         let mut lines = String::from(
@@ -1169,20 +1175,8 @@ mod tests {
         }
         lines.push_str(r#"{"ts":5,"type":"hpa","hpa":"a/fn","workload":"a/fn","current_replicas":1,"desired_replicas":3,"min_replicas":0,"max_replicas":10}
 "#);
-        let mut w = [0.0; N_FEATURES];
-        w[EXISTING] = 10.0;
-        let mut planner = Planner::new(Model::new(w, -5.0, 600.0, 0.5), PlannerConfig::default());
-        let clock = SimClock::new(0.0);
-        let mut out = Vec::new();
-        for e in EventReader::new(lines.as_bytes(), "t") {
-            let e = e.unwrap();
-            clock.set(e.ts);
-            planner.on_event(&e, &clock, &mut out);
-        }
+        let (planner, _, out) = ticked(&lines);
         assert!(planner.state.pool_load["x"].packs());
-        assert!(out.is_empty(), "{out:?}");
-        clock.set(15.0);
-        planner.on_tick(&clock, &mut out);
         // Two more pods: n2 (2 pods) fills with the first, n3 takes the
         // second; n1 is full. Spreading would have sent both to n3.
         let mut got: Vec<_> = out.iter().map(|o| (&o.target, o.image.as_str())).collect();
