@@ -127,6 +127,12 @@ impl PoolLoad {
         }
     }
 
+    /// A node of the pool went from `from` bound pods to `to`.
+    fn moved(&mut self, from: u32, to: u32) {
+        self.remove(from);
+        self.add(to);
+    }
+
     /// Counts a scheduler's choice of a node that had `pods` bound pods.
     fn vote(&mut self, pods: u32) {
         // Nodes at the most ever seen are taken as full: the choice was
@@ -456,8 +462,7 @@ impl ClusterState {
                         if placed {
                             l.vote(n.pods);
                         }
-                        l.remove(n.pods);
-                        l.add(n.pods + 1);
+                        l.moved(n.pods, n.pods + 1);
                     }
                     n.pods += 1;
                 }
@@ -483,8 +488,7 @@ impl ClusterState {
             && n.pods > 0
         {
             if let Some(l) = self.pool_load.get_mut(&n.pool) {
-                l.remove(n.pods);
-                l.add(n.pods - 1);
+                l.moved(n.pods, n.pods - 1);
             }
             n.pods -= 1;
         }

@@ -1105,9 +1105,6 @@ mod tests {
         }
     }
 
-    /// A rising HPA plans for nodes already up: its expected pods go, one
-    /// at a time, to the least loaded node they fit, and only such a node
-    /// that lacks the image gets an order.
     /// Feeds `lines` to a planner whose model counts only `existing` (so
     /// that no registration plan passes), checks that they ordered nothing,
     /// and runs the tick at 15 s.
@@ -1129,6 +1126,9 @@ mod tests {
         (planner, clock, out)
     }
 
+    /// A rising HPA plans for nodes already up: its expected pods go, one
+    /// at a time, to the least loaded node they fit, and only such a node
+    /// that lacks the image gets an order.
     #[test]
     fn a_rising_hpa_plans_for_the_nodes_its_pods_will_land_on() {
         let lines = r#"{"ts":0,"type":"workload","workload":"a/fn","kind":"Deployment","images":["r/fn:1"],"node_selector":{"pool":"x"}}
@@ -1155,6 +1155,8 @@ mod tests {
         assert!(out.is_empty(), "{out:?}");
     }
 
+    /// Where the pool's bindings show packing, the expected pods go to the
+    /// node with the least room left, and a full node takes none.
     #[test]
     fn in_a_packing_pool_rising_pods_go_to_the_fullest_node_with_room() {
         // n1 fills to 3 pods, then n2 takes 2: the pool packs, and n1 is
