@@ -61,6 +61,8 @@ async fn status_writes_are_batched_to_one_per_interval_on_the_status_subresource
     let writes = writer.writes();
     let board = Arc::new(Board::default());
     let (spec_tx, spec_rx) = watch::channel(vec![order("r/a:1", true), order("r/b:1", false)]);
+    // The puller has taken up both (nothing is written before it has).
+    board.set(st("r/b:1", PullState::Pending));
     tokio::spawn(writer.run(board.clone(), spec_rx));
 
     // A burst of 40 changes within 1 s: the first is written at once, the

@@ -120,6 +120,9 @@ fn context<'a>(cluster: &'a Cluster, procs: &[&Proc]) -> impl Fn() -> String + u
         .collect();
     move || {
         let mut s = format!("nodeprefetch: {:?}\n", cluster.prefetch(NODE));
+        let reqs = cluster.api.requests.lock().unwrap().clone();
+        let tail: Vec<&String> = reqs.iter().rev().take(25).collect();
+        s += &format!("--- last API requests (of {}):\n{tail:#?}\n", reqs.len());
         for (name, log) in &logs {
             let log = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -189,7 +192,7 @@ async fn a_karpenter_scale_out_is_prefetched_before_its_pods_bind() {
         sidecar.reference.as_str(),
         spare.reference.as_str(),
     ];
-    let ctx = context(&cluster, &[]);
+    let ctx = context(&cluster, &[&controller]);
     wait_for(
         "the NodePrefetch with the pods' images",
         Duration::from_secs(20),
@@ -312,6 +315,17 @@ async fn a_karpenter_scale_out_is_prefetched_before_its_pods_bind() {
         "{page}"
     );
 
+    wait_for(
+        "the restarted agent's status",
+        Duration::from_secs(10),
+        async || {
+            let s = status(&cluster);
+            s["present"] == 3 && s["startupTaint"]["reason"] == "not on the node when the agent started"
+        },
+        &ctx2,
+    )
+    .await;
+
     // The node leaves holding the spare image nobody used: waste.
     let spare_bytes = status(&cluster)["images"]
         .as_array()
@@ -319,7 +333,7 @@ async fn a_karpenter_scale_out_is_prefetched_before_its_pods_bind() {
         .iter()
         .find(|i| i["image"] == spare.reference.as_str())
         .and_then(|i| i["bytes"].as_f64())
-        .expect("the spare image's size");
+        .unwrap_or_else(|| panic!("the spare image's size in {}", status(&cluster)));
     cluster.store().remove(chain::NODES, NODE);
     cluster.store().remove(chain::CLAIMS, CLAIM);
     let ctx3 = context(&cluster, &[&controller]);

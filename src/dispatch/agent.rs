@@ -215,8 +215,9 @@ impl StatusWriter {
 
     /// Runs until `spec` closes: waits for a change, waits out the interval
     /// since the last write (collecting more changes meanwhile), writes once.
-    /// Nothing is written before the spec has been read: an empty spec is
-    /// written only once something was (the controller emptied it).
+    /// Nothing is written before the spec has been read and the puller has
+    /// taken up each of its images: an empty spec is written only once
+    /// something was (the controller emptied it).
     pub async fn run(self, board: Arc<Board>, mut spec: watch::Receiver<Vec<ImageOrder>>) {
         let mut changes = board.subscribe();
         let mut last_write: Option<Instant> = None;
@@ -229,8 +230,16 @@ impl StatusWriter {
             if let Some(t) = last_write {
                 tokio::time::sleep_until(t + self.interval).await;
             }
-            let status = status_for(&spec.borrow(), &board);
-            if last.as_ref() == Some(&status) || (last.is_none() && status.wanted == 0) {
+            let (status, known) = {
+                let spec = spec.borrow();
+                let known = spec.iter().all(|i| board.get(&i.image).is_some());
+                (status_for(&spec, &board), known)
+            };
+            // The first write waits until the puller has looked at every
+            // image: a restarted agent must not report present images as
+            // pending for the moment it takes to find them.
+            if last.as_ref() == Some(&status) || (last.is_none() && (status.wanted == 0 || !known))
+            {
                 continue;
             }
             last_write = Some(Instant::now());

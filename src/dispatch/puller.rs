@@ -285,12 +285,23 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
     /// order they were started.
     pub async fn run(&self, orders: Vec<Order>) -> Vec<Outcome> {
         let orders = prioritise(orders);
-        for o in &orders {
+        // What the runtime holds already is reported present before
+        // anything is pending: a restarted agent must not report its
+        // node's images as missing again, even for a moment.
+        let mut out: Vec<(usize, Outcome)> = Vec::new();
+        let mut to_pull = Vec::new();
+        for (idx, o) in orders.into_iter().enumerate() {
+            match self.already_present(&o).await {
+                Some(done) => out.push((idx, done)),
+                None => to_pull.push((idx, o)),
+            }
+        }
+        for (_, o) in &to_pull {
             self.board
                 .set(status(&o.image, PullState::Pending, None, None, None));
         }
         let mut tasks = JoinSet::new();
-        for (idx, order) in orders.into_iter().enumerate() {
+        for (idx, order) in to_pull {
             // Taking the slot here, in priority order, on a FIFO semaphore is
             // what makes higher priorities start first.
             let Ok(permit) = self.slots.clone().acquire_owned().await else {
@@ -299,7 +310,6 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
             let me = self.clone();
             tasks.spawn(async move { (idx, me.pull_one(order, Some(permit)).await) });
         }
-        let mut out: Vec<(usize, Outcome)> = Vec::new();
         while let Some(r) = tasks.join_next().await {
             match r {
                 Ok(o) => out.push(o),
@@ -308,6 +318,31 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
         }
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, o)| o).collect()
+    }
+
+    /// The outcome of an order whose image the runtime holds already.
+    async fn already_present(&self, order: &Order) -> Option<Outcome> {
+        let img = self.cri.image_status(&order.image).await.ok()??;
+        let o = Outcome {
+            image: order.image.clone(),
+            state: PullState::Present,
+            bytes: Some(img.size),
+            seconds: 0.0,
+            error: None,
+            attempts: 0,
+            already_present: true,
+        };
+        self.board.set(status(
+            &o.image,
+            PullState::Present,
+            o.bytes,
+            Some(0.0),
+            None,
+        ));
+        if let Some(m) = &self.metrics {
+            m.finished(&o);
+        }
+        Some(o)
     }
 
     async fn pull_one(

@@ -122,6 +122,17 @@ pub async fn release_taint(nodes: &Api<Node>, node: &str, key: &str) -> Result<b
     Err(Error::Conflict(format!("node {node}")))
 }
 
+/// Whether `node` carries a taint with `key`.
+async fn has_taint(nodes: &Api<Node>, node: &str, key: &str) -> Result<bool> {
+    let n = nodes
+        .get(node)
+        .await
+        .map_err(kube_err(format!("get node {node}")))?;
+    Ok(n.spec
+        .and_then(|s| s.taints)
+        .is_some_and(|t| t.iter().any(|t| t.key == key)))
+}
+
 /// Waits until the critical images are settled (present or finally failed)
 /// or `after` has passed, then removes the taint. Keeps
 /// `status.startupTaint` (through `board`) saying what it waits for and,
@@ -137,6 +148,15 @@ pub async fn taint_releaser(
     let deadline = after.map(|d| Instant::now() + d);
     let mut changes = board.subscribe();
     let mut shown = String::new();
+    if let Ok(false) = has_taint(&nodes, &node, &key).await {
+        // Released before (by an agent before a restart) or never set.
+        board.set_startup_taint(StartupTaintStatus {
+            key,
+            released: true,
+            reason: "not on the node when the agent started".into(),
+        });
+        return;
+    }
     loop {
         let state = critical_state(&spec.borrow(), &board);
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
