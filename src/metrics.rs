@@ -61,7 +61,7 @@ pub struct Metrics {
     pub events_dropped: IntCounterVec,
     /// Pull orders the planner emitted, by reason.
     pub pull_orders: IntCounterVec,
-    /// Pulls finished, by result (`ok`, `failed`, `cancelled`, `present`).
+    /// Pulls finished, by result (`ok`, `present`, `failed`).
     pub pulls: IntCounterVec,
     /// Bytes pulled by prefetches.
     pub pull_bytes: IntCounter,

@@ -212,7 +212,10 @@ impl Workload {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", host.kubeconfig)
-            .env("RUST_LOG", std::env::var("PULLAHEAD_CHAIN_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("PULLAHEAD_CHAIN_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(std::fs::File::create(host.dir.join(format!("{}.out", self.name))).unwrap())
             .stderr(
                 std::fs::OpenOptions::new()
