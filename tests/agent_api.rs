@@ -215,8 +215,9 @@ async fn taint_is_released_when_critical_images_are_present() {
     board.set(st("r/a:1", PullState::Present));
     board.set(st("r/c:1", PullState::Present));
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Only the start-up read of the node (is the taint there?), no update.
     assert!(
-        seen.lock().unwrap().is_empty(),
+        seen.lock().unwrap().iter().all(|x| x.method == Method::GET),
         "one critical image still missing: no release"
     );
     board.set(st("r/b:1", PullState::Present));
@@ -253,7 +254,7 @@ async fn taint_is_released_after_release_after_even_if_images_are_missing() {
         spec,
     ));
     tokio::time::sleep(Duration::from_secs(89)).await;
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(seen.lock().unwrap().iter().all(|x| x.method == Method::GET));
     task.await.expect("task");
     assert!(start.elapsed() >= Duration::from_secs(90));
     assert_eq!(
