@@ -209,6 +209,14 @@ async fn a_karpenter_scale_out_is_prefetched_before_its_pods_bind() {
     let written = registered_at.elapsed();
     let since_nominated = nominated_at.elapsed();
     wait_for(
+        "every image in containerd",
+        Duration::from_secs(60),
+        async || in_containerd(&ctrd, &all).await.is_empty(),
+        &ctx,
+    )
+    .await;
+    let in_runtime = registered_at.elapsed();
+    wait_for(
         "every image present in the status",
         Duration::from_secs(60),
         async || present(&cluster) == 3,
@@ -255,10 +263,11 @@ async fn a_karpenter_scale_out_is_prefetched_before_its_pods_bind() {
         .store()
         .remove(chain::PODS, &format!("{NS}/spare-1"));
     println!(
-        "chain timings: nominated→NodePrefetch written {:.3}s; registration→NodePrefetch written {:.3}s; registration→all {} images present {:.3}s",
+        "chain timings: nominated→NodePrefetch written {:.3}s; registration→NodePrefetch written {:.3}s; registration→all {} images in containerd {:.3}s, shown present in the status {:.3}s (--status-interval 2s)",
         since_nominated.as_secs_f64(),
         written.as_secs_f64(),
         all.len(),
+        in_runtime.as_secs_f64(),
         all_present.as_secs_f64()
     );
 

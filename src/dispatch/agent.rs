@@ -466,6 +466,9 @@ pub async fn run(args: Args) -> Result<()> {
     }
     writer_task.abort();
     final_status(&api, &args.node, &agent).await;
+    // Stopped already on a signal; a watch that ended on its own must not
+    // leave the process serving forever.
+    server.abort();
     let _ = server.await;
     Ok(())
 }
