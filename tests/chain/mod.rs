@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::ops::fake_api::{FakeApi, HttpServer, kubeconfig};
-use crate::ops::store::Store;
+use crate::ops::store::{Store, now_rfc3339};
 
 /// The namespace the chart is rendered into.
 pub const NAMESPACE: &str = "pullahead";
@@ -510,14 +510,6 @@ fn strip_meta(v: &mut Value) {
         m.remove("uid");
         m.remove("managedFields");
     }
-}
-
-fn now_rfc3339() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let ts = k8s_openapi::jiff::Timestamp::from_second(t.as_secs() as i64).unwrap();
-    format!("{}", ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
 }
 
 /// Polls `f` every 50 ms; panics with `what` and `context()` after `timeout`.

@@ -228,7 +228,8 @@ pub fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-fn now_rfc3339() -> String {
+/// Now, as the API server writes timestamps (whole seconds).
+pub fn now_rfc3339() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
