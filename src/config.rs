@@ -248,12 +248,12 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         return Ok(FileConfig::default());
     }
     serde_yaml_ng::from_str(&text).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let (pos, message) = crate::position::yaml(&e);
         Error::Parse {
             path: name,
-            line,
-            column,
-            message: e.to_string(),
+            line: pos.map_or(0, |p| p.line as usize),
+            column: pos.map_or(0, |p| p.column as usize),
+            message,
         }
     })
 }

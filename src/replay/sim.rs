@@ -60,6 +60,8 @@ pub struct Outcome {
     pub pods: u64,
     /// Seconds each pod waited for its images after binding.
     pub waits: Vec<f64>,
+    /// When each pod of `waits` was bound, in the same order.
+    pub wait_binds: Vec<f64>,
     /// (pod, image) needs whose image was present at binding.
     pub hits: u64,
     /// Needs whose image was being prefetched at binding.
@@ -735,6 +737,7 @@ impl Sim {
             pod.open = false;
             if pod.scored {
                 self.out.waits.push(t - pod.bind);
+                self.out.wait_binds.push(pod.bind);
             }
         }
     }
@@ -1008,6 +1011,7 @@ impl Sim {
                         pod.open = false;
                         if pod.scored {
                             self.out.waits.push(now - pod.bind);
+                            self.out.wait_binds.push(pod.bind);
                         }
                     } else if pod.deleted {
                         pod.deleted = false;
