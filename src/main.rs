@@ -131,7 +131,8 @@ enum Source<'a> {
 }
 
 fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
-    let opts = args.options()?;
+    let mut opts = args.options()?;
+    opts.sim.bind_times = args.report.is_some();
     let mut decisions = match &args.decisions {
         Some(path) => Some(BufWriter::new(
             File::create(path).with_context(|| format!("creating {}", path.display()))?,

@@ -346,6 +346,8 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
     for t in &traces {
         let mut ro = opts.replay.clone();
         ro.sim.score_from = t.split;
+        // For `--report`'s chart over time; held-back parts are small.
+        ro.sim.bind_times = true;
         let mut r = score(
             &t.label,
             &t.events,

@@ -71,7 +71,7 @@ pub struct WaitDetail {
     /// The waits in seconds, sorted.
     pub sorted: Vec<f64>,
     /// (time the pod was bound, seconds it waited), in the simulator's
-    /// order.
+    /// order; empty unless the simulator kept bind times.
     pub by_bind: Vec<(f64, f64)>,
 }
 
