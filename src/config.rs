@@ -400,6 +400,17 @@ mod tests {
         f
     }
 
+    /// A bad config file names its line and column once, then the cause.
+    #[test]
+    fn a_bad_file_names_its_line_and_column() {
+        let f = file("policy: popular\nlease-duration: [1]\n");
+        let err = read_file(f.path()).unwrap_err().to_string();
+        let want = format!("config file {}:2:", f.path().display());
+        assert!(err.starts_with(&want), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+        assert!(!err.contains(" at line "), "{err}");
+    }
+
     #[test]
     fn flags_beat_the_file_which_beats_defaults() {
         let f = file("metrics-addr: 127.0.0.1:9999\nlease-duration: 30\npolicy: popular\n");
