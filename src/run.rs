@@ -335,9 +335,9 @@ fn fault_abort_before_event() -> Option<u64> {
 /// Connects to the cluster named by the environment (KUBECONFIG, then the
 /// in-cluster service account) and checks that it answers.
 pub async fn connect(timeout: Duration) -> Result<kube::Client> {
-    // kube brings rustls with ring, oci-client may bring aws-lc: with two
-    // providers compiled in, rustls cannot pick one, so pick it here before
-    // any client exists. An error means one is installed already.
+    // Should more than one rustls provider be compiled in, rustls cannot
+    // pick one: pick it here before any client exists. An error means one
+    // is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = kube::Config::infer()
         .await
