@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::decisions::DecisionLog;
 use crate::dispatch::crd::{ImageOrder, NodePrefetch};
-use crate::event::{Body, Event, NodePhase};
+use crate::event::{Body, Event};
 use crate::metrics::Metrics;
 use crate::plan::book::Placed;
 use crate::plan::{Driver, Sink};
@@ -124,6 +124,8 @@ pub struct Controller {
     /// Test-only fault: abort the process on receiving this event (1-based),
     /// before applying it.
     abort_before: Option<u64>,
+    /// Agent reports (`NodePrefetch` status) for the scorecard.
+    reports: Option<mpsc::Receiver<PrefetchReport>>,
     summary: Summary,
 }
 
@@ -154,6 +156,7 @@ impl Controller {
             failures: HashMap::new(),
             applied: None,
             abort_before: None,
+            reports: None,
             summary: Summary::default(),
         }
     }
@@ -175,6 +178,18 @@ impl Controller {
         self
     }
 
+    /// Takes the agents' reports (what each node has), for the waste and
+    /// lead-time metrics.
+    pub fn with_reports(mut self, reports: mpsc::Receiver<PrefetchReport>) -> Self {
+        self.reports = Some(reports);
+        self
+    }
+
+    fn take_report(&mut self, r: PrefetchReport) {
+        let now = self.driver.now();
+        self.scorecard.reported(&r.node, &r.present, now);
+    }
+
     /// Runs until `shutdown` is set or `events` closes. Plans only while
     /// `leader` is true... and writes only then; see the module docs.
     /// On shutdown, stops taking events and lets in-flight writes finish
@@ -193,6 +208,7 @@ impl Controller {
         live_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_open = true;
         let mut is_leader = *leader.borrow_and_update();
+        let mut reports = self.reports.take();
         loop {
             if is_leader {
                 self.start_writes(&mut inflight);
@@ -202,6 +218,10 @@ impl Controller {
                 _ = shutdown.wait_for(|s| *s) => break,
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => self.finish(done),
                 _ = sleep_until_first(&self.retries), if !self.retries.is_empty() => self.requeue_due(),
+                r = next_report(&mut reports), if reports.is_some() => match r {
+                    Some(r) => self.take_report(r),
+                    None => reports = None,
+                },
                 _ = live_ticks.tick(), if live_every.is_some() => {
                     self.tick(Instant::now())?;
                     if let Some(d) = self.decisions.as_mut() {
@@ -309,7 +329,11 @@ impl Controller {
             arrived,
             kind: event.body.type_name(),
         };
+        let awaiting = self.driver.book().awaiting_len();
         self.driver.feed(event, &mut act)?;
+        if self.driver.book().awaiting_len() != awaiting {
+            self.set_awaiting_gauge();
+        }
         self.metrics
             .planner_decision
             .observe(started.elapsed().as_secs_f64());
@@ -331,6 +355,41 @@ impl Controller {
             kind: "tick",
         };
         self.driver.tick(&mut act)
+    }
+
+    /// A write found no Node yet: when a NodeClaim names its node before
+    /// the Node is visible (watch streams race, caches lag), the book keeps
+    /// the plan until the Node shows up (its watch event writes it), or the
+    /// claim or Node is deleted. Also retried on the write backoff, in case
+    /// the Node's event came before the failed GET. Bounded: past
+    /// [`MAX_AWAITING_NODE`] the plan is dropped and counted.
+    fn await_node(&mut self, node: String) {
+        if !self.driver.book_mut().await_node(&node) {
+            tracing::warn!(%node, "too many plans awaiting their node; dropping this one");
+            self.metrics
+                .events_dropped
+                .with_label_values(&["awaiting-node-full"])
+                .inc();
+            self.dirty.remove(&node);
+            return;
+        }
+        tracing::debug!(%node, "node not visible yet; keeping its plan");
+        self.set_awaiting_gauge();
+        self.retry_later(node);
+    }
+
+    fn set_awaiting_gauge(&self) {
+        self.metrics
+            .plans_awaiting_node
+            .set(self.driver.book().awaiting_len() as i64);
+    }
+
+    /// Requeues `node` after a backoff (1 s doubling to 30 s).
+    fn retry_later(&mut self, node: String) {
+        let n = self.failures.entry(node.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let delay = Duration::from_secs(1u64 << (*n - 1).min(5)).min(RETRY_MAX);
+        self.retries.push(Reverse((Instant::now() + delay, node)));
     }
 
     /// On becoming leader: every plan is (re)written, and latency is counted
@@ -424,6 +483,9 @@ impl Controller {
         match result {
             Ok(()) => {
                 self.failures.remove(&node);
+                if self.driver.book_mut().node_written(&node) {
+                    self.set_awaiting_gauge();
+                }
                 self.summary.writes += 1;
                 self.metrics
                     .nodeprefetch_writes
@@ -436,14 +498,12 @@ impl Controller {
                 }
             }
             Err(WriteError::NodeGone) => {
-                tracing::debug!(%node, "node gone; dropping its plan");
                 self.metrics
                     .nodeprefetch_writes
-                    .with_label_values(&["node-gone"])
+                    .with_label_values(&["node-pending"])
                     .inc();
-                self.driver.book_mut().forget(&node);
                 self.uids.remove(&node);
-                self.dirty.remove(&node);
+                self.await_node(node);
             }
             Err(WriteError::Api(e)) => {
                 tracing::warn!(%node, error = %e, "writing NodePrefetch failed; will retry");
@@ -452,12 +512,9 @@ impl Controller {
                     .nodeprefetch_writes
                     .with_label_values(&["error"])
                     .inc();
-                // Retry with backoff (1 s doubling to 30 s), so a refusing
-                // API server is not hammered; the plan is still what we want.
-                let n = self.failures.entry(node.clone()).or_insert(0);
-                *n = n.saturating_add(1);
-                let delay = Duration::from_secs(1u64 << (*n - 1).min(5)).min(RETRY_MAX);
-                self.retries.push(Reverse((Instant::now() + delay, node)));
+                // Retry with backoff, so a refusing API server is not
+                // hammered; the plan is still what we want.
+                self.retry_later(node);
             }
         }
     }
@@ -498,16 +555,20 @@ impl Sink for Act<'_> {
         self.summary.events += 1;
         self.metrics.events.with_label_values(&[self.kind]).inc();
         self.scorecard.observe(event);
-        if let Body::Node(n) = &event.body
-            && n.phase == NodePhase::Deleted
-        {
-            self.dirty.remove(&n.node);
-            self.uids.remove(&n.node);
-        }
         self.metrics
             .watch_last_event
             .with_label_values(&[source_kind(&event.body)])
             .set(now);
+    }
+
+    fn node_visible(&mut self, node: &str) {
+        // The plan kept for it can be written now.
+        self.mark_dirty(node);
+    }
+
+    fn forgotten(&mut self, node: &str) {
+        self.dirty.remove(node);
+        self.uids.remove(node);
     }
 
     fn placed(&mut self, order: &PullOrder, placed: &Placed, _now: f64) {
@@ -527,15 +588,21 @@ impl Sink for Act<'_> {
             Placed::Changed(c) => &c.node,
         };
         self.scorecard.ordered(node, order);
+        self.mark_dirty(node);
+    }
+}
+
+impl Act<'_> {
+    fn mark_dirty(&mut self, node: &str) {
         if self.writes && !self.dirty.contains_key(node) {
             self.dirty.insert(
-                node.clone(),
+                node.to_string(),
                 Dirty {
                     since: self.arrived,
                     kind: self.kind,
                 },
             );
-            self.queue.push_back(node.clone());
+            self.queue.push_back(node.to_string());
         }
     }
 }
@@ -603,6 +670,27 @@ const FAULT_PAUSE: Duration = Duration::from_millis(2500);
 
 /// Longest wait before retrying a failed write.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub use crate::plan::book::MAX_AWAITING_NODE;
+
+/// What one node's agent reports present: `(image, bytes)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefetchReport {
+    /// The node.
+    pub node: String,
+    /// Images present there, with their sizes.
+    pub present: Vec<(String, u64)>,
+}
+
+/// The next report, or never when there is no report source.
+async fn next_report(
+    reports: &mut Option<mpsc::Receiver<PrefetchReport>>,
+) -> Option<PrefetchReport> {
+    match reports {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Sleeps until the earliest pending retry.
 async fn sleep_until_first(retries: &BinaryHeap<Reverse<(Instant, String)>>) {

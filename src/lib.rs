@@ -22,6 +22,7 @@ pub mod nominated;
 pub mod normalize;
 pub mod plan;
 pub mod policy;
+pub mod position;
 pub mod record;
 pub mod registry;
 pub mod replay;

@@ -486,6 +486,7 @@ pub async fn run_with(
 
     // The event source.
     let mut watchers = None;
+    let mut reports = None;
     let mut kafka_task = None;
     let mut applied = None;
     let source_error: Arc<std::sync::Mutex<Option<crate::event::Error>>> = Arc::default();
@@ -585,6 +586,15 @@ pub async fn run_with(
                     }
                 });
             }
+            // What the agents report, for the waste and lead-time metrics.
+            let (report_tx, report_rx) = mpsc::channel(cfg.queue_capacity);
+            tokio::spawn(crate::dispatch::report::watch_reports(
+                client.clone(),
+                report_tx,
+                metrics.clone(),
+                stop.clone(),
+            ));
+            reports = Some(report_rx);
             let watch_clock = clock.clone();
             let mut watch_stop = stop.clone();
             // The task owns the bus: when it ends, the controller's queue
@@ -634,6 +644,9 @@ pub async fn run_with(
     .abort_before_event(fault_abort_before_event());
     if let Some(applied) = applied {
         controller = controller.report_applied(applied);
+    }
+    if let Some(rx) = reports {
+        controller = controller.with_reports(rx);
     }
     let result = controller.run(events, leader_rx, stop.clone()).await;
 

@@ -9,14 +9,33 @@
 //! - A node's plan is its `cap` best images, by priority, then by name: a
 //!   better order admits its image and evicts the worst one.
 //! - A deleted node's plan, and a deleted claim's parked orders, go.
+//! - A plan whose Node is not visible yet (its NodeClaim named it first) is
+//!   kept, marked awaiting its node, until the Node shows up or the claim or
+//!   Node is deleted; at most [`MAX_AWAITING_NODE`] such plans.
 //!
 //! The book is pure: no clock, no I/O; it tells its caller what changed.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::event::{Body, ClaimPhase, Event, NodePhase};
 use crate::policy::{PullOrder, Reason, Target};
+
+/// Most plans kept for nodes whose Node object is not visible yet.
+pub const MAX_AWAITING_NODE: usize = 10_000;
+
+/// What an event did to the book, besides the NodeClaim → node map.
+#[derive(Debug, Default, PartialEq)]
+pub struct Observed {
+    /// The orders a claim had parked, now that it names its node, for the
+    /// caller to place: their plan counts from now, when the node is known.
+    pub released: Vec<PullOrder>,
+    /// A node whose plan awaited its Node, which is visible now.
+    pub visible: Option<String>,
+    /// A node whose plan went (the Node, or the claim of an awaited node,
+    /// was deleted).
+    pub forgotten: Option<String>,
+}
 
 /// One image planned onto a node.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +106,8 @@ pub struct PlanBook {
     claim_node: HashMap<String, String>,
     /// NodeClaim → orders waiting for its node.
     parked: HashMap<String, Vec<PullOrder>>,
+    /// Nodes whose plan waits for the Node object to be visible.
+    awaiting: HashSet<String>,
 }
 
 impl PlanBook {
@@ -97,6 +118,7 @@ impl PlanBook {
             plans: HashMap::new(),
             claim_node: HashMap::new(),
             parked: HashMap::new(),
+            awaiting: HashSet::new(),
         }
     }
 
@@ -172,33 +194,66 @@ impl PlanBook {
         })
     }
 
-    /// Keeps the NodeClaim → node map and forgets what left. Returns the
-    /// orders a claim had parked once it names its node, for the caller to
-    /// place: their plan counts from now, when the node is known.
-    pub fn observe(&mut self, event: &Event) -> Vec<PullOrder> {
+    /// Keeps the NodeClaim → node map and forgets what left; see
+    /// [`Observed`].
+    pub fn observe(&mut self, event: &Event) -> Observed {
+        let mut seen = Observed::default();
         match &event.body {
             Body::NodeClaim(c) if c.phase == ClaimPhase::Deleted => {
-                self.claim_node.remove(&c.node_claim);
+                if let Some(node) = self.claim_node.remove(&c.node_claim)
+                    && self.awaiting.contains(&node)
+                {
+                    // Its node never showed up: the plan has nowhere to go.
+                    self.forget(&node);
+                    seen.forgotten = Some(node);
+                }
                 self.parked.remove(&c.node_claim);
             }
             Body::NodeClaim(c) => {
                 if let Some(node) = &c.node {
                     self.claim_node.insert(c.node_claim.clone(), node.clone());
-                    return self.parked.remove(&c.node_claim).unwrap_or_default();
+                    seen.released = self.parked.remove(&c.node_claim).unwrap_or_default();
                 }
             }
             Body::Node(n) if n.phase == NodePhase::Deleted => {
-                self.plans.remove(&n.node);
+                self.forget(&n.node);
                 self.claim_node.retain(|_, node| node != &n.node);
+                seen.forgotten = Some(n.node.clone());
+            }
+            Body::Node(n) if self.awaiting.remove(&n.node) => {
+                seen.visible = Some(n.node.clone());
             }
             _ => {}
         }
-        Vec::new()
+        seen
     }
 
     /// Forgets `node`'s plan (its object is gone).
     pub fn forget(&mut self, node: &str) {
         self.plans.remove(node);
+        self.awaiting.remove(node);
+    }
+
+    /// Marks `node`'s plan as awaiting its Node object. Returns false, and
+    /// forgets the plan, when [`MAX_AWAITING_NODE`] others await already.
+    pub fn await_node(&mut self, node: &str) -> bool {
+        if !self.awaiting.contains(node) && self.awaiting.len() >= MAX_AWAITING_NODE {
+            self.forget(node);
+            return false;
+        }
+        self.awaiting.insert(node.to_string());
+        true
+    }
+
+    /// `node`'s plan was written: its Node is there. Returns whether the
+    /// plan had been awaiting it.
+    pub fn node_written(&mut self, node: &str) -> bool {
+        self.awaiting.remove(node)
+    }
+
+    /// How many plans await their Node.
+    pub fn awaiting_len(&self) -> usize {
+        self.awaiting.len()
     }
 
     /// Whether `node` has a plan.
@@ -304,7 +359,7 @@ mod tests {
             .next()
             .unwrap()
             .unwrap();
-        let released = b.observe(&e);
+        let released = b.observe(&e).released;
         assert_eq!(released.len(), 1);
         for o in released {
             assert!(matches!(b.place(&o, 5.0), Placed::Changed(_)));
@@ -316,5 +371,50 @@ mod tests {
             Placed::Changed(_)
         ));
         assert_eq!(planned(&b), vec![("z".into(), 9)]);
+    }
+
+    fn event(line: &str) -> Event {
+        crate::event::EventReader::new(line.as_bytes(), "t")
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A plan awaiting its Node is kept until the Node shows up (which
+    /// says so once), and goes when the claim that named the node is
+    /// deleted first.
+    #[test]
+    fn a_plan_awaits_its_node_until_it_shows_up_or_its_claim_goes() {
+        let mut b = PlanBook::new(4);
+        let claim = r#"{"ts":1,"type":"node_claim","node_claim":"c1","pool":"p","phase":"registered","labels":{},"node":"n"}"#;
+        b.observe(&event(claim));
+        b.place(&node("a", 1), 1.0);
+        assert!(b.await_node("n"));
+        assert_eq!(b.awaiting_len(), 1);
+        let ready = r#"{"ts":2,"type":"node","node":"n","phase":"ready","labels":{}}"#;
+        assert_eq!(b.observe(&event(ready)).visible.as_deref(), Some("n"));
+        assert_eq!(b.observe(&event(ready)).visible, None);
+        assert_eq!(b.awaiting_len(), 0);
+        assert!(b.has("n"));
+
+        assert!(b.await_node("n"));
+        let gone = r#"{"ts":3,"type":"node_claim","node_claim":"c1","pool":"p","phase":"deleted","labels":{}}"#;
+        assert_eq!(b.observe(&event(gone)).forgotten.as_deref(), Some("n"));
+        assert!(!b.has("n"));
+        assert_eq!(b.awaiting_len(), 0);
+    }
+
+    /// Past the bound a plan that would await its node is forgotten.
+    #[test]
+    fn awaiting_plans_are_bounded() {
+        let mut b = PlanBook::new(1);
+        for i in 0..MAX_AWAITING_NODE {
+            assert!(b.await_node(&format!("n{i}")));
+        }
+        b.place(&node("a", 1), 0.0);
+        assert!(!b.await_node("n"));
+        assert!(!b.has("n"));
+        assert!(b.await_node("n0"), "one already awaiting stays");
+        assert_eq!(b.awaiting_len(), MAX_AWAITING_NODE);
     }
 }

@@ -40,6 +40,12 @@ pub trait Sink {
     /// policy or the book sees it.
     fn event(&mut self, _event: &Event, _now: f64) {}
 
+    /// `node`'s plan, which awaited its Node object, can go to it now.
+    fn node_visible(&mut self, _node: &str) {}
+
+    /// `node`'s plan went from the book.
+    fn forgotten(&mut self, _node: &str) {}
+
     /// Placing `order` in the book at `now` did `placed`. Orders a NodeClaim
     /// had parked come here again once the claim names its node.
     fn placed(&mut self, _order: &PullOrder, _placed: &Placed, _now: f64) {}
@@ -82,7 +88,7 @@ impl Driver {
         &self.book
     }
 
-    /// The plans, to forget a node whose object is gone.
+    /// The plans, to mark one as awaiting its Node or written.
     pub fn book_mut(&mut self) -> &mut PlanBook {
         &mut self.book
     }
@@ -121,7 +127,14 @@ impl Driver {
         }
         let now = self.now();
         sink.event(event, now);
-        for order in self.book.observe(event) {
+        let seen = self.book.observe(event);
+        if let Some(node) = &seen.forgotten {
+            sink.forgotten(node);
+        }
+        if let Some(node) = &seen.visible {
+            sink.node_visible(node);
+        }
+        for order in seen.released {
             let placed = self.book.place(&order, now);
             sink.placed(&order, &placed, now);
         }
