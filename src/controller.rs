@@ -654,6 +654,7 @@ fn source_kind(body: &Body) -> &'static str {
         Body::NodeClaim(_) => "NodeClaim",
         Body::Node(_) => "Node",
         Body::Pod(_) => "Pod",
+        Body::Buffer(_) => "CapacityBuffer",
     }
 }
 

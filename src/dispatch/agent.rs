@@ -2,9 +2,10 @@
 //!
 //! It watches its own `NodePrefetch` (named after the node), turns the spec
 //! into [`Order`]s for the [`Puller`], publishes progress to the status
-//! subresource at most once per `--status-interval` (2 s), and can remove a
-//! startup taint once every critical image is present or `--release-after`
-//! has passed.
+//! subresource at most once per `--status-interval` (2 s), and can open a
+//! readiness gate ([`Gate`]: remove a startup or `readiness.k8s.io/…` taint,
+//! or set a Node condition) once every critical image is present or
+//! `--release-after` has passed.
 //!
 //! Registry credentials come from dockerconfigjson: files mounted into the
 //! agent's pod (`--docker-config`) and the `imagePullSecrets` of the agent's
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use crate::clock::SystemClock;
 use crate::dispatch::crd::{ImageOrder, ImageStatus, NodePrefetch, NodePrefetchStatus, PullState};
 use crate::dispatch::cri::{self, CriClient, ImageService};
+use crate::dispatch::gate::Gate;
 use crate::dispatch::puller::{Board, Options, Order, Puller};
 use crate::registry::{self, DockerConfig};
 
@@ -98,7 +100,10 @@ pub struct Args {
     /// A startup taint key to remove from the node once every critical image is present.
     #[arg(long, env = "PULLAHEAD_RELEASE_TAINT")]
     pub release_taint: Option<String>,
-    /// Remove --release-taint after this long even if critical images are missing (e.g. `90s`, `5m`).
+    /// A Node condition type to set True once every critical image is present, for a NodeReadinessRule (instead of --release-taint).
+    #[arg(long, env = "PULLAHEAD_RELEASE_CONDITION")]
+    pub release_condition: Option<String>,
+    /// Open the gate (--release-taint or --release-condition) after this long even if critical images are missing (e.g. `90s`, `5m`).
     #[arg(long, env = "PULLAHEAD_RELEASE_AFTER")]
     pub release_after: Option<String>,
     /// Least time between two status writes for this node (e.g. `2s`).
@@ -400,6 +405,10 @@ impl<C: ImageService> Agent<C> {
 /// Runs the agent until the watch ends or the process is stopped.
 pub async fn run(args: Args) -> Result<()> {
     let interval = parse_duration("status-interval", &args.status_interval)?;
+    let gate = Gate::from_flags(
+        args.release_taint.as_deref(),
+        args.release_condition.as_deref(),
+    )?;
     let release_after = args
         .release_after
         .as_deref()
@@ -431,12 +440,12 @@ pub async fn run(args: Args) -> Result<()> {
     let api: Api<NodePrefetch> = Api::all(client.clone());
     let writer = StatusWriter::new(api.clone(), args.node.clone(), interval);
     tokio::spawn(writer.run(agent.board(), agent.spec()));
-    if let Some(key) = args.release_taint.clone() {
+    if let Some(gate) = gate {
         let nodes: Api<Node> = Api::all(client.clone());
         tokio::spawn(taint_releaser(
             nodes,
             args.node.clone(),
-            key,
+            gate,
             release_after,
             agent.board(),
             agent.spec(),
@@ -460,11 +469,11 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 /// Waits until the critical images are present or `after` has passed, then
-/// removes the taint.
+/// opens `gate` (removes the taint, or sets the condition).
 pub async fn taint_releaser(
     nodes: Api<Node>,
     node: String,
-    key: String,
+    gate: Gate,
     after: Option<Duration>,
     board: Arc<Board>,
     mut spec: watch::Receiver<Vec<ImageOrder>>,
@@ -484,12 +493,14 @@ pub async fn taint_releaser(
             } else {
                 "release-after elapsed"
             };
-            match release_taint(&nodes, &node, &key).await {
+            match gate.open(&nodes, &node).await {
                 Ok(_) => {
-                    tracing::info!(node, taint = %key, why, "startup taint released");
+                    tracing::info!(node, gate = %gate.describe(), why, "readiness gate opened");
                     return;
                 }
-                Err(e) => tracing::warn!(node, error = %e, "cannot release taint; retrying"),
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "cannot open the readiness gate; retrying")
+                }
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;

@@ -5,6 +5,8 @@
 //! - [`cri`]: a hand-written CRI `runtime.v1.ImageService` client over
 //!   containerd's Unix socket (no protoc needed to build).
 //! - [`agent`]: the node agent's pull loop and its API side.
+//! - [`gate`]: what the agent opens once the critical images are present: a
+//!   startup or `readiness.k8s.io/…` taint, or a Node condition.
 //! - [`pod`]: the fallback for clusters without the agent, a short-lived
 //!   pinned pod per (node, batch of images).
 //! - [`pull`]: the one-shot `pullahead pull` command.
@@ -12,6 +14,7 @@
 pub mod agent;
 pub mod crd;
 pub mod cri;
+pub mod gate;
 pub mod pod;
 pub mod pull;
 pub mod puller;

@@ -1,6 +1,7 @@
-//! The forecaster: the `predictive` policy, its model, the HPA trend, and
-//! `pullahead tune`.
+//! The forecaster: the `predictive` policy, its model, the HPA trend, the
+//! CapacityBuffer book, and `pullahead tune`.
 
+pub mod buffer;
 pub mod model;
 pub mod planner;
 pub mod trend;
