@@ -7,7 +7,7 @@
 //!   condition turns `True` once the critical images are in containerd, and
 //!   not before; the rule's `readiness.k8s.io/…` taint is left alone.
 //! - A `readiness.k8s.io/…` taint the agent removes itself
-//!   (`--release-taint`), with a critical image that cannot be pulled: the
+//!   (`--startup-taint`), with a critical image that cannot be pulled: the
 //!   taint goes after `--release-after`, and not before.
 
 mod support;
@@ -161,20 +161,24 @@ impl Running {
                 "agent",
                 "--node",
                 "n1",
-                "--attempts",
-                "1",
+                "--retry-backoff-max",
+                "1s",
                 "--status-interval",
                 "1s",
             ])
             .args(gate)
+            // Loopback and a port of its own: the tests run at once.
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{}", support::free_port()))
             .arg("--cri-socket")
             .arg(&ctrd.socket)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info")
             .env_remove("POD_NAME")
-            .env_remove("PULLAHEAD_RELEASE_TAINT")
+            .env_remove("PULLAHEAD_STARTUP_TAINT")
             .env_remove("PULLAHEAD_RELEASE_CONDITION")
             .env_remove("PULLAHEAD_RELEASE_AFTER")
+            .env_remove("PULLAHEAD_METRICS_ADDR")
             .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
             .spawn()
             .expect("start pullahead agent");
@@ -295,26 +299,32 @@ async fn the_condition_turns_true_when_the_critical_images_land() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readiness_taint_goes_after_the_timeout_when_an_image_cannot_be_pulled() {
     let reg = Registry::start();
+    // A registry that is down: its pull is retried (connection refused is
+    // transient), so only --release-after opens the gate.
+    let mut down = Registry::start();
     let ctrd = Containerd::start();
+    ctrd.trust(&down.addr);
     let img = reg.push_image("gate/ok", "v1", "amd64", 64 * 1024);
-    let missing = format!("{}/gate/nothing:v1", reg.addr);
+    let unreachable = down.push_image("gate/later", "v1", "amd64", 64 * 1024);
+    down.stop();
     let spec = json!({"images": [
         {"image": img.reference, "priority": 10, "reason": "buffer", "critical": true},
-        {"image": missing, "priority": 5, "reason": "buffer", "critical": true},
+        {"image": unreachable.reference, "priority": 5, "reason": "buffer", "critical": true},
     ]});
     let mut run = Running::start(
         &ctrd,
         spec,
-        &["--release-taint", RULE_TAINT, "--release-after", "4s"],
+        &["--startup-taint", RULE_TAINT, "--release-after", "4s"],
     )
     .await;
-    let failed_at = run
-        .until("status with the failure", |seen| {
+    let waiting_at = run
+        .until("status waiting for the unreachable image", |seen| {
             seen.iter()
                 .find(|(_, m, p, b)| {
                     m == "PATCH"
                         && p.starts_with("/apis/pullahead.io/v1alpha1/nodeprefetches/n1/status")
-                        && b["status"]["failed"] == json!(1)
+                        && b["status"]["present"] == json!(1)
+                        && b["status"]["startupTaint"]["released"] == json!(false)
                 })
                 .map(|(t, ..)| *t)
         })
@@ -331,10 +341,27 @@ async fn the_readiness_taint_goes_after_the_timeout_when_an_image_cannot_be_pull
         "released after {:?}, before --release-after",
         put_at.duration_since(run.start)
     );
-    assert!(failed_at <= put_at, "the pull had failed by then");
+    assert!(waiting_at <= put_at, "the gate waited for the image first");
     // Only the readiness taint went.
     assert_eq!(
         body["spec"]["taints"],
         json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}])
     );
+    let reason = run
+        .until("status saying why the taint went", |seen| {
+            seen.iter()
+                .filter(|(_, m, p, b)| {
+                    m == "PATCH"
+                        && p.starts_with("/apis/pullahead.io/v1alpha1/nodeprefetches/n1/status")
+                        && b["status"]["startupTaint"]["released"] == json!(true)
+                })
+                .find_map(|(.., b)| {
+                    b["status"]["startupTaint"]["reason"]
+                        .as_str()
+                        .map(String::from)
+                })
+        })
+        .await;
+    assert!(reason.contains("--release-after elapsed"), "{reason}");
+    assert!(reason.contains("waiting for 1 of 2"), "{reason}");
 }

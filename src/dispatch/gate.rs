@@ -34,20 +34,20 @@ pub enum Gate {
 }
 
 impl Gate {
-    /// The gate the agent's flags ask for: `--release-taint KEY` or
+    /// The gate the agent's flags ask for: `--startup-taint KEY` or
     /// `--release-condition TYPE`, not both; `None` without either.
     pub fn from_flags(taint: Option<&str>, condition: Option<&str>) -> Result<Option<Self>> {
         match (taint, condition) {
             (Some(_), Some(c)) => Err(Error::Flag {
                 flag: "release-condition",
                 value: c.to_string(),
-                message: "give --release-taint or --release-condition, not both: with a \
+                message: "give --startup-taint or --release-condition, not both: with a \
                           NodeReadinessRule the controller removes the taint once the \
                           condition holds"
                     .into(),
             }),
             (Some(t), None) => {
-                valid_key("release-taint", t)?;
+                valid_key("startup-taint", t)?;
                 Ok(Some(Gate::Taint(t.to_string())))
             }
             (None, Some(c)) => {
@@ -66,6 +66,13 @@ impl Gate {
         }
     }
 
+    /// The taint key or condition type.
+    pub fn key(&self) -> &str {
+        match self {
+            Gate::Taint(k) | Gate::Condition(k) => k,
+        }
+    }
+
     /// What the gate is, for logs: `taint KEY` or `condition TYPE`.
     pub fn describe(&self) -> String {
         match self {
@@ -76,7 +83,7 @@ impl Gate {
 }
 
 impl From<&str> for Gate {
-    /// A taint key: what `--release-taint` takes.
+    /// A taint key: what `--startup-taint` takes.
     fn from(key: &str) -> Self {
         Gate::Taint(key.to_string())
     }
@@ -175,7 +182,7 @@ mod tests {
         assert!(both.to_string().contains("not both"), "{both}");
         for bad in ["", "a/", "/b", "a/b/c", "a/-b", "a/b c"] {
             let e = Gate::from_flags(Some(bad), None).unwrap_err();
-            assert!(e.to_string().contains("--release-taint"), "{bad:?}: {e}");
+            assert!(e.to_string().contains("--startup-taint"), "{bad:?}: {e}");
         }
     }
 }

@@ -10,6 +10,9 @@
 //! - [`pod`]: the fallback for clusters without the agent, a short-lived
 //!   pinned pod per (node, batch of images).
 //! - [`pull`]: the one-shot `pullahead pull` command.
+//! - [`report`]: the agents' status read back, for the controller's
+//!   outcome metrics.
+//! - [`taint`]: when and why the agent removes the node's startup taint.
 
 pub mod agent;
 pub mod crd;
@@ -18,3 +21,5 @@ pub mod gate;
 pub mod pod;
 pub mod pull;
 pub mod puller;
+pub mod report;
+pub mod taint;
