@@ -275,6 +275,8 @@ async fn claim_while_short(policy: Option<PolicyName>) {
     for i in written() {
         if want.contains(i["image"].as_str().unwrap()) {
             assert_eq!(i["reason"], "buffer", "{i}");
+            // A readiness gate waits for the room's images too.
+            assert_eq!(i["critical"], true, "{i}");
         }
     }
     let w = state.prefetch_writes();

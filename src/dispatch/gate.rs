@@ -147,7 +147,7 @@ async fn set_condition(nodes: &Api<Node>, node: &str, kind: &str) -> Result<bool
             "type": kind,
             "status": "True",
             "reason": "CriticalImagesPresent",
-            "message": "pullahead: the node's critical images are present, or the release timeout passed",
+            "message": "pullahead: the node's critical images are present or finally failed, or the release timeout passed",
             "lastHeartbeatTime": now,
             "lastTransitionTime": now,
         }]}
