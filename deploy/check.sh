@@ -29,6 +29,19 @@ echo "== kubernetes-validate 1.33 (strict), defaults and everything enabled"
 "$kv" -k 1.33.0 --strict "$tmp/default.yaml"
 "$kv" -k 1.33.0 --strict "$tmp/all.yaml"
 
+echo "== readiness gate: Node Readiness Controller mode, and its exclusion of startupTaint"
+rr="agent.readinessRule.enabled=true,agent.readinessRule.nodeSelector.karpenter\.sh/nodepool=gpu"
+"$helm" lint --strict "$chart" --set "$rr"
+"$helm" template pullahead "$chart" -n pullahead --include-crds --set "$rr" > "$tmp/readiness.yaml"
+# The NodeReadinessRule has no built-in schema (a warning); the rest is checked.
+"$kv" -k 1.33.0 --strict "$tmp/readiness.yaml"
+grep -q "kind: NodeReadinessRule" "$tmp/readiness.yaml"
+grep -q "PULLAHEAD_RELEASE_CONDITION" "$tmp/readiness.yaml"
+if "$helm" template pullahead "$chart" --set "$rr,agent.startupTaint.enabled=true" > /dev/null 2>&1; then
+  echo "readinessRule and startupTaint rendered together" >&2; exit 1
+fi
+echo "readiness gate ok"
+
 echo "== committed manifests match the chart"
 bash "$here/render.sh" "$tmp/manifests" >/dev/null
 diff -u "$here/manifests" "$tmp/manifests" || { echo "deploy/manifests is stale: run deploy/render.sh" >&2; exit 1; }

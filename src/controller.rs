@@ -622,11 +622,12 @@ pub fn node_prefetch_images(
             priority: w.priority,
             reason: w.reason.as_str().to_string(),
             deadline: time(w.ordered_at + deadline),
-            // What a pod is already waiting for (or certainly will be):
-            // a startup taint waits for these and nothing else.
+            // What a pod is already waiting for (or certainly will be, as a
+            // buffer's room is made for its template's pods): a readiness
+            // gate waits for these and nothing else.
             critical: matches!(
                 w.reason,
-                Reason::Nominated | Reason::ScaleUp | Reason::Daemonset
+                Reason::Nominated | Reason::ScaleUp | Reason::Daemonset | Reason::Buffer
             ),
         })
         .collect()
@@ -710,6 +711,7 @@ fn source_kind(body: &Body) -> &'static str {
         Body::NodeClaim(_) => "NodeClaim",
         Body::Node(_) => "Node",
         Body::Pod(_) => "Pod",
+        Body::Buffer(_) => "CapacityBuffer",
     }
 }
 

@@ -151,6 +151,8 @@ pub enum Body {
     Pod(Pod),
     /// Kubelet pulled (or found) an image on a node.
     Pull(Pull),
+    /// A CapacityBuffer's spare capacity and its pod template.
+    Buffer(Buffer),
 }
 
 impl Body {
@@ -165,6 +167,7 @@ impl Body {
             Body::Node(_) => "node",
             Body::Pod(_) => "pod",
             Body::Pull(_) => "pull",
+            Body::Buffer(_) => "buffer",
         }
     }
 }
@@ -178,7 +181,9 @@ macro_rules! body_from {
         }
     )*};
 }
-body_from!(Image, Workload, Hpa, ScaleUp, NodeClaim, Node, Pod, Pull);
+body_from!(
+    Image, Workload, Hpa, ScaleUp, NodeClaim, Node, Pod, Pull, Buffer
+);
 
 /// One layer of an image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -485,6 +490,39 @@ pub struct Pull {
     pub seconds: Option<f64>,
     /// `true` when the image was already present.
     pub cached: bool,
+}
+
+/// `buffer`: a CapacityBuffer (`autoscaling.x-k8s.io`), with its pod
+/// template resolved. The autoscaler keeps room for `replicas` chunks of the
+/// template; pods that use it later land on that room, so the nodes added
+/// for it are worth the template's images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Buffer {
+    /// `namespace/name` of the CapacityBuffer.
+    pub buffer: String,
+    /// Chunks of the template the buffer asks for: `status.replicas` when
+    /// the buffer controller has set it, else `spec.replicas`, else
+    /// `spec.percentage` of the scalable workload's replicas, rounded up.
+    /// 0 for a deleted buffer.
+    pub replicas: u32,
+    /// Images of the template, init containers included; empty while the
+    /// template is not known yet.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// The template's node selector.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// The template's tolerations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Where the template comes from: `PodTemplate/namespace/name`, or
+    /// `KIND/namespace/name` of the `scalableRef` workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// `namespace/name` of the `scalableRef` workload, whose pods use the
+    /// buffer's room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
 }
 
 /// The header line that starts a file.
@@ -1359,6 +1397,7 @@ impl LineParser {
             "node" => body(line).map(Body::Node),
             "pod" => body(line).map(Body::Pod),
             "pull" => body(line).map(Body::Pull),
+            "buffer" => body(line).map(Body::Buffer),
             other => {
                 // The fast probe reads only `ts` and `type`: a line of an
                 // unknown type is still checked as the general probe checks
@@ -1535,6 +1574,21 @@ mod tests {
                     pods: Some(vec!["ns/p".into()]),
                 },
             ),
+            Event::new(
+                4.0,
+                Buffer {
+                    buffer: "ns/spare".into(),
+                    replicas: 3,
+                    images: vec!["r/i:1".into()],
+                    node_selector: [("pool".to_string(), "a".to_string())].into(),
+                    tolerations: Some(vec![Toleration {
+                        operator: Some("Exists".into()),
+                        ..Default::default()
+                    }]),
+                    template: Some("Deployment/ns/web".into()),
+                    workload: Some("ns/web".into()),
+                },
+            ),
         ];
         let mut w = EventWriter::new(Vec::new(), "mem", &Header::new(0.0, "test")).unwrap();
         for e in &events {
@@ -1593,6 +1647,11 @@ mod tests {
             r#"{"ts":0,"type":"node","node":"n","phase":"registered"}"#,
             r#"{"ts":0,"type":"node_claim","node_claim":"c","pool":"p","phase":"launched","labels":{"a":"b"}}"#,
             r#"{"ts":0.0e0,"type":"node_claim","node_claim":"c","pool":"p","phase":"initialized","labels":{},"node":"n"}"#,
+            // A buffer between two fast-path kinds: the reused event's
+            // spare bodies must survive the change of kind both ways.
+            r#"{"ts":0,"type":"buffer","buffer":"a/b","replicas":2,"images":["x"],"node_selector":{"k":"v"},"template":"PodTemplate/a/t"}"#,
+            r#"{"ts":0,"type":"pod","pod":"a/b","images":["x"],"phase":"pending"}"#,
+            r#"{"ts":0,"type":"buffer","buffer":"a/b","replicas":0}"#,
         ];
         // Hand lines first: they are at time 0, where the synthetic trace starts.
         let lines: Vec<&str> = hand.into_iter().chain(text.lines().skip(1)).collect();

@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap as HashMap;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, PodSpec, PodTemplate, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 
@@ -24,6 +24,7 @@ use crate::event::{
     self, Autoscaler, ClaimPhase, Event, HpaMetric, NodePhase, PodPhase, Taint, Toleration,
 };
 
+mod buffer;
 pub mod slim_pod;
 
 use crate::intern::Key;
@@ -95,6 +96,10 @@ pub enum Object {
     Job(Box<Job>),
     /// core/v1 Event.
     Event(Box<KubeEvent>),
+    /// autoscaling.x-k8s.io CapacityBuffer (v1beta1 or v1alpha1).
+    CapacityBuffer(Box<DynamicObject>),
+    /// core/v1 PodTemplate (it produces no event of its own; buffers name it).
+    PodTemplate(Box<PodTemplate>),
 }
 
 impl Object {
@@ -127,6 +132,10 @@ impl Object {
             ("autoscaling/v2", "HorizontalPodAutoscaler") => Object::Hpa(de(&kind, value)?),
             (_, "NodeClaim") if group == "karpenter.sh" => Object::NodeClaim(de(&kind, value)?),
             (_, "NodePool") if group == "karpenter.sh" => Object::NodePool(de(&kind, value)?),
+            (_, "CapacityBuffer") if group == "autoscaling.x-k8s.io" => {
+                Object::CapacityBuffer(de(&kind, value)?)
+            }
+            ("v1", "PodTemplate") => Object::PodTemplate(de(&kind, value)?),
             _ => return Err(Error::Unsupported { api_version, kind }),
         })
     }
@@ -145,6 +154,8 @@ impl Object {
             Object::ReplicaSet(_) => "ReplicaSet",
             Object::Job(_) => "Job",
             Object::Event(_) => "Event",
+            Object::CapacityBuffer(_) => "CapacityBuffer",
+            Object::PodTemplate(_) => "PodTemplate",
         }
     }
 
@@ -153,7 +164,8 @@ impl Object {
         match self {
             Object::Node(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
-            Object::NodeClaim(o) | Object::NodePool(o) => &o.metadata,
+            Object::NodeClaim(o) | Object::NodePool(o) | Object::CapacityBuffer(o) => &o.metadata,
+            Object::PodTemplate(o) => &o.metadata,
             Object::Hpa(o) => &o.metadata,
             Object::Deployment(o) => &o.metadata,
             Object::StatefulSet(o) => &o.metadata,
@@ -288,6 +300,8 @@ pub struct Normalizer {
     /// Scratch buffer for a pod's `namespace/name`, reused so that a
     /// re-sent or progressing pod costs no allocation beyond its events.
     scratch_name: String,
+    /// CapacityBuffers and the templates they may name.
+    buffers: buffer::Buffers,
 }
 
 /// One shared copy of each image, node and workload name, and of each
@@ -513,6 +527,13 @@ impl Normalizer {
                 self.workload(ts, &d.metadata, "Job", t, replicas, deleted, out)?
             }
             Object::Event(e) => self.kube_event(ts, e, deleted, out)?,
+            Object::CapacityBuffer(b) => self.buffers.buffer(ts, b, deleted, out)?,
+            Object::PodTemplate(t) => {
+                let name = namespaced(&t.metadata, "PodTemplate")?;
+                let summary = (!deleted).then(|| template_of(t.template.as_ref(), None));
+                self.buffers
+                    .template(ts, format!("PodTemplate {name}"), summary, out);
+            }
         }
         for e in &out[start..] {
             *self.stats.emitted.entry(e.body.type_name()).or_default() += 1;
@@ -879,6 +900,9 @@ impl Normalizer {
             tolerations: spec.and_then(pod_tolerations),
             replicas: replicas.map(|r| r.max(0) as u32),
         };
+        // Kept for the CapacityBuffers whose `scalableRef` names it.
+        let summary = (!deleted).then(|| template_of(template, w.replicas));
+        self.buffers.template(ts, key.clone(), summary, out);
         if deleted {
             // A deleted workload is announced as scaled to zero.
             if self.fingerprints.remove(&key).is_some() && w.replicas.is_some() {
@@ -1144,6 +1168,19 @@ pub fn pod_images(spec: &PodSpec) -> Vec<String> {
         }
     }
     out
+}
+
+/// What a CapacityBuffer needs of a pod template.
+fn template_of(template: Option<&PodTemplateSpec>, replicas: Option<u32>) -> buffer::Template {
+    let spec = template.and_then(|t| t.spec.as_ref());
+    buffer::Template {
+        images: spec.map(pod_images).unwrap_or_default(),
+        node_selector: spec
+            .and_then(|s| s.node_selector.clone())
+            .unwrap_or_default(),
+        tolerations: spec.and_then(pod_tolerations),
+        replicas,
+    }
 }
 
 fn pod_tolerations(spec: &PodSpec) -> Option<Vec<Toleration>> {

@@ -59,6 +59,9 @@ pub enum Reason {
     History,
     /// A workload that fits the node uses it.
     Workload,
+    /// The node holds room of a short CapacityBuffer whose pod template
+    /// uses it.
+    Buffer,
 }
 
 impl Reason {
@@ -76,6 +79,7 @@ impl Reason {
             Reason::HpaTrend => "hpa-trend",
             Reason::History => "history",
             Reason::Workload => "workload",
+            Reason::Buffer => "buffer",
         }
     }
 }

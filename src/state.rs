@@ -360,7 +360,8 @@ impl ClusterState {
                 }
             }
             Body::Pod(p) => self.apply_pod(p),
-            Body::Image(_) | Body::Pull(_) => {}
+            // Buffers are the planner's own book (`forecast::buffer`).
+            Body::Image(_) | Body::Pull(_) | Body::Buffer(_) => {}
         }
     }
 

@@ -38,6 +38,7 @@ fn chart_manifests_and_alert_rules_pass_their_checks() {
         "passed for resource daemonset/pullahead-agent against version 1.33",
         "passed for resource deployment/pullahead-controller against version 1.33",
         "passed for resource customresourcedefinition/nodeprefetches.pullahead.io",
+        "readiness gate ok",
         "SUCCESS: 8 rules found",
         "== deploy ok",
     ] {

@@ -643,3 +643,51 @@ async fn a_missing_critical_image_fails_and_the_taint_is_released_saying_why() {
     );
     assert!(reason.contains("not found"), "and why it failed: {reason}");
 }
+
+/// The chart and the binary agree on names: every env variable the chart
+/// gives a workload, with each opt-in gate on, is one that workload's
+/// command reads (clap ignores an env variable it does not know, so a
+/// renamed flag would otherwise be lost without a word).
+#[test]
+fn every_env_the_chart_sets_is_read_by_the_binary() {
+    let renders = [
+        vec!["agent.startupTaint.enabled=true"],
+        vec!["agent.readinessRule.enabled=true"],
+    ];
+    let mut checked = Vec::new();
+    for set in &renders {
+        let chart = Chart::render(set);
+        for (kind, name) in [
+            ("Deployment", "pullahead-controller"),
+            ("DaemonSet", "pullahead-agent"),
+        ] {
+            let w = chart.workload(kind, name);
+            let sub = w.container["args"][0].as_str().expect("a subcommand");
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_pullahead"))
+                .args([sub, "--help"])
+                .output()
+                .expect("run pullahead --help");
+            assert!(out.status.success(), "{sub} --help");
+            let help = String::from_utf8_lossy(&out.stdout);
+            for e in w.container["env"].as_array().into_iter().flatten() {
+                let env = e["name"].as_str().unwrap();
+                assert!(
+                    help.contains(&format!("[env: {env}=")),
+                    "{kind}/{name} ({set:?}) sets {env}, which `pullahead {sub}` does not read"
+                );
+                checked.push(env.to_string());
+            }
+        }
+    }
+    for env in [
+        "PULLAHEAD_STARTUP_TAINT",
+        "PULLAHEAD_RELEASE_CONDITION",
+        "PULLAHEAD_RELEASE_AFTER",
+        "PULLAHEAD_NODE_NAME",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == env),
+            "the chart sets {env} in one of the renders"
+        );
+    }
+}

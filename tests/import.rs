@@ -278,3 +278,102 @@ fn kube_watch_bad_files_name_the_line() {
         "{err}"
     );
 }
+
+/// CapacityBuffers through `import --format kube-watch`: a buffer seen
+/// before its template gets the template's images when the template comes;
+/// `percentage` of a scalable workload and `status.replicas` count chunks;
+/// a re-sent buffer writes nothing; a deleted one is written with 0.
+#[test]
+fn kube_watch_capacity_buffers_resolve_their_templates() {
+    let buffer = |name: &str, spec: Value, status: Value| {
+        json!({"type": "ADDED", "object": {"apiVersion": "autoscaling.x-k8s.io/v1beta1", "kind": "CapacityBuffer",
+            "metadata": {"name": name, "namespace": "shop", "creationTimestamp": "2025-06-01T09:00:00Z"},
+            "spec": spec, "status": status}})
+    };
+    let lines = [
+        buffer(
+            "by-template",
+            json!({"podTemplateRef": {"name": "chunk"}, "replicas": 3}),
+            json!({}),
+        ),
+        json!({"type": "ADDED", "object": {"apiVersion": "v1", "kind": "PodTemplate",
+            "metadata": {"name": "chunk", "namespace": "shop", "creationTimestamp": "2025-06-01T09:00:01Z"},
+            "template": {"spec": {"containers": [{"name": "c", "image": "registry.example.com/chunk:1"}],
+                                   "nodeSelector": {"pool": "a"}}}}}),
+        json!({"type": "ADDED", "object": {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "creationTimestamp": "2025-06-01T09:00:02Z"},
+            "spec": {"replicas": 10, "selector": {}, "template": {"spec": {"containers": [{"name": "w", "image": "nginx:1.27"}]}}}}}),
+        buffer(
+            "by-workload",
+            json!({"scalableRef": {"apiGroup": "apps", "kind": "Deployment", "name": "web"}, "percentage": 25, "replicas": 1}),
+            json!({}),
+        ),
+        // The controller counted: its count wins.
+        buffer(
+            "by-workload",
+            json!({"scalableRef": {"apiGroup": "apps", "kind": "Deployment", "name": "web"}, "percentage": 25, "replicas": 1}),
+            json!({"replicas": 4}),
+        ),
+        buffer(
+            "by-workload",
+            json!({"scalableRef": {"apiGroup": "apps", "kind": "Deployment", "name": "web"}, "percentage": 25, "replicas": 1}),
+            json!({"replicas": 4}),
+        ),
+        json!({"type": "DELETED", "object": {"apiVersion": "autoscaling.x-k8s.io/v1beta1", "kind": "CapacityBuffer",
+            "metadata": {"name": "by-template", "namespace": "shop", "creationTimestamp": "2025-06-01T09:00:00Z"},
+            "spec": {"podTemplateRef": {"name": "chunk"}, "replicas": 3}}}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let (evs, _) = convert(Format::KubeWatch, text.as_bytes(), "b.json").expect("imports");
+    let buffers: Vec<(String, u32, Vec<String>, Option<String>)> = evs
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Buffer(b) => Some((
+                b.buffer.clone(),
+                b.replicas,
+                b.images.clone(),
+                b.template.clone(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let t = |s: &str| Some(s.to_string());
+    assert_eq!(
+        buffers,
+        vec![
+            (
+                "shop/by-template".into(),
+                3,
+                vec![],
+                t("PodTemplate/shop/chunk")
+            ),
+            (
+                "shop/by-template".into(),
+                3,
+                vec!["registry.example.com/chunk:1".into()],
+                t("PodTemplate/shop/chunk")
+            ),
+            // max(replicas 1, ceil(25 % of 10)) = 3.
+            (
+                "shop/by-workload".into(),
+                3,
+                vec!["docker.io/library/nginx:1.27".into()],
+                t("Deployment/shop/web")
+            ),
+            (
+                "shop/by-workload".into(),
+                4,
+                vec!["docker.io/library/nginx:1.27".into()],
+                t("Deployment/shop/web")
+            ),
+            ("shop/by-template".into(), 0, vec![], None),
+        ]
+    );
+    let Some(Body::Buffer(b)) = evs.iter().map(|e| &e.body).find(
+        |b| matches!(b, Body::Buffer(b) if b.images.len() == 1 && b.buffer == "shop/by-template"),
+    ) else {
+        panic!("no resolved buffer in {evs:#?}");
+    };
+    assert_eq!(b.node_selector.get("pool").map(String::as_str), Some("a"));
+    assert_eq!(b.workload, None);
+}

@@ -20,6 +20,7 @@ const NODES: &str = "/api/v1/nodes";
 const PODS: &str = "/api/v1/pods";
 const CLAIMS: &str = "/apis/karpenter.sh/v1/nodeclaims";
 const POOLS: &str = "/apis/karpenter.sh/v1/nodepools";
+const BUFFERS: &str = "/apis/autoscaling.x-k8s.io/v1beta1/capacitybuffers";
 
 fn events_route(reason: &str) -> String {
     format!("/api/v1/events?fieldSelector=reason={reason}")
@@ -314,9 +315,10 @@ async fn gone_mid_watch_then_relist_yields_the_deletes() {
 }
 
 #[tokio::test]
-async fn absent_karpenter_crds_are_logged_once_and_skipped() {
+async fn absent_crds_are_logged_once_and_skipped() {
     let api = FakeApi::new();
-    // No route for nodeclaims or nodepools: the API answers 404 as for a missing CRD.
+    // No route for nodeclaims, nodepools or capacitybuffers: the API answers
+    // 404 as for a missing CRD.
     api.list(
         NODES,
         200,
@@ -329,7 +331,12 @@ async fn absent_karpenter_crds_are_logged_once_and_skipped() {
     );
     let mut run = Run::start(
         mock_client(api.clone()),
-        vec![Kind::Node, Kind::NodeClaim, Kind::NodePool],
+        vec![
+            Kind::Node,
+            Kind::NodeClaim,
+            Kind::NodePool,
+            Kind::CapacityBuffer,
+        ],
     );
     tokio::time::timeout(Duration::from_secs(10), run.ready.wait())
         .await
@@ -337,12 +344,25 @@ async fn absent_karpenter_crds_are_logged_once_and_skipped() {
     run.until("the node", |s| node_phases(s).len() >= 2).await;
     // Give a spinning watcher time to show itself.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (stats, _) = run.stop().await;
+    let (stats, seen) = run.stop().await;
     let mut absent = stats.absent.clone();
     absent.sort();
-    assert_eq!(absent, vec![Kind::NodeClaim, Kind::NodePool]);
+    assert_eq!(
+        absent,
+        vec![Kind::NodeClaim, Kind::NodePool, Kind::CapacityBuffer]
+    );
+    // Nothing else changes: the node's events, and only those.
+    assert_eq!(
+        node_phases(&seen),
+        vec![
+            np("node-a", NodePhase::Registered),
+            np("node-a", NodePhase::Ready)
+        ]
+    );
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(stats.watch_errors, 0, "an absent CRD is no watch error");
     let reqs = api.requests();
-    for path in [CLAIMS, POOLS] {
+    for path in [CLAIMS, POOLS, BUFFERS] {
         let n = reqs
             .iter()
             .filter(|r| r.starts_with(&format!("GET {path}")))

@@ -151,7 +151,7 @@ impl Pending {
 /// Node-side events are keyed by node (`node/NAME`); workload-side events
 /// (workload, HPA, the pods of a workload) by workload (`workload/NS/NAME`).
 /// A pod without a workload is its own entity, as are NodeClaims, scale-up
-/// groups and images.
+/// groups, images and CapacityBuffers.
 pub fn entity_key(event: &Event) -> String {
     match &event.body {
         Body::Node(n) => format!("node/{}", n.node),
@@ -165,6 +165,7 @@ pub fn entity_key(event: &Event) -> String {
         },
         Body::ScaleUp(s) => format!("group/{}", s.group),
         Body::Image(i) => format!("image/{}", i.image),
+        Body::Buffer(b) => format!("buffer/{}", b.buffer),
     }
 }
 

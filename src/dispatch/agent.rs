@@ -2,9 +2,11 @@
 //!
 //! It watches its own `NodePrefetch` (named after the node), turns the spec
 //! into [`Order`]s for the [`Puller`], publishes progress to the status
-//! subresource at most once per `--status-interval` (2 s), and can remove a
-//! startup taint once every critical image is present or has finally failed,
-//! or `--release-after` has passed ([`crate::dispatch::taint`]). It serves
+//! subresource at most once per `--status-interval` (2 s), and can open a
+//! readiness gate ([`Gate`]: remove a startup or `readiness.k8s.io/…` taint,
+//! or set a Node condition for a NodeReadinessRule) once every critical image
+//! is present or has finally failed, or `--release-after` has passed
+//! ([`crate::dispatch::taint`]). It serves
 //! `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`. On SIGTERM it
 //! stops taking orders, writes its last status (pulls cut short are reported
 //! pending, to be resumed) and exits 0; a restarted agent finds the images
@@ -32,6 +34,7 @@ use tokio::time::Instant;
 use crate::clock::SystemClock;
 use crate::dispatch::crd::{ImageOrder, ImageStatus, NodePrefetch, NodePrefetchStatus};
 use crate::dispatch::cri::{self, CriClient, ImageService};
+use crate::dispatch::gate::Gate;
 use crate::dispatch::puller::{Board, Options, Order, Puller};
 use crate::metrics::{Health, LeaseStatus, Metrics, Server};
 use crate::registry::{self, DockerConfig};
@@ -105,10 +108,13 @@ pub struct Args {
     /// Pulls running at once.
     #[arg(long, env = "PULLAHEAD_PARALLEL", default_value_t = 4)]
     pub parallel: usize,
-    /// A startup taint key to remove from the node once every critical image is present or has finally failed.
+    /// A taint key (a startup taint or an unmanaged `readiness.k8s.io/…` taint) to remove from the node once every critical image is present or has finally failed.
     #[arg(long, env = "PULLAHEAD_STARTUP_TAINT")]
     pub startup_taint: Option<String>,
-    /// Remove --startup-taint after this long even if critical images are still pulling (e.g. `90s`, `5m`).
+    /// A Node condition type to set True once every critical image is present or has finally failed, for a NodeReadinessRule (instead of --startup-taint).
+    #[arg(long, env = "PULLAHEAD_RELEASE_CONDITION")]
+    pub release_condition: Option<String>,
+    /// Open the gate (--startup-taint or --release-condition) after this long even if critical images are still pulling (e.g. `90s`, `5m`).
     #[arg(long, env = "PULLAHEAD_RELEASE_AFTER")]
     pub release_after: Option<String>,
     /// Least time between two status writes for this node (e.g. `2s`).
@@ -403,6 +409,10 @@ impl<C: ImageService> Agent<C> {
 /// and returns, so the process exits 0.
 pub async fn run(args: Args) -> Result<()> {
     let interval = parse_duration("status-interval", &args.status_interval)?;
+    let gate = Gate::from_flags(
+        args.startup_taint.as_deref(),
+        args.release_condition.as_deref(),
+    )?;
     let release_after = args
         .release_after
         .as_deref()
@@ -432,12 +442,12 @@ pub async fn run(args: Args) -> Result<()> {
     let api: Api<NodePrefetch> = Api::all(client.clone());
     let writer = StatusWriter::new(api.clone(), args.node.clone(), interval);
     let writer_task = tokio::spawn(writer.run(agent.board(), agent.spec()));
-    if let Some(key) = args.startup_taint.clone() {
+    if let Some(gate) = gate {
         let nodes: Api<Node> = Api::all(client.clone());
         tokio::spawn(taint_releaser(
             nodes,
             args.node.clone(),
-            key,
+            gate,
             release_after,
             agent.board(),
             agent.spec(),

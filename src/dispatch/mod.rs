@@ -5,6 +5,8 @@
 //! - [`cri`]: a hand-written CRI `runtime.v1.ImageService` client over
 //!   containerd's Unix socket (no protoc needed to build).
 //! - [`agent`]: the node agent's pull loop and its API side.
+//! - [`gate`]: what the agent opens once the critical images are present: a
+//!   startup or `readiness.k8s.io/…` taint, or a Node condition.
 //! - [`pull`]: the one-shot `pullahead pull` command.
 //! - [`report`]: the agents' status read back, for the controller's
 //!   outcome metrics.
@@ -13,6 +15,7 @@
 pub mod agent;
 pub mod crd;
 pub mod cri;
+pub mod gate;
 pub mod pull;
 pub mod puller;
 pub mod report;

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::dispatch::agent::{Error, Result, kube_err};
 use crate::dispatch::crd::{ImageOrder, PullState, StartupTaintStatus};
+use crate::dispatch::gate::Gate;
 use crate::dispatch::puller::Board;
 use std::sync::Arc;
 
@@ -134,13 +135,14 @@ async fn has_taint(nodes: &Api<Node>, node: &str, key: &str) -> Result<bool> {
 }
 
 /// Waits until the critical images are settled (present or finally failed)
-/// or `after` has passed, then removes the taint. Keeps
-/// `status.startupTaint` (through `board`) saying what it waits for and,
-/// at the end, why it released.
+/// or `after` has passed, then opens `gate` (removes the taint, or sets the
+/// Node condition). Keeps `status.startupTaint` (through `board`; its `key`
+/// is the taint key or condition type) saying what it waits for and, at the
+/// end, why it released.
 pub async fn taint_releaser(
     nodes: Api<Node>,
     node: String,
-    key: String,
+    gate: Gate,
     after: Option<Duration>,
     board: Arc<Board>,
     mut spec: watch::Receiver<Vec<ImageOrder>>,
@@ -148,7 +150,10 @@ pub async fn taint_releaser(
     let deadline = after.map(|d| Instant::now() + d);
     let mut changes = board.subscribe();
     let mut shown = String::new();
-    if let Ok(false) = has_taint(&nodes, &node, &key).await {
+    let key = gate.key().to_string();
+    if let Gate::Taint(_) = gate
+        && let Ok(false) = has_taint(&nodes, &node, &key).await
+    {
         // Released before (by an agent before a restart) or never set.
         board.set_startup_taint(StartupTaintStatus {
             key,
@@ -171,9 +176,9 @@ pub async fn taint_releaser(
                     state.reason()
                 )
             };
-            match release_taint(&nodes, &node, &key).await {
+            match gate.open(&nodes, &node).await {
                 Ok(removed) => {
-                    tracing::info!(node, taint = %key, removed, why = %why, "startup taint released");
+                    tracing::info!(node, gate = %gate.describe(), removed, why = %why, "readiness gate opened");
                     board.set_startup_taint(StartupTaintStatus {
                         key,
                         released: true,
@@ -181,7 +186,9 @@ pub async fn taint_releaser(
                     });
                     return;
                 }
-                Err(e) => tracing::warn!(node, error = %e, "cannot release taint; retrying"),
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "cannot open the readiness gate; retrying")
+                }
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;

@@ -1,8 +1,9 @@
 //! The forecaster: the `predictive` policy, its model (with the built-in
-//! [`model::DEFAULT_MODEL`]) and the HPA trend. `pullahead tune` fits the
-//! model by replaying traces; it lives in [`crate::tune`], so that the
-//! forecaster does not depend on the simulator.
+//! [`model::DEFAULT_MODEL`]), the HPA trend and the CapacityBuffer book.
+//! `pullahead tune` fits the model by replaying traces; it lives in
+//! [`crate::tune`], so that the forecaster does not depend on the simulator.
 
+pub mod buffer;
 pub mod model;
 pub mod planner;
 pub mod trend;

@@ -6,6 +6,7 @@
 //! It reads only the events given so far (through [`ClusterState`]) and the
 //! clock, so it is causal and deterministic: ties are broken by image name.
 
+use super::buffer::{BufferBook, Holder};
 use super::model::feature::{
     DAEMONSET, EXISTING, FITS, HISTORY, HPA_PRESSURE, HPA_TREND, NOMINATED, NOT_NOMINATED, PENDING,
     SCALE_UP,
@@ -62,6 +63,16 @@ impl Default for PlannerConfig {
 enum Key {
     Claim(u32),
     Node(u32),
+}
+
+impl Key {
+    /// The same target as the buffer book names it.
+    fn holder(self) -> Holder {
+        match self {
+            Key::Claim(c) => Holder::Claim(c),
+            Key::Node(n) => Holder::Node(n),
+        }
+    }
 }
 
 /// How much the scheduler would prefer `info`'s node, holding `pods` bound
@@ -178,6 +189,8 @@ pub struct Planner {
     /// (due time, claim), in due order; an entry whose time no longer
     /// matches `waiting` was planned or dropped already.
     due: VecDeque<(f64, u32)>,
+    /// CapacityBuffers and the new nodes that hold their room.
+    buffers: BufferBook,
 }
 
 /// A pool's candidates as its workloads give them, and which of them pass
@@ -251,6 +264,9 @@ struct Scratch {
     rows: Vec<Features>,
     seen: Vec<bool>,
     touched: Vec<ImageId>,
+    /// Images whose `nominated` comes from a CapacityBuffer's room on the
+    /// node and from no nominated pod: their reason is `buffer`.
+    buffered: HashSet<ImageId>,
 }
 
 impl Scratch {
@@ -283,6 +299,7 @@ impl Scratch {
             self.seen[i as usize] = false;
         }
         self.touched.clear();
+        self.buffered.clear();
     }
 }
 
@@ -308,6 +325,7 @@ impl Planner {
             collect: None,
             waiting: HashMap::default(),
             due: VecDeque::new(),
+            buffers: BufferBook::default(),
         }
     }
 
@@ -493,8 +511,15 @@ impl Planner {
     }
 
     /// Adds the signals of the claim's own pods (nominated to it, or in a
-    /// scale-up of its pool) to the scratch rows.
-    fn claim_signals(&self, info: &NodeInfo, claim: Option<u32>, c: &mut Scratch) {
+    /// scale-up of its pool) to the scratch rows, and of the buffer chunks
+    /// the node holds (`buffered`, an image for each chunk).
+    fn claim_signals(
+        &self,
+        info: &NodeInfo,
+        claim: Option<u32>,
+        buffered: &[ImageId],
+        c: &mut Scratch,
+    ) {
         let st = &self.state;
         if let Some(pods) = claim.and_then(|c| st.nominated_to_claim.get(&c)) {
             for p in pods {
@@ -502,6 +527,15 @@ impl Planner {
                     c.add(&p.images, NOMINATED, 1.0);
                 }
             }
+        }
+        // A chunk of a buffer is a pod the autoscaler made room for here:
+        // it weighs as a nominated pod, so the fitted model needs no new
+        // feature (and no refit) to value it.
+        for &i in buffered {
+            if c.row(i)[NOMINATED] == 0.0 {
+                c.buffered.insert(i);
+            }
+            c.row(i)[NOMINATED] += 1.0;
         }
         if let Some(ups) = st.scale_ups.get(&info.pool) {
             for up in ups {
@@ -521,17 +555,19 @@ impl Planner {
     /// `claim` may have announced: those whose pool signals pass, and those
     /// the claim's pods or the pool's history name. With `every`, all the
     /// pool's images are filled, as `pullahead tune` needs.
+    #[allow(clippy::too_many_arguments)]
     fn candidates(
         &self,
         view: &PoolView,
         info: &NodeInfo,
         claim: Option<u32>,
+        buffered: &[ImageId],
         done: Option<&HashSet<ImageId>>,
         every: bool,
         c: &mut Scratch,
     ) {
         c.clear();
-        self.claim_signals(info, claim, c);
+        self.claim_signals(info, claim, buffered, c);
         // Once the claim's own pods are known, an image none of them needs
         // gets `not_nominated`. With a positive weight that could lift an
         // image whose pool signals fail, so then every image is scored.
@@ -780,7 +816,13 @@ impl Planner {
             let done = planned.get(&key).map(|(d, _)| d);
             match why {
                 Why::New(claim) => {
-                    self.candidates(view, info, claim, done, collect.is_some(), &mut scratch);
+                    let mut buffered = Vec::new();
+                    if !self.buffers.is_empty() {
+                        self.buffers
+                            .signals(key.holder(), info, |imgs| buffered.extend_from_slice(imgs));
+                    }
+                    let every = collect.is_some();
+                    self.candidates(view, info, claim, &buffered, done, every, &mut scratch);
                 }
                 Why::Rising(workloads) => {
                     self.rising_candidates(view, info, workloads, done, &mut scratch);
@@ -830,7 +872,12 @@ impl Planner {
             let bytes = self.bytes(image);
             let saved =
                 self.cfg.pull_latency_seconds + bytes as f64 / self.cfg.bandwidth_bytes_per_second;
-            scored.push((p * saved / bytes as f64, p, image, Self::reason(f), bytes));
+            let reason = if c.buffered.contains(&image) {
+                Reason::Buffer
+            } else {
+                Self::reason(f)
+            };
+            scored.push((p * saved / bytes as f64, p, image, reason, bytes));
         }
         let (done, spent) = planned.entry(key).or_default();
         // Most plans order nothing: no target name to copy then.
@@ -936,6 +983,7 @@ impl Policy for Planner {
                 self.views.clear();
                 self.wl_views.clear();
             }
+            Body::Buffer(b) => self.buffers.apply(b, &mut self.state),
             Body::NodeClaim(c) => {
                 let Some(id) = ids.claim else {
                     return;
@@ -954,6 +1002,7 @@ impl Policy for Planner {
                     ClaimPhase::Deleted => {
                         self.planned.remove(&Key::Claim(id));
                         self.waiting.remove(&id);
+                        self.buffers.released(Holder::Claim(id));
                     }
                     _ => {
                         if let Some(n) = ids.node {
@@ -974,6 +1023,11 @@ impl Policy for Planner {
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
                 if let (Some(n), Some(pod)) = (ids.node, ids.pod) {
                     self.learn_binding(n, pod, now);
+                    if !self.buffers.is_empty()
+                        && let Some(info) = self.state.pod(pod)
+                    {
+                        self.buffers.bound(n, info.workload, &info.images);
+                    }
                 }
             }
             Body::Node(n) => {
@@ -996,6 +1050,7 @@ impl Policy for Planner {
                         // here; a claim plan still waiting is this plan now.
                         if let Some(c) = claim {
                             self.waiting.remove(&c);
+                            self.buffers.moved(Holder::Claim(c), Holder::Node(id));
                             if let Some(done) = self.planned.remove(&Key::Claim(c)) {
                                 self.planned.insert(Key::Node(id), done);
                             }
@@ -1007,6 +1062,7 @@ impl Policy for Planner {
                     }
                     NodePhase::Deleted => {
                         self.planned.remove(&Key::Node(id));
+                        self.buffers.released(Holder::Node(id));
                         self.fresh.remove(&id);
                         self.node_claim.remove(&id);
                     }
@@ -1071,6 +1127,41 @@ mod tests {
 {"ts":10,"type":"node_claim","node_claim":"c1","pool":"p","phase":"created","labels":{}}
 {"ts":10,"type":"pod","pod":"a/web-1","workload":"a/web","images":["r/web:1"],"phase":"nominated","node_claim":"c1"}
 "#;
+
+    /// A claim made while a CapacityBuffer is short, and its node, get the
+    /// template's images with reason `buffer`; once the buffer's one chunk
+    /// is held, the next node in the pool gets none of them, until a real
+    /// pod of the template uses the room.
+    #[test]
+    fn a_short_buffer_gives_the_next_new_node_its_template() {
+        let lines = r#"{"ts":0,"type":"buffer","buffer":"a/spare","replicas":1,"images":["r/chunk:1"],"node_selector":{"pool":"p"},"workload":"a/chunk"}
+{"ts":10,"type":"node_claim","node_claim":"c1","pool":"p","phase":"created","labels":{"pool":"p"}}
+{"ts":11,"type":"node_claim","node_claim":"c1","pool":"p","phase":"registered","labels":{"pool":"p"},"node":"n1"}
+{"ts":11,"type":"node","node":"n1","phase":"registered","pool":"p","labels":{"pool":"p"}}
+{"ts":20,"type":"node","node":"n2","phase":"registered","pool":"p","labels":{"pool":"p"}}
+{"ts":30,"type":"pod","pod":"a/chunk-1","workload":"a/chunk","images":["r/chunk:1"],"phase":"scheduled","node":"n1"}
+{"ts":40,"type":"node","node":"n3","phase":"registered","pool":"p","labels":{"pool":"p"}}
+{"ts":50,"type":"node","node":"n4","phase":"registered","pool":"q","labels":{"pool":"q"}}
+"#;
+        let all = orders_by_event(lines);
+        let chunk = |k: usize| -> Vec<(String, crate::policy::Reason)> {
+            all[k]
+                .1
+                .iter()
+                .filter(|o| o.image == "r/chunk:1")
+                .map(|o| (o.target.to_string(), o.reason))
+                .collect()
+        };
+        let buffer = crate::policy::Reason::Buffer;
+        assert_eq!(chunk(3), vec![("n1".to_string(), buffer)], "{all:?}");
+        assert!(chunk(4).is_empty(), "the buffer is met: {all:?}");
+        assert_eq!(
+            chunk(6),
+            vec![("n3".to_string(), buffer)],
+            "room used: {all:?}"
+        );
+        assert!(chunk(7).is_empty(), "another pool: {all:?}");
+    }
 
     /// The claim's first plan waits for the delay, then sees the pod
     /// nominated in the same second as the claim.

@@ -217,6 +217,7 @@ pub fn generate<W: Write>(
         spec.hpa_controller.clone(),
         opts.seed,
     );
+    sim.set_buffers(sim::resolve_buffers(spec, &sim));
     let minute_of = |t: f64| ((t - load.start) / 60.0).floor().max(0.0) as usize;
     let mut loads = Vec::new();
     sim.loads(load, minute_of(t0), &mut loads);
@@ -325,6 +326,7 @@ pub fn generate_from_replicas<W: Write>(
         spec.hpa_controller.clone(),
         opts.seed,
     );
+    sim.set_buffers(sim::resolve_buffers(spec, &sim));
     sim.start(t0, &[]);
     let step = spec.hpa_controller.sync_seconds;
     let mut next = rest.into_iter().peekable();

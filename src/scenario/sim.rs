@@ -81,6 +81,18 @@ pub struct WorkloadCfg {
     pub tolerations: Vec<Toleration>,
 }
 
+/// A CapacityBuffer as the simulator runs it: room for `replicas` pods of
+/// workload `workload` kept free in its pool.
+#[derive(Clone, Debug)]
+pub struct BufferCfg {
+    /// `namespace/name`.
+    pub name: String,
+    /// Index into the workloads.
+    pub workload: usize,
+    /// Chunks of room.
+    pub replicas: u32,
+}
+
 /// What a run produced, for the command's summary and the README.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -106,6 +118,8 @@ pub struct Summary {
     pub hpa_events: u64,
     /// Pods that could not be placed because a pool was at `max_nodes`.
     pub unplaceable_pods: u64,
+    /// Nodes added to keep a CapacityBuffer's room.
+    pub buffer_nodes: u64,
 }
 
 type NodeId = usize;
@@ -223,6 +237,7 @@ pub struct Sim {
     emitted_images: HashSet<String>,
     out: Vec<Event>,
     summary: Summary,
+    buffers: Vec<BufferCfg>,
 }
 
 fn uniform(rng: &mut ChaCha8Rng, r: [f64; 2]) -> f64 {
@@ -279,7 +294,57 @@ impl Sim {
             emitted_images: HashSet::new(),
             out: Vec::new(),
             summary: Summary::default(),
+            buffers: Vec::new(),
         }
+    }
+
+    /// Keeps room for these CapacityBuffers (at most one a pool, as the
+    /// spec checks). Set before [`Sim::start`].
+    pub fn set_buffers(&mut self, buffers: Vec<BufferCfg>) {
+        self.buffers = buffers;
+    }
+
+    /// How many chunks of buffer `b` fit in the free room of its pool's
+    /// nodes, up or coming, `except` one.
+    fn buffer_room(&self, b: usize, except: Option<NodeId>) -> u32 {
+        let cfg = &self.workloads[self.buffers[b].workload];
+        let (cpu, mem) = (cfg.cpu.max(1), cfg.mem.max(1));
+        self.pool_nodes[cfg.pool]
+            .iter()
+            .filter(|&&n| Some(n) != except)
+            .filter_map(|&n| self.node(n))
+            .map(|n| (n.free_cpu / cpu).min(n.free_mem / mem).max(0) as u32)
+            .sum()
+    }
+
+    /// The autoscaler's side of each buffer: new nodes, with no pod of
+    /// their own, until the pool's free room holds its chunks.
+    fn provision_buffers(&mut self) {
+        for b in 0..self.buffers.len() {
+            let cfg = &self.workloads[self.buffers[b].workload];
+            let (p, cpu, mem) = (cfg.pool, cfg.cpu.max(1), cfg.mem.max(1));
+            let per_node = (self.pools[p].cpu / cpu)
+                .min(self.pools[p].mem / mem)
+                .max(1) as u32;
+            let mut short = self.buffers[b]
+                .replicas
+                .saturating_sub(self.buffer_room(b, None));
+            while short > 0 && self.pool_nodes[p].len() < self.pools[p].max_nodes {
+                let id = self.new_node(p);
+                self.schedule_boot(id);
+                self.summary.buffer_nodes += 1;
+                short = short.saturating_sub(per_node);
+            }
+        }
+    }
+
+    /// Whether removing node `id` of pool `p` leaves every buffer of the
+    /// pool its room.
+    fn buffer_keeps(&self, p: usize, id: NodeId) -> bool {
+        (0..self.buffers.len()).all(|b| {
+            self.workloads[self.buffers[b].workload].pool != p
+                || self.buffer_room(b, Some(id)) >= self.buffers[b].replicas
+        })
     }
 
     /// The counters so far.
@@ -395,6 +460,20 @@ impl Sim {
                 self.create_pod(Owner::Workload(w));
             }
             self.emit_hpa(w, load_at(w));
+        }
+        for k in 0..self.buffers.len() {
+            let b = &self.buffers[k];
+            let w = &self.workloads[b.workload];
+            let ev = event::Buffer {
+                buffer: b.name.clone(),
+                replicas: b.replicas,
+                images: w.images.clone(),
+                node_selector: self.pools[w.pool].labels.clone(),
+                tolerations: (!w.tolerations.is_empty()).then(|| w.tolerations.clone()),
+                template: Some(format!("Deployment/{}", w.name)),
+                workload: Some(w.name.clone()),
+            };
+            self.emit(ev);
         }
         self.schedule();
         self.provision();
@@ -1107,6 +1186,9 @@ impl Sim {
                 }
             }
         }
+        if !self.buffers.is_empty() {
+            self.provision_buffers();
+        }
     }
 
     /// Removes nodes idle for the pool's `idle_seconds`, down to `min_nodes`.
@@ -1122,7 +1204,8 @@ impl Sim {
                             && n.workload_pods == 0
                             && n.reserved.is_empty()
                             && self.now - n.idle_since >= idle
-                    });
+                    })
+                    && self.buffer_keeps(p, id);
                 if removable {
                     self.remove_node(p, id);
                 } else {
@@ -1411,6 +1494,20 @@ pub fn resolve(
         }
     }
     Ok((pools, workloads))
+}
+
+/// The spec's buffers for `sim`, whose workloads the spec check found.
+pub fn resolve_buffers(spec: &Spec, sim: &Sim) -> Vec<BufferCfg> {
+    spec.buffers
+        .iter()
+        .filter_map(|b| {
+            Some(BufferCfg {
+                name: b.name.clone(),
+                workload: sim.workload_index(&b.workload)?,
+                replicas: b.replicas.clamp(0, i64::from(u32::MAX)) as u32,
+            })
+        })
+        .collect()
 }
 
 fn preview(cols: &[String]) -> String {

@@ -49,6 +49,22 @@ pub struct Spec {
     /// Where the workloads of a `--replicas` event file run.
     #[serde(default)]
     pub imported: Option<ImportedSpec>,
+    /// CapacityBuffers: spare room the autoscaler keeps for a workload's pods.
+    #[serde(default)]
+    pub buffers: Vec<BufferSpec>,
+}
+
+/// A CapacityBuffer with a `scalableRef` to one of the spec's workloads:
+/// the pool's provisioner keeps room for `replicas` more of its pods.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferSpec {
+    /// `namespace/name` of the buffer.
+    pub name: String,
+    /// `namespace/name` of a workload in `workloads`: its pod is the chunk.
+    pub workload: String,
+    /// Chunks of room to keep.
+    pub replicas: i64,
 }
 
 /// Placement of workloads that come from a `--replicas` event file (for
@@ -496,6 +512,30 @@ impl Spec {
                 if w.load.is_none() {
                     return Err(bad(f("load"), "a workload with an hpa needs a load".into()));
                 }
+            }
+        }
+        let mut buffer_pools = HashSet::new();
+        for (i, b) in self.buffers.iter().enumerate() {
+            let f = |s: &str| format!("buffers[{i}].{s}");
+            namespaced(&bad, f("name"), &b.name)?;
+            let Some(w) = self.workloads.iter().find(|w| w.name == b.workload) else {
+                return Err(bad(
+                    f("workload"),
+                    format!("no workload named {:?}", b.workload),
+                ));
+            };
+            // One buffer a pool: the room one keeps must not count for another.
+            if !buffer_pools.insert(w.pool.as_str()) {
+                return Err(bad(
+                    f("workload"),
+                    format!("pool {:?} already has a buffer", w.pool),
+                ));
+            }
+            if b.replicas < 0 {
+                return Err(bad(
+                    f("replicas"),
+                    format!("must not be negative, got {}", b.replicas),
+                ));
             }
         }
         if let Some(t) = &self.tenants {

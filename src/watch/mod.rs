@@ -10,9 +10,11 @@
 //!   [`tracker::Tracker`] of the kind turns the list into the changes a
 //!   consumer needs: new and changed objects are applied, unchanged ones are
 //!   skipped, and objects that vanished are deleted.
-//! - Karpenter's NodeClaim and NodePool are watched as `DynamicObject`s; when
-//!   their CRD is absent (the list answers 404) this is logged once and the
-//!   kind is dropped instead of retried forever.
+//! - Karpenter's NodeClaim and NodePool, and SIG Autoscaling's
+//!   CapacityBuffer, are watched as `DynamicObject`s; when their CRD is
+//!   absent (the list answers 404) this is logged once and the kind is
+//!   dropped instead of retried forever. PodTemplates, which buffers name,
+//!   are given up the same way on a 404.
 //! - [`Readiness`] turns true once the initial list of every watched kind is
 //!   done (an absent CRD counts as listed).
 //! - Only derived state is kept: the trackers' keys and version hashes and
@@ -29,7 +31,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Node};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Node, PodTemplate};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -97,6 +99,10 @@ pub enum Kind {
     ReplicaSet,
     /// batch/v1 Job.
     Job,
+    /// autoscaling.x-k8s.io/v1beta1 CapacityBuffer.
+    CapacityBuffer,
+    /// core/v1 PodTemplate, for the buffers that name one.
+    PodTemplate,
     /// core/v1 Event with `reason=` this reason (one of [`EVENT_REASONS`]).
     Event(&'static str),
 }
@@ -115,6 +121,8 @@ impl Kind {
             Kind::DaemonSet,
             Kind::ReplicaSet,
             Kind::Job,
+            Kind::CapacityBuffer,
+            Kind::PodTemplate,
         ];
         k.extend(EVENT_REASONS.iter().map(|r| Kind::Event(r)));
         k
@@ -122,7 +130,10 @@ impl Kind {
 
     /// Whether the kind comes from a CRD that may be absent.
     pub fn is_optional(self) -> bool {
-        matches!(self, Kind::NodeClaim | Kind::NodePool)
+        matches!(
+            self,
+            Kind::NodeClaim | Kind::NodePool | Kind::CapacityBuffer | Kind::PodTemplate
+        )
     }
 }
 
@@ -139,6 +150,8 @@ impl fmt::Display for Kind {
             Kind::DaemonSet => f.write_str("apps/v1 daemonsets"),
             Kind::ReplicaSet => f.write_str("apps/v1 replicasets"),
             Kind::Job => f.write_str("batch/v1 jobs"),
+            Kind::CapacityBuffer => f.write_str("autoscaling.x-k8s.io/v1beta1 capacitybuffers"),
+            Kind::PodTemplate => f.write_str("podtemplates"),
             Kind::Event(r) => write!(f, "events reason={r}"),
         }
     }
@@ -152,6 +165,18 @@ pub fn karpenter_resource(kind: &str, plural: &str) -> ApiResource {
         api_version: "karpenter.sh/v1".into(),
         kind: kind.into(),
         plural: plural.into(),
+    }
+}
+
+/// The CapacityBuffer resource: `autoscaling.x-k8s.io/v1beta1`, the storage
+/// version of cluster-autoscaler's CRD (v1alpha1 has the same fields).
+pub fn capacity_buffer_resource() -> ApiResource {
+    ApiResource {
+        group: "autoscaling.x-k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "autoscaling.x-k8s.io/v1beta1".into(),
+        kind: "CapacityBuffer".into(),
+        plural: "capacitybuffers".into(),
     }
 }
 
@@ -337,6 +362,15 @@ fn tombstone(kind: Kind, key: &str) -> Object {
             metadata,
             ..Default::default()
         })),
+        Kind::CapacityBuffer => {
+            let mut o = DynamicObject::new(&name, &capacity_buffer_resource());
+            o.metadata.namespace = namespace.clone();
+            Object::CapacityBuffer(Box::new(o))
+        }
+        Kind::PodTemplate => Object::PodTemplate(Box::new(PodTemplate {
+            metadata,
+            ..Default::default()
+        })),
     }
 }
 
@@ -465,7 +499,7 @@ impl Watcher {
     /// given up (its CRD is absent).
     pub fn handle_error(&mut self, kind: Kind, error: &watcher::Error) -> bool {
         if kind.is_optional() && is_not_found(error) {
-            tracing::warn!(%kind, "the CRD is not installed (404); going on without it");
+            tracing::warn!(%kind, "the resource is not served (404; its CRD is not installed); going on without it");
             self.stats.absent.push(kind);
             self.trackers.remove(&kind);
             self.readiness.listed(kind);
@@ -594,6 +628,15 @@ fn streams(client: &Client, config: &Config) -> Vec<BoxStream<'static, Item>> {
                         Object::NodePool(Box::new(o))
                     })
                 }
+                Kind::CapacityBuffer => {
+                    let ar = capacity_buffer_resource();
+                    watch_stream(Api::<DynamicObject>::all_with(c, &ar), base(), kind, |o| {
+                        Object::CapacityBuffer(Box::new(o))
+                    })
+                }
+                Kind::PodTemplate => watch_stream(Api::<PodTemplate>::all(c), base(), kind, |o| {
+                    Object::PodTemplate(Box::new(o))
+                }),
                 Kind::Event(reason) => watch_stream(
                     Api::<KubeEvent>::all(c),
                     base().fields(&format!("reason={reason}")),
