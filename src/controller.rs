@@ -493,6 +493,7 @@ impl Controller {
                     w.reason,
                     Reason::Nominated | Reason::ScaleUp | Reason::Daemonset
                 ),
+                bytes: None,
             })
             .collect()
     }
@@ -703,6 +704,7 @@ mod tests {
                 labels: Default::default(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         )
     }

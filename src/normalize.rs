@@ -672,6 +672,7 @@ impl Normalizer {
                 labels: labels.clone(),
                 taints: (!taints.is_empty()).then(|| taints.clone()),
                 images,
+                image_fs_bytes: None,
             };
             node.pool = Some(node.pool_name().to_string());
             node

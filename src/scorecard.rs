@@ -200,6 +200,7 @@ mod tests {
                 labels: Default::default(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         ));
         // b:1 was never used: 40 bytes wasted.

@@ -119,6 +119,8 @@ async fn agent_binary_pulls_its_nodeprefetch_reports_status_and_releases_the_tai
             "--cri-socket",
         ])
         .arg(&ctrd.socket)
+        .arg("--image-fs-path")
+        .arg(ctrd.root())
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
         .env_remove("POD_NAME")

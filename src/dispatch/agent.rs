@@ -59,6 +59,9 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// A disk, budget or clean-up setting is not valid.
+    #[error(transparent)]
+    Safety(#[from] crate::dispatch::safety::Error),
     /// A flag value is not valid.
     #[error("invalid --{flag} {value:?}: {message}")]
     Flag {
@@ -120,6 +123,9 @@ pub struct Args {
     /// Attempts per image for retryable failures.
     #[arg(long, env = "PULLAHEAD_ATTEMPTS", default_value_t = 5)]
     pub attempts: u32,
+    /// Disk headroom, registry and cluster budgets, clean-up.
+    #[command(flatten)]
+    pub safety: crate::dispatch::safety::SafetyArgs,
 }
 
 /// Parses a duration flag such as `2s`, `90s`, `5m` or `PT1M`.
@@ -147,6 +153,7 @@ pub fn orders_from_spec(images: &[ImageOrder], creds: &DockerConfig) -> Vec<Orde
                 .map(|t| t.0.as_millisecond() as f64 / 1000.0),
             critical: i.critical,
             auth: creds.for_image(&i.image).map(|c| c.cri_auth()),
+            bytes: i.bytes,
         })
         .collect()
 }
@@ -165,7 +172,12 @@ pub fn status_for(spec: &[ImageOrder], board: &Board) -> NodePrefetchStatus {
             })
         })
         .collect();
-    NodePrefetchStatus::from_images(images)
+    let facts = board.facts();
+    NodePrefetchStatus {
+        image_fs: facts.image_fs,
+        reclaimed_bytes: facts.reclaimed_bytes,
+        ..NodePrefetchStatus::from_images(images)
+    }
 }
 
 /// Whether every critical image in the spec is present.
@@ -371,6 +383,12 @@ impl<C: ImageService> Agent<C> {
         self.spec_tx.subscribe()
     }
 
+    /// Adds a check around every pull (disk, budgets, clean-up record).
+    pub fn with_guard(mut self, guard: Arc<dyn crate::dispatch::guard::PullGuard>) -> Self {
+        self.puller = self.puller.with_guard(guard);
+        self
+    }
+
     /// Takes a new spec: starts images not yet started (as one batch, by
     /// priority) and forgets images no longer wanted. Returns the started
     /// batch's task.
@@ -427,7 +445,21 @@ pub async fn run(args: Args) -> Result<()> {
         max_attempts: args.attempts.max(1),
         ..Options::default()
     };
+    let safety = crate::dispatch::safety::Safety::start(
+        &args.safety,
+        crate::dispatch::safety::Wiring {
+            node: &args.node,
+            namespace: &args.pod_namespace,
+            client: client.clone(),
+            cri: cri.clone(),
+            creds: creds.clone(),
+            registry: &prometheus::Registry::new(),
+        },
+    )?;
     let mut agent = Agent::new(args.node.clone(), cri, opts, creds);
+    for g in safety.guards(agent.board()) {
+        agent = agent.with_guard(g);
+    }
     let api: Api<NodePrefetch> = Api::all(client.clone());
     let writer = StatusWriter::new(api.clone(), args.node.clone(), interval);
     tokio::spawn(writer.run(agent.board(), agent.spec()));

@@ -8,10 +8,18 @@
 //! - [`pod`]: the fallback for clusters without the agent, a short-lived
 //!   pinned pod per (node, batch of images).
 //! - [`pull`]: the one-shot `pullahead pull` command.
+//! - [`guard`]: the checks around every pull: [`disk`] headroom,
+//!   [`budget`]s per registry host and cluster, [`cleanup`] of unused
+//!   prefetches; [`safety`] holds their flags and wiring.
 
 pub mod agent;
+pub mod budget;
+pub mod cleanup;
 pub mod crd;
 pub mod cri;
+pub mod disk;
+pub mod guard;
 pub mod pod;
 pub mod pull;
 pub mod puller;
+pub mod safety;

@@ -161,6 +161,8 @@ fn planner_config(opts: &replay::Options) -> PlannerConfig {
         bandwidth_bytes_per_second: opts.sim.bandwidth_bytes_per_second,
         pull_latency_seconds: opts.sim.pull_latency_seconds,
         default_image_bytes: opts.default_image_bytes,
+        disk_ceiling_percent: opts.sim.disk_ceiling_percent,
+        image_size_factor: opts.sim.image_size_factor,
         ..PlannerConfig::default()
     }
 }

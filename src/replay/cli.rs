@@ -92,6 +92,16 @@ pub struct SimArgs {
     /// Most gigabytes (10^9 bytes) `predictive` plans onto one node.
     #[arg(long, default_value_t = 20.0, env = "PULLAHEAD_NODE_BUDGET_GB")]
     pub node_budget_gb: f64,
+    /// Kubelet's imageGCHighThresholdPercent, as the agent applies it to
+    /// nodes whose events give `image_fs_bytes`.
+    #[arg(long, default_value_t = 85.0, env = "PULLAHEAD_IMAGE_GC_HIGH_PERCENT")]
+    pub image_gc_high_percent: f64,
+    /// How far below --image-gc-high-percent the agent keeps the disk.
+    #[arg(long, default_value_t = 5.0, env = "PULLAHEAD_DISK_MARGIN_PERCENT")]
+    pub disk_margin_percent: f64,
+    /// On-disk bytes per compressed image byte, as the agent estimates them.
+    #[arg(long, default_value_t = 2.0, env = "PULLAHEAD_IMAGE_SIZE_FACTOR")]
+    pub image_size_factor: f64,
 }
 
 impl Args {
@@ -164,11 +174,26 @@ impl SimArgs {
         if self.max_parallel_pulls == 0 {
             return Err(bad("--max-parallel-pulls must be at least 1".into()));
         }
+        let ceiling = self.image_gc_high_percent - self.disk_margin_percent;
+        if !(ceiling.is_finite() && ceiling > 0.0 && ceiling <= 100.0) {
+            return Err(bad(format!(
+                "--image-gc-high-percent {} minus --disk-margin-percent {} must be above 0 and at most 100",
+                self.image_gc_high_percent, self.disk_margin_percent
+            )));
+        }
+        if !(self.image_size_factor.is_finite() && self.image_size_factor >= 1.0) {
+            return Err(bad(format!(
+                "--image-size-factor must be at least 1, not {}",
+                self.image_size_factor
+            )));
+        }
         Ok(Options {
             sim: SimConfig {
                 bandwidth_bytes_per_second: self.bandwidth_mbps * 1e6 / 8.0,
                 pull_latency_seconds: self.pull_latency_ms / 1000.0,
                 max_parallel_pulls: self.max_parallel_pulls,
+                disk_ceiling_percent: ceiling,
+                image_size_factor: self.image_size_factor,
                 ..SimConfig::default()
             },
             default_image_bytes: self.default_image_bytes,
