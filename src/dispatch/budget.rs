@@ -431,6 +431,8 @@ pub struct BudgetConfig {
     pub max_nodes: usize,
     /// Cool-down after a 429 whose Retry-After cannot be learnt.
     pub default_retry_after: Duration,
+    /// Registries reached over plain HTTP (for the Retry-After probe).
+    pub plain_http: Vec<String>,
     /// First wait when every slot is taken; grows to `poll_max`.
     pub poll_min: Duration,
     /// Longest wait between two tries for a slot.
@@ -446,6 +448,7 @@ impl Default for BudgetConfig {
             },
             max_nodes: 0,
             default_retry_after: Duration::from_secs(30),
+            plain_http: Vec::new(),
             poll_min: Duration::from_millis(200),
             poll_max: Duration::from_secs(5),
         }
@@ -604,7 +607,8 @@ impl PullGuard for BudgetGuard {
     fn after<'a>(&'a self, order: &'a Order, attempt: Attempt<'a>) -> BoxFuture<'a, ()> {
         async move {
             if let Attempt::Failed(e @ cri::Error::RateLimited { .. }) = attempt {
-                let wait = retry_after(e, self.cfg.default_retry_after).await;
+                let url = manifest_url(&order.image, &self.cfg.plain_http);
+                let wait = retry_after(e, url.as_deref(), self.cfg.default_retry_after).await;
                 self.rate_limited(&registry_host(&order.image), wait).await;
             }
         }
@@ -613,19 +617,42 @@ impl PullGuard for BudgetGuard {
 }
 
 /// How long a 429 asks to wait: a `Retry-After` in the runtime's message,
-/// else the one the registry gives to a HEAD of the URL in the message
-/// (containerd 1.6 names the URL but drops the header), else `default`.
-pub async fn retry_after(e: &cri::Error, default: Duration) -> Duration {
+/// else the one the registry gives to a HEAD of the URL in the message or of
+/// `manifest` (containerd 1.6 says only `pulling from host H failed with
+/// status code [manifests TAG]: 429 Too Many Requests`, dropping the
+/// header), else `default`. A registry that wants a token answers the
+/// anonymous probe 401, and `default` applies.
+pub async fn retry_after(e: &cri::Error, manifest: Option<&str>, default: Duration) -> Duration {
     let msg = e.to_string();
     if let Some(d) = retry_after_in_text(&msg) {
         return d;
     }
-    if let Some(url) = url_in(&msg)
+    if let Some(url) = url_in(&msg).or(manifest)
         && let Some(d) = probe(url).await
     {
         return d;
     }
     default
+}
+
+/// The manifest URL of `image` (`http` for loopback hosts and those in
+/// `plain_http`, as containerd does).
+pub fn manifest_url(image: &str, plain_http: &[String]) -> Option<String> {
+    let r: oci_client::Reference = image.parse().ok()?;
+    let host = r.resolve_registry().to_string();
+    let plain = plain_http.iter().any(|h| *h == host)
+        || host.starts_with("127.")
+        || host.starts_with("localhost");
+    let scheme = if plain { "http" } else { "https" };
+    let reference = r
+        .digest()
+        .map(str::to_string)
+        .or_else(|| r.tag().map(str::to_string))
+        .unwrap_or_else(|| "latest".into());
+    Some(format!(
+        "{scheme}://{host}/v2/{}/manifests/{reference}",
+        r.repository()
+    ))
 }
 
 /// A `Retry-After: N` (seconds) written in `text`.
@@ -705,6 +732,14 @@ mod tests {
         let date = jiff::fmt::rfc2822::to_string(&soon.to_zoned(jiff::tz::TimeZone::UTC)).unwrap();
         let d = parse_retry_after(&date).unwrap();
         assert!((55..=61).contains(&d.as_secs()), "{date} -> {d:?}");
+        assert_eq!(
+            manifest_url("127.0.0.1:5000/burst/n0:v1", &[]).as_deref(),
+            Some("http://127.0.0.1:5000/v2/burst/n0/manifests/v1")
+        );
+        assert_eq!(
+            manifest_url("docker.io/library/nginx:1.25", &[]).as_deref(),
+            Some("https://index.docker.io/v2/library/nginx/manifests/1.25")
+        );
         assert_eq!(
             url_in(
                 "unexpected status from HEAD request to http://127.0.0.1:5/v2/a/manifests/1: 429 Too Many Requests"

@@ -206,6 +206,7 @@ impl Safety {
                         "rate-limit-cooldown",
                         &args.rate_limit_cooldown,
                     )?,
+                    plain_http: args.insecure_registry.clone(),
                     ..BudgetConfig::default()
                 },
                 Arc::new(SharedLeaseSlots(Arc::new(store))),
