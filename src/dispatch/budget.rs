@@ -640,9 +640,8 @@ pub async fn retry_after(e: &cri::Error, manifest: Option<&str>, default: Durati
 pub fn manifest_url(image: &str, plain_http: &[String]) -> Option<String> {
     let r: oci_client::Reference = image.parse().ok()?;
     let host = r.resolve_registry().to_string();
-    let plain = plain_http.iter().any(|h| *h == host)
-        || host.starts_with("127.")
-        || host.starts_with("localhost");
+    let plain =
+        plain_http.contains(&host) || host.starts_with("127.") || host.starts_with("localhost");
     let scheme = if plain { "http" } else { "https" };
     let reference = r
         .digest()
