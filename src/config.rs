@@ -248,12 +248,12 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         return Ok(FileConfig::default());
     }
     serde_yaml_ng::from_str(&text).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let (pos, message) = crate::position::yaml(&e);
         Error::Parse {
             path: name,
-            line,
-            column,
-            message: e.to_string(),
+            line: pos.map_or(0, |p| p.line as usize),
+            column: pos.map_or(0, |p| p.column as usize),
+            message,
         }
     })
 }
@@ -398,6 +398,17 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(text.as_bytes()).unwrap();
         f
+    }
+
+    /// A bad config file names its line and column once, then the cause.
+    #[test]
+    fn a_bad_file_names_its_line_and_column() {
+        let f = file("policy: popular\nlease-duration: [1]\n");
+        let err = read_file(f.path()).unwrap_err().to_string();
+        let want = format!("config file {}:2:", f.path().display());
+        assert!(err.starts_with(&want), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+        assert!(!err.contains(" at line "), "{err}");
     }
 
     #[test]

@@ -155,6 +155,10 @@ pub struct Controller {
     retries: BinaryHeap<Reverse<(Instant, String)>>,
     /// Consecutive failures per node, for the backoff.
     failures: HashMap<String, u32>,
+    /// Nodes whose plan waits for the Node object to be visible.
+    awaiting_node: HashSet<String>,
+    /// Agent reports (`NodePrefetch` status) for the scorecard.
+    reports: Option<mpsc::Receiver<PrefetchReport>>,
     orders: Vec<PullOrder>,
     /// The policy's ticks on the events' own clock ([`TimeSource::EventTime`]);
     /// a live clock ticks on a timer in [`Controller::run`] instead.
@@ -195,6 +199,8 @@ impl Controller {
             writing: HashSet::new(),
             retries: BinaryHeap::new(),
             failures: HashMap::new(),
+            awaiting_node: HashSet::new(),
+            reports: None,
             orders: Vec::new(),
             ticks,
             summary: Summary::default(),
@@ -203,6 +209,18 @@ impl Controller {
 
     fn clock(&self) -> &dyn Clock {
         self.time.clock(&self.event_clock)
+    }
+
+    /// Takes the agents' reports (what each node has), for the waste and
+    /// lead-time metrics.
+    pub fn with_reports(mut self, reports: mpsc::Receiver<PrefetchReport>) -> Self {
+        self.reports = Some(reports);
+        self
+    }
+
+    fn take_report(&mut self, r: PrefetchReport) {
+        let now = self.clock().now();
+        self.scorecard.reported(&r.node, &r.present, now);
     }
 
     /// Runs until `shutdown` is set or `events` closes. Plans only while
@@ -227,6 +245,7 @@ impl Controller {
         live_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_open = true;
         let mut is_leader = *leader.borrow_and_update();
+        let mut reports = self.reports.take();
         loop {
             if is_leader {
                 self.start_writes(&mut inflight);
@@ -236,6 +255,10 @@ impl Controller {
                 _ = shutdown.wait_for(|s| *s) => break,
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => self.finish(done),
                 _ = sleep_until_first(&self.retries), if !self.retries.is_empty() => self.requeue_due(),
+                r = next_report(&mut reports), if reports.is_some() => match r {
+                    Some(r) => self.take_report(r),
+                    None => reports = None,
+                },
                 _ = live_ticks.tick(), if live_every.is_some() => {
                     self.tick(Instant::now())?;
                     if let Some(d) = self.decisions.as_mut() {
@@ -382,7 +405,12 @@ impl Controller {
     fn track(&mut self, event: &Event, arrived: Instant, kind: &'static str) {
         match &event.body {
             Body::NodeClaim(c) if c.phase == ClaimPhase::Deleted => {
-                self.claim_node.remove(&c.node_claim);
+                if let Some(node) = self.claim_node.remove(&c.node_claim) {
+                    // Its node never showed up: the plan has nowhere to go.
+                    if self.awaiting_node.contains(&node) {
+                        self.forget_node(&node);
+                    }
+                }
                 self.claim_pending.remove(&c.node_claim);
             }
             Body::NodeClaim(c) => {
@@ -395,12 +423,68 @@ impl Controller {
                 }
             }
             Body::Node(n) if n.phase == NodePhase::Deleted => {
-                self.plans.remove(&n.node);
-                self.dirty.remove(&n.node);
+                self.forget_node(&n.node);
                 self.claim_node.retain(|_, node| node != &n.node);
+            }
+            Body::Node(n) if self.awaiting_node.remove(&n.node) => {
+                // The Node is visible now: write the plan kept for it.
+                self.metrics
+                    .plans_awaiting_node
+                    .set(self.awaiting_node.len() as i64);
+                self.mark_dirty(&n.node, arrived, kind);
             }
             _ => {}
         }
+    }
+
+    fn forget_node(&mut self, node: &str) {
+        self.plans.remove(node);
+        self.dirty.remove(node);
+        if self.awaiting_node.remove(node) {
+            self.metrics
+                .plans_awaiting_node
+                .set(self.awaiting_node.len() as i64);
+        }
+    }
+
+    fn mark_dirty(&mut self, node: &str, since: Instant, kind: &'static str) {
+        if self.client.is_some() && self.plans.contains_key(node) && !self.dirty.contains_key(node)
+        {
+            self.dirty.insert(node.to_string(), Dirty { since, kind });
+            self.queue.push_back(node.to_string());
+        }
+    }
+
+    /// A write found no Node yet: when a NodeClaim names its node before
+    /// the Node is visible (watch streams race, caches lag), the plan is
+    /// kept until the Node shows up (its watch event writes it), or the
+    /// claim or Node is deleted. Also retried on the write backoff, in case
+    /// the Node's event came before the failed GET. Bounded: past
+    /// [`MAX_AWAITING_NODE`] the plan is dropped and counted.
+    fn await_node(&mut self, node: String) {
+        if !self.awaiting_node.contains(&node) && self.awaiting_node.len() >= MAX_AWAITING_NODE {
+            tracing::warn!(%node, "too many plans awaiting their node; dropping this one");
+            self.metrics
+                .events_dropped
+                .with_label_values(&["awaiting-node-full"])
+                .inc();
+            self.forget_node(&node);
+            return;
+        }
+        tracing::debug!(%node, "node not visible yet; keeping its plan");
+        self.awaiting_node.insert(node.clone());
+        self.metrics
+            .plans_awaiting_node
+            .set(self.awaiting_node.len() as i64);
+        self.retry_later(node);
+    }
+
+    /// Requeues `node` after a backoff (1 s doubling to 30 s).
+    fn retry_later(&mut self, node: String) {
+        let n = self.failures.entry(node.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let delay = Duration::from_secs(1u64 << (*n - 1).min(5)).min(RETRY_MAX);
+        self.retries.push(Reverse((Instant::now() + delay, node)));
     }
 
     /// Folds one order into its node's plan, or parks it on its NodeClaim.
@@ -565,6 +649,11 @@ impl Controller {
         match result {
             Ok(()) => {
                 self.failures.remove(&node);
+                if self.awaiting_node.remove(&node) {
+                    self.metrics
+                        .plans_awaiting_node
+                        .set(self.awaiting_node.len() as i64);
+                }
                 self.summary.writes += 1;
                 self.metrics
                     .nodeprefetch_writes
@@ -575,13 +664,11 @@ impl Controller {
                 }
             }
             Err(WriteError::NodeGone) => {
-                tracing::debug!(%node, "node gone; dropping its plan");
                 self.metrics
                     .nodeprefetch_writes
-                    .with_label_values(&["node-gone"])
+                    .with_label_values(&["node-pending"])
                     .inc();
-                self.plans.remove(&node);
-                self.dirty.remove(&node);
+                self.await_node(node);
             }
             Err(WriteError::Api(e)) => {
                 tracing::warn!(%node, error = %e, "writing NodePrefetch failed; will retry");
@@ -590,12 +677,9 @@ impl Controller {
                     .nodeprefetch_writes
                     .with_label_values(&["error"])
                     .inc();
-                // Retry with backoff (1 s doubling to 30 s), so a refusing
-                // API server is not hammered; the plan is still what we want.
-                let n = self.failures.entry(node.clone()).or_insert(0);
-                *n = n.saturating_add(1);
-                let delay = Duration::from_secs(1u64 << (*n - 1).min(5)).min(RETRY_MAX);
-                self.retries.push(Reverse((Instant::now() + delay, node)));
+                // Retry with backoff, so a refusing API server is not
+                // hammered; the plan is still what we want.
+                self.retry_later(node);
             }
         }
     }
@@ -636,6 +720,28 @@ async fn write(
 
 /// Longest wait before retrying a failed write.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Most plans kept for nodes not visible yet.
+pub const MAX_AWAITING_NODE: usize = 10_000;
+
+/// What one node's agent reports present: `(image, bytes)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefetchReport {
+    /// The node.
+    pub node: String,
+    /// Images present there, with their sizes.
+    pub present: Vec<(String, u64)>,
+}
+
+/// The next report, or never when there is no report source.
+async fn next_report(
+    reports: &mut Option<mpsc::Receiver<PrefetchReport>>,
+) -> Option<PrefetchReport> {
+    match reports {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Sleeps until the earliest pending retry.
 async fn sleep_until_first(retries: &BinaryHeap<Reverse<(Instant, String)>>) {

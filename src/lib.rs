@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod nominated;
 pub mod normalize;
 pub mod policy;
+pub mod position;
 pub mod record;
 pub mod registry;
 pub mod replay;

@@ -131,7 +131,8 @@ enum Source<'a> {
 }
 
 fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
-    let opts = args.options()?;
+    let mut opts = args.options()?;
+    opts.sim.bind_times = args.report.is_some();
     let mut decisions = match &args.decisions {
         Some(path) => Some(BufWriter::new(
             File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -145,6 +146,7 @@ fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
         Some(k) => vec![Source::Kafka(k)],
         None => args.files.iter().map(|f| Source::File(f)).collect(),
     };
+    let mut reports = Vec::new();
     for source in sources {
         let d = decisions.as_mut().map(|d| d as &mut dyn Write);
         let report = match source {
@@ -157,11 +159,21 @@ fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
         } else {
             write!(out, "{}", replay::report::table(&report))?;
         }
+        if args.report.is_some() {
+            reports.push(report);
+        }
     }
     if let Some(mut d) = decisions {
         d.flush().context("writing decisions")?;
     }
+    if let Some(path) = &args.report {
+        write_page(path, &replay::html::replay_page(&reports)?)?;
+    }
     Ok(())
+}
+
+fn write_page(path: &std::path::Path, page: &str) -> anyhow::Result<()> {
+    std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))
 }
 
 fn tune_cmd(args: &forecast::tune::Args) -> anyhow::Result<()> {
@@ -170,6 +182,9 @@ fn tune_cmd(args: &forecast::tune::Args) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&tuned.model)?;
     std::fs::write(&args.out, text + "\n")
         .with_context(|| format!("writing {}", args.out.display()))?;
+    if let Some(path) = &args.report {
+        write_page(path, &tuned.html_report(&args.out)?)?;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {

@@ -448,6 +448,7 @@ pub async fn run_with(
 
     // The event source.
     let mut watchers = None;
+    let mut reports = None;
     let mut kafka_task = None;
     let source_error: Arc<std::sync::Mutex<Option<crate::event::Error>>> = Arc::default();
     let (time, events) = match (events, &cfg.events) {
@@ -543,6 +544,15 @@ pub async fn run_with(
                     }
                 });
             }
+            // What the agents report, for the waste and lead-time metrics.
+            let (report_tx, report_rx) = mpsc::channel(cfg.queue_capacity);
+            tokio::spawn(crate::dispatch::report::watch_reports(
+                client.clone(),
+                report_tx,
+                metrics.clone(),
+                stop.clone(),
+            ));
+            reports = Some(report_rx);
             let watch_clock = clock.clone();
             let mut watch_stop = stop.clone();
             // The task owns the bus: when it ends, the controller's queue
@@ -589,6 +599,10 @@ pub async fn run_with(
         client,
         decisions,
     );
+    let controller = match reports {
+        Some(rx) => controller.with_reports(rx),
+        None => controller,
+    };
     let result = controller.run(events, leader_rx, stop.clone()).await;
 
     // The loop ended (signal or end of input): stop the rest and give the

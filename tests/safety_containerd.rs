@@ -272,7 +272,7 @@ async fn a_burst_of_nodes_keeps_the_registry_budget_and_waits_out_429() {
             Arc::new(SystemClock),
             Options {
                 parallel: 4,
-                max_attempts: 3,
+                max_attempts: Some(3),
                 ..Options::default()
             },
         )

@@ -130,6 +130,9 @@ pub struct NodePrefetchStatus {
     /// Bytes given back by removing prefetched images no pod used.
     #[serde(default)]
     pub reclaimed_bytes: u64,
+    /// The startup taint, when the agent is set to release one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_taint: Option<StartupTaintStatus>,
 }
 
 /// The image filesystem of a node, as the agent sees it before its pulls.
@@ -150,6 +153,18 @@ pub struct ImageFsStatus {
     /// The Node reports `DiskPressure`; nothing is pulled meanwhile.
     #[serde(default)]
     pub disk_pressure: bool,
+}
+
+/// Where the node's startup taint stands, and why.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartupTaintStatus {
+    /// The taint's key.
+    pub key: String,
+    /// Whether the agent has removed it.
+    pub released: bool,
+    /// Why it was released, or what it waits for.
+    pub reason: String,
 }
 
 impl NodePrefetchStatus {

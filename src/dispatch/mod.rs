@@ -11,6 +11,9 @@
 //! - [`guard`]: the checks around every pull: [`disk`] headroom,
 //!   [`budget`]s per registry host and cluster, [`cleanup`] of unused
 //!   prefetches; [`safety`] holds their flags and wiring.
+//! - [`report`]: the agents' status read back, for the controller's
+//!   outcome metrics.
+//! - [`taint`]: when and why the agent removes the node's startup taint.
 
 pub mod agent;
 pub mod budget;
@@ -22,4 +25,6 @@ pub mod guard;
 pub mod pod;
 pub mod pull;
 pub mod puller;
+pub mod report;
 pub mod safety;
+pub mod taint;

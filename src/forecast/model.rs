@@ -116,7 +116,13 @@ impl Model {
             msg,
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let mut m: Model = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut m: Model = serde_json::from_str(&text).map_err(|e| {
+            let (pos, msg) = crate::position::json(&e);
+            Error::Model {
+                path: crate::position::place(&path.display().to_string(), pos),
+                msg,
+            }
+        })?;
         m.check().map_err(bad)?;
         Ok(m)
     }

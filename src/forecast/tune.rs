@@ -13,7 +13,7 @@
 //! 5. Replay each whole trace, scoring only what happens after the split.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ndarray::{Array1, Array2};
@@ -63,6 +63,47 @@ pub struct Tuned {
     /// Held-back reports, one per file: only pods bound after the split
     /// are scored.
     pub held_back: Vec<Report>,
+}
+
+impl Tuned {
+    /// `tune --report`: the threshold search, then each trace's held-back
+    /// part, as one HTML page; `model` is where the model was written.
+    pub fn html_report(&self, model: &Path) -> crate::replay::html::Result<String> {
+        let thresholds = crate::replay::html::Table {
+            caption: "Threshold search on the training part".into(),
+            header: ["threshold", "capture", "waste share", ""]
+                .map(String::from)
+                .to_vec(),
+            rows: self
+                .thresholds
+                .iter()
+                .map(|t| {
+                    let chosen = if t.threshold == self.model.threshold {
+                        "chosen"
+                    } else {
+                        ""
+                    };
+                    vec![
+                        format!("{:.2}", t.threshold),
+                        format!("{:.3}", t.capture),
+                        format!("{:.3}", t.waste_share),
+                        chosen.to_string(),
+                    ]
+                })
+                .collect(),
+        };
+        let intro = format!(
+            "The model written to {} was fitted on the first part of each trace. Below, every \
+             policy is scored on the part held back: only pods bound after the split count.",
+            model.display()
+        );
+        crate::replay::html::page(
+            "pullahead tune: held-back comparison",
+            &intro,
+            &[thresholds],
+            &self.held_back,
+        )
+    }
 }
 
 /// The planner, with its candidates sent to a shared list.
@@ -307,6 +348,8 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
     for t in &traces {
         let mut ro = opts.replay.clone();
         ro.sim.score_from = t.split;
+        // For `--report`'s chart over time; held-back parts are small.
+        ro.sim.bind_times = true;
         let mut r = score(
             &t.label,
             &t.events,
@@ -386,6 +429,10 @@ pub struct Args {
     /// Print the held-back figures as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also write the threshold search and the held-back comparison as one
+    /// self-contained HTML page with charts (inline SVG; it fetches nothing).
+    #[arg(long, value_name = "OUT.html")]
+    pub report: Option<PathBuf>,
     /// The data-plane model and baselines, as for `replay`.
     #[command(flatten)]
     pub replay: crate::replay::cli::SimArgs,

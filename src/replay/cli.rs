@@ -52,6 +52,10 @@ pub struct Args {
     /// Write every pull order of every policy to this file, as JSON lines.
     #[arg(long, value_name = "OUT.jsonl")]
     pub decisions: Option<PathBuf>,
+    /// Also write the figures as one self-contained HTML page with charts
+    /// (inline SVG; it fetches nothing).
+    #[arg(long, value_name = "OUT.html")]
+    pub report: Option<PathBuf>,
     /// The data-plane model and policy settings.
     #[command(flatten)]
     pub sim: SimArgs,

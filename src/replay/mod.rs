@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod html;
 pub mod oracle;
 pub mod report;
 pub mod sim;
@@ -426,7 +427,10 @@ impl<'l, 'd> Replayer<'l, 'd> {
         report::build(
             self.label,
             self.count,
-            self.last_ts - self.first_ts.unwrap_or(self.last_ts),
+            (
+                self.first_ts.unwrap_or(self.last_ts),
+                self.last_ts - self.first_ts.unwrap_or(self.last_ts),
+            ),
             self.catalog.defaulted_images(),
             outcomes,
         )

@@ -188,6 +188,11 @@ impl Registry {
         stop(&mut self.child);
     }
 
+    /// Starts a stopped registry again, on the same address and data.
+    pub fn resume(&mut self) {
+        self.run();
+    }
+
     fn basic(&self) -> Option<String> {
         use base64::Engine;
         self.auth.as_ref().map(|(u, p)| {
