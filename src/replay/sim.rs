@@ -1074,9 +1074,6 @@ impl Sim {
     }
 }
 
-/// Starts a pull of `id` on `node`: it fetches the layers nobody has, and
-/// waits on the ones another pull is fetching.
-/// `spare` holds emptied layer lists to reuse.
 /// Bytes of `id`'s layers the node neither holds nor is fetching.
 fn new_bytes(node: &NodeSim, id: ImageId, catalog: &mut Catalog) -> u64 {
     let mut bytes = 0;
@@ -1089,6 +1086,9 @@ fn new_bytes(node: &NodeSim, id: ImageId, catalog: &mut Catalog) -> u64 {
     bytes
 }
 
+/// Starts a pull of `id` on `node`: it fetches the layers nobody has, and
+/// waits on the ones another pull is fetching.
+/// `spare` holds emptied layer lists to reuse.
 fn start_pull(
     node: &mut NodeSim,
     id: ImageId,
