@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pullahead::{event, forecast, replay};
+use pullahead::{event, replay};
 
 // Replay and the planner allocate many short strings per event; mimalloc
 // serves them markedly faster than glibc's malloc.
@@ -27,7 +27,7 @@ enum Command {
     /// them against each other.
     Replay(replay::cli::Args),
     /// Fit the predictive model on the first part of traces; score it on the rest.
-    Tune(forecast::tune::Args),
+    Tune(pullahead::tune::Args),
     /// Write a synthetic trace of any size (for benchmarks; `scenario` makes realistic ones).
     Synth(replay::cli::SynthArgs),
     /// Simulate a cluster under a load trace and write its events.
@@ -176,9 +176,9 @@ fn write_page(path: &std::path::Path, page: &str) -> anyhow::Result<()> {
     std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))
 }
 
-fn tune_cmd(args: &forecast::tune::Args) -> anyhow::Result<()> {
+fn tune_cmd(args: &pullahead::tune::Args) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let tuned = forecast::tune::tune(&args.options(command)?)?;
+    let tuned = pullahead::tune::tune(&args.options(command)?)?;
     let text = serde_json::to_string_pretty(&tuned.model)?;
     std::fs::write(&args.out, text + "\n")
         .with_context(|| format!("writing {}", args.out.display()))?;

@@ -104,7 +104,10 @@ async fn the_agent_stops_below_the_disk_ceiling_and_says_why() {
         .collect();
     let api = Api::default();
     *api.spec.lock().unwrap() = json!({"images": imgs.iter().enumerate().map(|(i, m)| json!(
-        {"image": m.reference, "priority": 100 - i, "reason": "nominated"})).collect::<Vec<_>>()});
+        // The size as the controller gives it, from the images' earlier
+        // pulls in the cluster (kubelet's Pulled events, agents' reports).
+        {"image": m.reference, "priority": 100 - i, "reason": "nominated",
+         "bytes": m.layer_size + m.manifest_size})).collect::<Vec<_>>()});
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -452,7 +452,6 @@ pub async fn run(args: Args) -> Result<()> {
             namespace: &args.pod_namespace,
             client: client.clone(),
             cri: cri.clone(),
-            creds: creds.clone(),
             registry: metrics.registry(),
         },
     )?;

@@ -638,19 +638,30 @@ pub async fn retry_after(e: &cri::Error, manifest: Option<&str>, default: Durati
 /// The manifest URL of `image` (`http` for loopback hosts and those in
 /// `plain_http`, as containerd does).
 pub fn manifest_url(image: &str, plain_http: &[String]) -> Option<String> {
-    let r: oci_client::Reference = image.parse().ok()?;
-    let host = r.resolve_registry().to_string();
+    let full = crate::normalize::full_reference(image);
+    let (_, path) = full.split_once('/')?;
+    let host = registry_host(&full);
+    // Docker Hub's API lives on another name than its references use.
+    let api_host = if host == "docker.io" {
+        "index.docker.io"
+    } else {
+        host.as_str()
+    };
     let plain =
         plain_http.contains(&host) || host.starts_with("127.") || host.starts_with("localhost");
     let scheme = if plain { "http" } else { "https" };
-    let reference = r
-        .digest()
-        .map(str::to_string)
-        .or_else(|| r.tag().map(str::to_string))
-        .unwrap_or_else(|| "latest".into());
+    let (repo, reference) = match path.split_once('@') {
+        Some((repo, digest)) => (repo, digest),
+        None => match path.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (path, "latest"),
+        },
+    };
+    if repo.is_empty() || reference.is_empty() {
+        return None;
+    }
     Some(format!(
-        "{scheme}://{host}/v2/{}/manifests/{reference}",
-        r.repository()
+        "{scheme}://{api_host}/v2/{repo}/manifests/{reference}"
     ))
 }
 
@@ -738,6 +749,18 @@ mod tests {
         assert_eq!(
             manifest_url("docker.io/library/nginx:1.25", &[]).as_deref(),
             Some("https://index.docker.io/v2/library/nginx/manifests/1.25")
+        );
+        assert_eq!(
+            manifest_url("nginx", &[]).as_deref(),
+            Some("https://index.docker.io/v2/library/nginx/manifests/latest")
+        );
+        assert_eq!(
+            manifest_url(
+                "reg.example:8443/team/app@sha256:ab12",
+                &["reg.example:8443".into()]
+            )
+            .as_deref(),
+            Some("http://reg.example:8443/v2/team/app/manifests/sha256:ab12")
         );
         assert_eq!(
             url_in(

@@ -133,34 +133,10 @@ impl DiskConfig {
     }
 }
 
-/// Looks up an image's compressed size when the order does not carry it.
-pub trait SizeLookup: Send + Sync {
-    /// The size in bytes, or `None` when it cannot be learnt.
-    fn size<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Option<u64>>;
-}
-
-/// Sizes from the registry, through the project's resolver.
-pub struct RegistrySizes {
-    /// The resolver (cached, limited per registry host).
-    pub resolver: crate::registry::Resolver,
-    /// The node's platform.
-    pub platform: crate::registry::Platform,
-}
-
-impl SizeLookup for RegistrySizes {
-    fn size<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Option<u64>> {
-        async move {
-            match self.resolver.resolve(image, &self.platform).await {
-                Ok(r) => Some(r.bytes),
-                Err(e) => {
-                    tracing::warn!(image, error = %e, "cannot learn the image's size");
-                    None
-                }
-            }
-        }
-        .boxed()
-    }
-}
+/// The compressed size assumed for an image whose order carries none (the
+/// controller knows sizes only of images pulled somewhere in the cluster
+/// before): the planner's own default, so both reckon alike.
+pub const UNKNOWN_IMAGE_BYTES: u64 = crate::plan::settings::DEFAULT_IMAGE_BYTES;
 
 /// Decides, before each pull, whether the image fits under the ceiling.
 pub struct DiskGuard {
@@ -169,7 +145,6 @@ pub struct DiskGuard {
     reserved: Mutex<u64>,
     pressure: Arc<AtomicBool>,
     cri: Option<Arc<CriClient>>,
-    sizes: Option<Arc<dyn SizeLookup>>,
     board: Option<Arc<Board>>,
     held_back_bytes: Option<IntCounter>,
     held_back_images: Option<IntCounter>,
@@ -198,7 +173,6 @@ impl DiskGuard {
             reserved: Mutex::new(0),
             pressure: Arc::new(AtomicBool::new(false)),
             cri: None,
-            sizes: None,
             board: None,
             held_back_bytes: None,
             held_back_images: None,
@@ -208,12 +182,6 @@ impl DiskGuard {
     /// Also reads CRI `ImageFsInfo` for the status.
     pub fn with_cri(mut self, cri: Arc<CriClient>) -> Self {
         self.cri = Some(cri);
-        self
-    }
-
-    /// Asks `sizes` for images whose order has no size.
-    pub fn with_sizes(mut self, sizes: Arc<dyn SizeLookup>) -> Self {
-        self.sizes = Some(sizes);
         self
     }
 
@@ -344,12 +312,8 @@ pub struct DiskCheck(pub Arc<DiskGuard>);
 impl PullGuard for DiskCheck {
     fn admit<'a>(&'a self, order: &'a Order) -> BoxFuture<'a, Admit> {
         async move {
-            let bytes = match (order.bytes, &self.0.sizes) {
-                (Some(b), _) => Some(b),
-                (None, Some(s)) => s.size(&order.image).await,
-                (None, None) => None,
-            };
-            self.0.admit_bytes(&order.image, bytes).await
+            let bytes = order.bytes.unwrap_or(UNKNOWN_IMAGE_BYTES);
+            self.0.admit_bytes(&order.image, Some(bytes)).await
         }
         .boxed()
     }

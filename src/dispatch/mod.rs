@@ -5,8 +5,6 @@
 //! - [`cri`]: a hand-written CRI `runtime.v1.ImageService` client over
 //!   containerd's Unix socket (no protoc needed to build).
 //! - [`agent`]: the node agent's pull loop and its API side.
-//! - [`pod`]: the fallback for clusters without the agent, a short-lived
-//!   pinned pod per (node, batch of images).
 //! - [`pull`]: the one-shot `pullahead pull` command.
 //! - [`guard`]: the checks around every pull: [`disk`] headroom,
 //!   [`budget`]s per registry host and cluster, [`cleanup`] of unused
@@ -22,7 +20,6 @@ pub mod crd;
 pub mod cri;
 pub mod disk;
 pub mod guard;
-pub mod pod;
 pub mod pull;
 pub mod puller;
 pub mod report;

@@ -17,10 +17,9 @@ use crate::dispatch::budget::{
 };
 use crate::dispatch::cleanup::{Cleanup, CleanupMetrics, CleanupRecorder};
 use crate::dispatch::cri::CriClient;
-use crate::dispatch::disk::{self, DiskCheck, DiskConfig, DiskGuard, RegistrySizes};
+use crate::dispatch::disk::{self, DiskCheck, DiskConfig, DiskGuard};
 use crate::dispatch::guard::PullGuard;
 use crate::dispatch::puller::Board;
-use crate::registry::{DockerConfig, Platform, Resolver, ResolverConfig};
 
 /// Errors from the safety settings.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +68,7 @@ pub struct SafetyArgs {
     /// On-disk bytes per compressed image byte (content store plus unpacked snapshot).
     #[arg(long, env = "PULLAHEAD_IMAGE_SIZE_FACTOR", default_value_t = 2.0)]
     pub image_size_factor: f64,
-    /// Registries the agent reaches over plain HTTP to learn image sizes (host:port, repeatable).
+    /// Registries the agent reaches over plain HTTP when it asks a 429's Retry-After (host:port, repeatable; loopback always is).
     #[arg(long, env = "PULLAHEAD_INSECURE_REGISTRY", value_delimiter = ',')]
     pub insecure_registry: Vec<String>,
     /// Pulls in flight per registry host across the cluster, for hosts not in --registry-parallel (0: no limit).
@@ -106,8 +105,6 @@ pub struct Wiring<'a> {
     pub client: Client,
     /// The runtime.
     pub cri: Arc<CriClient>,
-    /// Registry credentials, for size look-ups.
-    pub creds: DockerConfig,
     /// Where the metrics go.
     pub registry: &'a Registry,
 }
@@ -139,27 +136,10 @@ fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter> {
     Ok(c)
 }
 
-/// The node's platform, as containerd will pull it.
-fn host_platform() -> Platform {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    Platform::linux(arch)
-}
-
 impl Safety {
     /// Checks the settings and builds the parts (no task runs yet).
     pub fn start(args: &SafetyArgs, w: Wiring<'_>) -> Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let resolver = Resolver::new(
-            ResolverConfig {
-                insecure: args.insecure_registry.clone(),
-                ..ResolverConfig::default()
-            },
-            w.creds,
-        );
         let disk = DiskGuard::new(DiskConfig {
             path: args.image_fs_path.clone(),
             gc_high_percent: args.image_gc_high_percent,
@@ -167,10 +147,6 @@ impl Safety {
             size_factor: args.image_size_factor,
         })?
         .with_cri(w.cri.clone())
-        .with_sizes(Arc::new(RegistrySizes {
-            resolver,
-            platform: host_platform(),
-        }))
         .with_metrics(
             counter(
                 w.registry,

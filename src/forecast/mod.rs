@@ -1,10 +1,11 @@
-//! The forecaster: the `predictive` policy, its model, the HPA trend, and
-//! `pullahead tune`.
+//! The forecaster: the `predictive` policy, its model (with the built-in
+//! [`model::DEFAULT_MODEL`]) and the HPA trend. `pullahead tune` fits the
+//! model by replaying traces; it lives in [`crate::tune`], so that the
+//! forecaster does not depend on the simulator.
 
 pub mod model;
 pub mod planner;
 pub mod trend;
-pub mod tune;
 
 /// Errors from the forecaster.
 #[derive(Debug, thiserror::Error)]

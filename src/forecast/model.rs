@@ -94,6 +94,10 @@ pub struct Model {
     ordered: Features,
 }
 
+/// The committed default model (models/default.json), built in so that
+/// the binary works from any directory.
+pub const DEFAULT_MODEL: &str = include_str!("../../models/default.json");
+
 impl Model {
     /// A model with these weights (in [`FEATURES`] order).
     pub fn new(weights: Features, bias: f64, horizon_seconds: f64, threshold: f64) -> Self {
@@ -125,6 +129,11 @@ impl Model {
         })?;
         m.check().map_err(bad)?;
         Ok(m)
+    }
+
+    /// The committed default model, [`DEFAULT_MODEL`].
+    pub fn builtin() -> std::result::Result<Self, String> {
+        Self::from_json(DEFAULT_MODEL)
     }
 
     /// Parses and checks a model from JSON text.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::sim::SimConfig;
 use super::{KafkaSource, Options};
 use crate::bus::kafka::KafkaArgs;
+use crate::plan::PolicyArgs;
 
 /// Replays event files, or a Kafka topic, through each policy and scores them.
 #[derive(Clone, Debug, clap::Args)]
@@ -38,11 +39,11 @@ pub struct Args {
     )]
     pub kafka_timeout: Duration,
     /// Policies to compare, comma-separated: none, static, popular,
-    /// predictive, oracle.
+    /// nominated, predictive (each as `run --policy` builds it), oracle.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "none,static,popular,predictive,oracle",
+        default_value = "none,static,popular,nominated,predictive,oracle",
         env = "PULLAHEAD_POLICY"
     )]
     pub policy: Vec<String>,
@@ -61,51 +62,17 @@ pub struct Args {
     pub sim: SimArgs,
 }
 
-/// Settings of the simulated data plane and of the policies, shared by
-/// `replay` and `tune`.
+/// Settings of the simulated data plane, and the policy settings `run`
+/// has too; shared by `replay` and `tune`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SimArgs {
-    /// Bandwidth of each node, in megabits per second.
-    #[arg(long, default_value_t = 1000.0, env = "PULLAHEAD_BANDWIDTH_MBPS")]
-    pub bandwidth_mbps: f64,
-    /// Fixed latency every pull pays before its bytes flow, in milliseconds.
-    #[arg(long, default_value_t = 500.0, env = "PULLAHEAD_PULL_LATENCY_MS")]
-    pub pull_latency_ms: f64,
     /// Prefetch pulls that may run at once on one node (kubelet's own pulls
     /// stay serial).
     #[arg(long, default_value_t = 4, env = "PULLAHEAD_MAX_PARALLEL_PULLS")]
     pub max_parallel_pulls: usize,
-    /// Size assumed for an image that no `image` event describes, in bytes.
-    #[arg(
-        long,
-        default_value_t = 200_000_000,
-        env = "PULLAHEAD_DEFAULT_IMAGE_BYTES"
-    )]
-    pub default_image_bytes: u64,
-    /// The `static` policy's list: one image a line. Default: every image of
-    /// every workload seen so far.
-    #[arg(long, value_name = "FILE")]
-    pub static_images: Option<PathBuf>,
-    /// How many of the pool's most demanded images `popular` pulls.
-    #[arg(long, default_value_t = 10)]
-    pub popular_k: usize,
-    /// Model for the `predictive` policy (default: the built-in
-    /// models/default.json).
-    #[arg(long, value_name = "FILE", env = "PULLAHEAD_MODEL")]
-    pub model: Option<PathBuf>,
-    /// Most gigabytes (10^9 bytes) `predictive` plans onto one node.
-    #[arg(long, default_value_t = 20.0, env = "PULLAHEAD_NODE_BUDGET_GB")]
-    pub node_budget_gb: f64,
-    /// Kubelet's imageGCHighThresholdPercent, as the agent applies it to
-    /// nodes whose events give `image_fs_bytes`.
-    #[arg(long, default_value_t = 85.0, env = "PULLAHEAD_IMAGE_GC_HIGH_PERCENT")]
-    pub image_gc_high_percent: f64,
-    /// How far below --image-gc-high-percent the agent keeps the disk.
-    #[arg(long, default_value_t = 5.0, env = "PULLAHEAD_DISK_MARGIN_PERCENT")]
-    pub disk_margin_percent: f64,
-    /// On-disk bytes per compressed image byte, as the agent estimates them.
-    #[arg(long, default_value_t = 2.0, env = "PULLAHEAD_IMAGE_SIZE_FACTOR")]
-    pub image_size_factor: f64,
+    /// The policy settings, as for `run`.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 impl Args {
@@ -156,69 +123,19 @@ pub fn parse_time(s: &str) -> Result<f64, String> {
 impl SimArgs {
     /// Replay options with these settings and `policies`.
     pub fn options(&self, policies: Vec<String>) -> super::Result<Options> {
-        let bad = |msg: String| super::Error::InvalidOption(msg);
-        if !(self.bandwidth_mbps.is_finite() && self.bandwidth_mbps > 0.0) {
-            return Err(bad(format!(
-                "--bandwidth-mbps must be above zero, not {}",
-                self.bandwidth_mbps
-            )));
-        }
-        if !(self.pull_latency_ms.is_finite() && self.pull_latency_ms >= 0.0) {
-            return Err(bad(format!(
-                "--pull-latency-ms must be zero or more, not {}",
-                self.pull_latency_ms
-            )));
-        }
-        if !(self.node_budget_gb.is_finite() && self.node_budget_gb >= 0.0) {
-            return Err(bad(format!(
-                "--node-budget-gb must be zero or more, not {}",
-                self.node_budget_gb
-            )));
-        }
         if self.max_parallel_pulls == 0 {
-            return Err(bad("--max-parallel-pulls must be at least 1".into()));
+            return Err(super::Error::InvalidOption(
+                "--max-parallel-pulls must be at least 1".into(),
+            ));
         }
-        let ceiling = self.image_gc_high_percent - self.disk_margin_percent;
-        if !(ceiling.is_finite() && ceiling > 0.0 && ceiling <= 100.0) {
-            return Err(bad(format!(
-                "--image-gc-high-percent {} minus --disk-margin-percent {} must be above 0 and at most 100",
-                self.image_gc_high_percent, self.disk_margin_percent
-            )));
-        }
-        if !(self.image_size_factor.is_finite() && self.image_size_factor >= 1.0) {
-            return Err(bad(format!(
-                "--image-size-factor must be at least 1, not {}",
-                self.image_size_factor
-            )));
-        }
+        let settings = self.policy.resolve(&PolicyArgs::default())?;
+        let sim = SimConfig {
+            max_parallel_pulls: self.max_parallel_pulls,
+            ..SimConfig::default()
+        };
         Ok(Options {
-            sim: SimConfig {
-                bandwidth_bytes_per_second: self.bandwidth_mbps * 1e6 / 8.0,
-                pull_latency_seconds: self.pull_latency_ms / 1000.0,
-                max_parallel_pulls: self.max_parallel_pulls,
-                disk_ceiling_percent: ceiling,
-                image_size_factor: self.image_size_factor,
-                ..SimConfig::default()
-            },
-            default_image_bytes: self.default_image_bytes,
-            policies,
-            static_images: self
-                .static_images
-                .as_deref()
-                .map(super::read_static_list)
-                .transpose()?,
-            popular_k: self.popular_k,
             progress: true,
-            model: self
-                .model
-                .as_deref()
-                .map(crate::forecast::model::Model::load)
-                .transpose()
-                .map_err(|e| super::Error::Policy {
-                    policy: "predictive".into(),
-                    msg: e.to_string(),
-                })?,
-            node_budget_bytes: (self.node_budget_gb * 1e9) as u64,
+            ..Options::with_settings(sim, policies, settings)
         })
     }
 }

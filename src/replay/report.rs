@@ -60,6 +60,9 @@ pub struct PolicyReport {
     pub orders_duplicate: u64,
     /// Orders for nodes that never came or had gone.
     pub orders_dropped: u64,
+    /// Orders kept out of a node's plan by `--max-images-per-node`, or
+    /// pushed out of it by better ones before their pull started.
+    pub orders_capped: u64,
     /// Each pod's wait, for charts; not part of the JSON report.
     #[serde(skip)]
     pub detail: WaitDetail,
@@ -188,6 +191,7 @@ pub fn build(
                 orders: o.orders,
                 orders_duplicate: o.orders_duplicate,
                 orders_dropped: o.orders_dropped,
+                orders_capped: o.orders_capped,
                 detail: WaitDetail {
                     sorted: waits,
                     by_bind,

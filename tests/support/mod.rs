@@ -460,12 +460,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs","io.containerd.snapshott
             // `ctr run`) cannot make it a slave mount ("mount /, flags:
             // 0x84000: invalid argument"). containerd then gets its own
             // mount namespace whose root is a bind mount of this one: the
-            // same files and sockets, at the same paths.
+            // same files and sockets, at the same paths. The bind goes
+            // inside a private tmpfs so that it never propagates back here,
+            // where removing the temp dir would walk into it.
             let jail = self.dir.path().join("jail");
             std::fs::create_dir_all(&jail).expect("jail dir");
             let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "sh", "-c"])
-                .arg(r#"mount --rbind / "$0" && cd "$0" && exec chroot . "$@""#)
+            c.args(["--mount", "--propagation", "unchanged", "sh", "-c"])
+                .arg(concat!(
+                    r#"mount -t tmpfs jail "$0" && mount --make-private "$0" && "#,
+                    r#"mkdir "$0/r" && mount --rbind / "$0/r" && cd "$0/r" && exec chroot . "$@""#
+                ))
                 .arg(&jail)
                 .arg(bin);
             c

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 
 use ndarray::{Array1, Array2};
 
-use super::model::{Features, Model, N_FEATURES, Provenance, fit_logistic};
-use super::planner::{Candidate, Planner, PlannerConfig};
 use crate::clock::Clock;
 use crate::event::{self, Body, Event, EventReader, NodePhase, PodPhase};
+use crate::forecast::model::{Features, Model, N_FEATURES, Provenance, fit_logistic};
+use crate::forecast::planner::{Candidate, Planner, PlannerConfig};
 use crate::policy::{Policy, PullOrder};
 use crate::replay::{self, Report, oracle::Foresight};
 
@@ -197,15 +197,7 @@ fn needed(b: &Bindings, c: Candidate, horizon: f64) -> bool {
 }
 
 fn planner_config(opts: &replay::Options) -> PlannerConfig {
-    PlannerConfig {
-        node_budget_bytes: opts.node_budget_bytes,
-        bandwidth_bytes_per_second: opts.sim.bandwidth_bytes_per_second,
-        pull_latency_seconds: opts.sim.pull_latency_seconds,
-        default_image_bytes: opts.default_image_bytes,
-        disk_ceiling_percent: opts.sim.disk_ceiling_percent,
-        image_size_factor: opts.sim.image_size_factor,
-        ..PlannerConfig::default()
-    }
+    opts.settings.planner
 }
 
 fn load(opts: &TuneOptions) -> replay::Result<Vec<Trace>> {
@@ -253,8 +245,7 @@ fn choose_threshold(scores: &[ThresholdScore], max_waste: f64) -> f64 {
 /// Runs the whole tuning procedure.
 pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
     let traces = load(opts)?;
-    let start = Model::from_json(replay::DEFAULT_MODEL).map_err(replay::Error::InvalidOption)?;
-    let mut start = start;
+    let mut start = Model::builtin().map_err(replay::Error::InvalidOption)?;
     start.horizon_seconds = opts.horizon_seconds;
     let cfg = planner_config(&opts.replay);
 
@@ -383,7 +374,7 @@ fn score(
     policies: &[&str],
 ) -> replay::Result<Report> {
     let mut ro = opts.clone();
-    ro.model = Some(model.clone());
+    ro.settings.model = model.clone();
     ro.policies = policies.iter().map(|s| s.to_string()).collect();
     ro.progress = false;
     // `none` and `oracle` are reported too, so that capture can be read off.
