@@ -309,6 +309,7 @@ async fn bench() {
                 labels: Default::default(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         ))
         .await

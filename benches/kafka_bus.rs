@@ -44,6 +44,7 @@ fn main() {
                     labels: BTreeMap::from([("karpenter.sh/nodepool".into(), "general".into())]),
                     taints: None,
                     images: None,
+                    image_fs_bytes: None,
                 },
             )
         })

@@ -149,6 +149,7 @@ fn view(rng: &mut Lcg) -> (Vec<Event>, Vec<Vec<String>>) {
                 labels: pool_labels(n % POOLS),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         ));
     }
@@ -287,6 +288,7 @@ fn main() {
                     labels: pool_labels(pool),
                     taints: None,
                     images: None,
+                    image_fs_bytes: None,
                 },
             ),
             &mut out,

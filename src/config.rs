@@ -159,6 +159,9 @@ struct FileConfig {
     default_image_bytes: Option<u64>,
     bandwidth_mbps: Option<f64>,
     pull_latency_ms: Option<f64>,
+    image_gc_high_percent: Option<f64>,
+    disk_margin_percent: Option<f64>,
+    image_size_factor: Option<f64>,
     write_concurrency: Option<usize>,
     deadline: Option<f64>,
     shutdown_timeout: Option<f64>,
@@ -287,6 +290,12 @@ impl Config {
                 bandwidth_mbps: args.settings.bandwidth_mbps.or(f.bandwidth_mbps),
                 pull_latency_ms: args.settings.pull_latency_ms.or(f.pull_latency_ms),
                 max_images_per_node: args.settings.max_images_per_node.or(f.max_images_per_node),
+                image_gc_high_percent: args
+                    .settings
+                    .image_gc_high_percent
+                    .or(f.image_gc_high_percent),
+                disk_margin_percent: args.settings.disk_margin_percent.or(f.disk_margin_percent),
+                image_size_factor: args.settings.image_size_factor.or(f.image_size_factor),
             },
             metrics_addr: args
                 .metrics_addr

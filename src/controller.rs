@@ -413,7 +413,13 @@ impl Controller {
 
     /// The image list of `node`'s plan, highest priority first, capped.
     fn images(&self, node: &str) -> Vec<ImageOrder> {
-        node_prefetch_images(self.driver.book(), node, self.opts.deadline)
+        let mut images = node_prefetch_images(self.driver.book(), node, self.opts.deadline);
+        // Sizes from kubelet's Pulled events and the agents' reports, for
+        // the agent's disk check.
+        for i in &mut images {
+            i.bytes = self.scorecard.size_of(&i.image);
+        }
+        images
     }
 
     fn start_writes(&mut self, inflight: &mut JoinSet<WriteResult>) {
@@ -629,6 +635,8 @@ pub fn node_prefetch_images(
                 w.reason,
                 Reason::Nominated | Reason::ScaleUp | Reason::Daemonset | Reason::Buffer
             ),
+            // Filled by the controller from the sizes it has seen.
+            bytes: None,
         })
         .collect()
 }
@@ -764,6 +772,7 @@ mod tests {
                 labels: Default::default(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         )
     }

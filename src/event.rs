@@ -409,6 +409,11 @@ pub struct Node {
     /// Images already on the node (from `status.images`; at most 50 there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
+    /// Capacity of the node's image filesystem in bytes, when known (a
+    /// compatible addition to version 1). Replay then applies the agent's
+    /// disk ceiling to prefetches onto the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_fs_bytes: Option<u64>,
 }
 
 /// The pool name used when a node names none.
@@ -811,6 +816,7 @@ impl Spares {
                     labels: BTreeMap::new(),
                     taints: None,
                     images: None,
+                    image_fs_bytes: None,
                 })
             }),
             Kind::NodeClaim => self.node_claim.take().unwrap_or_else(|| {
@@ -1063,6 +1069,9 @@ impl<'a> Cursor<'a> {
         } else {
             n.images = None;
         }
+        // A line that gives the capacity is left to the general path (the
+        // `}` below is then not found): such lines are rare.
+        n.image_fs_bytes = None;
         self.eat("}")
     }
 

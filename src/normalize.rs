@@ -693,6 +693,17 @@ impl Normalizer {
                     .collect()
             })
             .unwrap_or_default();
+        // Kubelet keeps images on its node filesystem unless the runtime has
+        // a separate one, so `ephemeral-storage` is the image filesystem's
+        // size on most nodes; the agent's own check stays the authority.
+        let image_fs_bytes = n
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("ephemeral-storage"))
+            .and_then(|q| parse_quantity(&q.0))
+            .filter(|b| b.is_finite() && *b >= 1.0)
+            .map(|b| b as u64);
         let make = |phase: NodePhase, images: Option<Vec<String>>| {
             let mut node = event::Node {
                 node: name.clone(),
@@ -701,6 +712,9 @@ impl Normalizer {
                 labels: labels.clone(),
                 taints: (!taints.is_empty()).then(|| taints.clone()),
                 images,
+                image_fs_bytes: (phase != NodePhase::Deleted)
+                    .then_some(image_fs_bytes)
+                    .flatten(),
             };
             node.pool = Some(node.pool_name().to_string());
             node

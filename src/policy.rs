@@ -392,6 +392,7 @@ mod tests {
                 labels: Default::default(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         )
     }

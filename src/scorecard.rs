@@ -70,6 +70,12 @@ impl Scorecard {
             .or_insert(order.probability);
     }
 
+    /// The compressed size of `image`, if an `image` event or an agent's
+    /// report gave it.
+    pub fn size_of(&self, image: &str) -> Option<u64> {
+        self.sizes.get(image).copied().filter(|b| *b > 0)
+    }
+
     /// Takes what `node`'s agent reports present (image, bytes) at `now`:
     /// the sizes for the waste, the landing times for the lead time.
     pub fn reported(&mut self, node: &str, present: &[(String, u64)], now: f64) {
@@ -199,6 +205,7 @@ mod tests {
                 labels: Default::default(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         )
     }
@@ -292,6 +299,7 @@ mod tests {
                 labels: Default::default(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         ));
         // b:1 was never used: 40 bytes wasted.

@@ -77,6 +77,8 @@ pub struct NodeInfo {
     /// Live pods bound to it: the planner's stand-in for how full it is,
     /// since events carry no resource requests.
     pub pods: u32,
+    /// Capacity of its image filesystem, when its `node` events give it.
+    pub image_fs_bytes: Option<u64>,
 }
 
 /// An HPA's recent history.
@@ -334,6 +336,9 @@ impl ClusterState {
                                 ..Default::default()
                             }
                         });
+                        if n.image_fs_bytes.is_some() {
+                            info.image_fs_bytes = n.image_fs_bytes;
+                        }
                         let pool = n.pool_name();
                         if fresh || info.pool != pool {
                             if !fresh && let Some(l) = self.pool_load.get_mut(&info.pool) {
@@ -557,6 +562,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         ));
         let n1 = st.node_names.get("n1").expect("registered node has an id");
@@ -586,6 +592,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         )
     }

@@ -39,6 +39,7 @@ fn order(image: &str, critical: bool) -> ImageOrder {
         reason: "nominated".into(),
         deadline: None,
         critical,
+        bytes: None,
     }
 }
 

@@ -119,6 +119,16 @@ async fn agent_binary_pulls_its_nodeprefetch_reports_status_and_releases_the_tai
             "--cri-socket",
         ])
         .arg(&ctrd.socket)
+        .arg("--image-fs-path")
+        .arg(ctrd.root())
+        // The root is on the test machine's disk, which may be past the
+        // default 80% ceiling; tests/safety_containerd.rs tests the ceiling.
+        .args([
+            "--image-gc-high-percent",
+            "100",
+            "--disk-margin-percent",
+            "0",
+        ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
         .env_remove("POD_NAME")

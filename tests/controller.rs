@@ -395,6 +395,7 @@ fn node_event(node: &str, phase: NodePhase) -> Event {
             labels: Default::default(),
             taints: None,
             images: None,
+            image_fs_bytes: None,
         },
     )
 }

@@ -22,6 +22,7 @@ fn opts(parallel: usize) -> Options {
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
         runtime_wait: Duration::from_millis(30_000),
+        rate_limit_wait: Duration::from_millis(30_000),
     }
 }
 

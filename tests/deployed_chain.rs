@@ -28,9 +28,19 @@ const POOL: &str = "general";
 const NS: &str = "shop";
 /// The host path of containerd's socket in the chart.
 const CRI_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The chart's default image filesystem, mounted read-only for the disk check.
+const IMAGE_FS: &str = "/var/lib/containerd";
 
 fn chart() -> Chart {
-    Chart::render(&["agent.startupTaint.enabled=true"])
+    Chart::render(&[
+        "agent.startupTaint.enabled=true",
+        // The disk check measures the test machine's own disk, whose use by
+        // kubelet's count (reserved blocks included) may be past the
+        // default 80% ceiling; tests/safety_containerd.rs tests the ceiling
+        // on a tmpfs of known size.
+        "agent.imageFs.gcHighPercent=100",
+        "agent.imageFs.marginPercent=0",
+    ])
 }
 
 /// Starts the chart's controller and waits until both its probes pass.
@@ -73,7 +83,7 @@ async fn start_agent(
     let mut p = w.spawn(&Host {
         node: NODE,
         pod: "pullahead-agent-7kq2d",
-        host_paths: &[(CRI_SOCKET, &ctrd.socket)],
+        host_paths: &[(CRI_SOCKET, &ctrd.socket), (IMAGE_FS, &ctrd.root())],
         kubeconfig: &cluster.kubeconfig,
         dir,
     });

@@ -47,6 +47,7 @@ fn events(n: usize, nodes: usize) -> Vec<Event> {
                         labels: BTreeMap::new(),
                         taints: None,
                         images: None,
+                        image_fs_bytes: None,
                     },
                 )
             } else {
@@ -241,6 +242,7 @@ async fn redelivery_after_a_crash_leaves_the_same_state() {
             labels: BTreeMap::new(),
             taints: None,
             images: None,
+            image_fs_bytes: None,
         },
     ));
     bus.publish_all(&sent).await.unwrap();

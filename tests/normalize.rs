@@ -552,7 +552,7 @@ fn node(ready: bool) -> Value {
         "spec": {"providerID": "aws:///us-west-2a/i-0abc",
                  "taints": [{"key": "karpenter.sh/unregistered", "effect": "NoExecute"}]},
         "status": {
-            "capacity": {"cpu": "2", "memory": "7934456Ki", "pods": "29"},
+            "capacity": {"cpu": "2", "ephemeral-storage": "20959212Ki", "memory": "7934456Ki", "pods": "29"},
             "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
                             "lastHeartbeatTime": "2024-03-19T10:00:55Z", "lastTransitionTime": "2024-03-19T10:00:55Z",
                             "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
@@ -585,6 +585,11 @@ fn node_registered_ready_deleted() {
         nd.taints.as_ref().map(|t| t[0].effect.as_str()),
         Some("NoExecute")
     );
+    assert_eq!(
+        nd.image_fs_bytes,
+        Some(20_959_212 * 1024),
+        "ephemeral-storage is the image filesystem's size"
+    );
     assert!(apply(&mut n, 1.5, node(false)).is_empty());
     let evs = apply(&mut n, 2.0, node(true));
     assert!(
@@ -597,7 +602,7 @@ fn node_registered_ready_deleted() {
     );
     let evs = delete(&mut n, 3.0, node(true));
     assert!(
-        matches!(&evs[..], [Event { body: Body::Node(nd), .. }] if nd.phase == NodePhase::Deleted)
+        matches!(&evs[..], [Event { body: Body::Node(nd), .. }] if nd.phase == NodePhase::Deleted && nd.image_fs_bytes.is_none())
     );
 }
 

@@ -206,6 +206,7 @@ mod tests {
                 labels: Default::default(),
                 taints: None,
                 images: None,
+                image_fs_bytes: None,
             },
         )
     }

@@ -69,6 +69,9 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// A disk, budget or clean-up setting is not valid.
+    #[error(transparent)]
+    Safety(#[from] crate::dispatch::safety::Error),
     /// The metrics server could not start.
     #[error(transparent)]
     Metrics(crate::metrics::Error),
@@ -133,6 +136,9 @@ pub struct Args {
     /// The agent pod's namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "pullahead")]
     pub pod_namespace: String,
+    /// Disk headroom, registry and cluster budgets, clean-up.
+    #[command(flatten)]
+    pub safety: crate::dispatch::safety::SafetyArgs,
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "PULLAHEAD_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
@@ -171,6 +177,7 @@ pub fn orders_from_spec(images: &[ImageOrder], creds: &DockerConfig) -> Vec<Orde
                 .map(|t| t.0.as_millisecond() as f64 / 1000.0),
             critical: i.critical,
             auth: creds.for_image(&i.image).map(|c| c.cri_auth()),
+            bytes: i.bytes,
         })
         .collect()
 }
@@ -189,9 +196,13 @@ pub fn status_for(spec: &[ImageOrder], board: &Board) -> NodePrefetchStatus {
             })
         })
         .collect();
-    let mut status = NodePrefetchStatus::from_images(images);
-    status.startup_taint = board.startup_taint();
-    status
+    let facts = board.facts();
+    NodePrefetchStatus {
+        image_fs: facts.image_fs,
+        reclaimed_bytes: facts.reclaimed_bytes,
+        startup_taint: board.startup_taint(),
+        ..NodePrefetchStatus::from_images(images)
+    }
 }
 
 /// Publishes a node's status, at most once per `interval`, and only when it
@@ -377,6 +388,12 @@ impl<C: ImageService> Agent<C> {
         self.spec_tx.subscribe()
     }
 
+    /// Adds a check around every pull (disk, budgets, clean-up record).
+    pub fn with_guard(mut self, guard: Arc<dyn crate::dispatch::guard::PullGuard>) -> Self {
+        self.puller = self.puller.with_guard(guard);
+        self
+    }
+
     /// Takes a new spec: starts images not yet started (as one batch, by
     /// priority) and forgets images no longer wanted. Returns the started
     /// batch's task.
@@ -438,7 +455,20 @@ pub async fn run(args: Args) -> Result<()> {
     ))?;
     let creds = credentials(&client, &args).await?;
     tracing::info!(node = %args.node, registries = ?creds.hosts(), "agent starting");
+    let safety = crate::dispatch::safety::Safety::start(
+        &args.safety,
+        crate::dispatch::safety::Wiring {
+            node: &args.node,
+            namespace: &args.pod_namespace,
+            client: client.clone(),
+            cri: cri.clone(),
+            registry: metrics.registry(),
+        },
+    )?;
     let mut agent = Agent::new(args.node.clone(), cri, opts, creds, metrics);
+    for g in safety.guards(agent.board()) {
+        agent = agent.with_guard(g);
+    }
     let api: Api<NodePrefetch> = Api::all(client.clone());
     let writer = StatusWriter::new(api.clone(), args.node.clone(), interval);
     let writer_task = tokio::spawn(writer.run(agent.board(), agent.spec()));

@@ -95,6 +95,10 @@ pub struct ImageOrder {
     /// The node's startup taint waits for every critical image.
     #[serde(default)]
     pub critical: bool,
+    /// The image's compressed size, when the controller knows it; the agent
+    /// asks the registry otherwise (for the disk-headroom check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 /// What the agent reports for the node.
@@ -116,9 +120,39 @@ pub struct NodePrefetchStatus {
     /// Images in state `pulling`.
     #[serde(default)]
     pub pulling: u32,
+    /// Images in state `skipped` (held back, e.g. for disk space).
+    #[serde(default)]
+    pub skipped: u32,
+    /// The node's image filesystem as the agent last measured it; the
+    /// controller sizes its plan for the node to `headroomBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_fs: Option<ImageFsStatus>,
+    /// Bytes given back by removing prefetched images no pod used.
+    #[serde(default)]
+    pub reclaimed_bytes: u64,
     /// The startup taint, when the agent is set to release one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_taint: Option<StartupTaintStatus>,
+}
+
+/// The image filesystem of a node, as the agent sees it before its pulls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageFsStatus {
+    /// Size of the filesystem (`statfs` of `--image-fs-path`).
+    pub capacity_bytes: u64,
+    /// Bytes in use on it, all files counted.
+    pub used_bytes: u64,
+    /// Bytes images take on it, as the runtime reports (CRI `ImageFsInfo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_bytes: Option<u64>,
+    /// Use the agent keeps below: the ceiling percentage of the capacity.
+    pub ceiling_bytes: u64,
+    /// `ceilingBytes` minus `usedBytes` and minus pulls in flight (0 when over).
+    pub headroom_bytes: u64,
+    /// The Node reports `DiskPressure`; nothing is pulled meanwhile.
+    #[serde(default)]
+    pub disk_pressure: bool,
 }
 
 /// Where the node's startup taint stands, and why.
@@ -142,8 +176,9 @@ impl NodePrefetchStatus {
             present: count(PullState::Present),
             failed: count(PullState::Failed),
             pulling: count(PullState::Pulling),
+            skipped: count(PullState::Skipped),
             images,
-            startup_taint: None,
+            ..Self::default()
         }
     }
 }
@@ -180,6 +215,11 @@ pub enum PullState {
     Present,
     /// The pull failed for good, or its deadline passed.
     Failed,
+    /// Held back without a pull (the message says why: disk space, disk
+    /// pressure).
+    Skipped,
+    /// Prefetched, unused by its deadline, and removed again (clean-up).
+    Removed,
 }
 
 impl PullState {
@@ -190,6 +230,8 @@ impl PullState {
             PullState::Pulling => "pulling",
             PullState::Present => "present",
             PullState::Failed => "failed",
+            PullState::Skipped => "skipped",
+            PullState::Removed => "removed",
         }
     }
 }

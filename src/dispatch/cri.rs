@@ -408,6 +408,11 @@ impl CriClient {
         &self.socket
     }
 
+    /// The channel to the socket, for containerd's own services beside CRI.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     async fn call<Req, Resp>(
         &self,
         op: &'static str,

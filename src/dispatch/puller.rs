@@ -20,8 +20,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
-use crate::dispatch::crd::{ImageStatus, PullState, StartupTaintStatus};
+use crate::dispatch::crd::{ImageFsStatus, ImageStatus, PullState, StartupTaintStatus};
 use crate::dispatch::cri::{self, AuthConfig, ImageService};
+use crate::dispatch::guard::{Admit, Attempt, PullGuard, Ticket};
 use crate::metrics::Metrics;
 
 /// One image to pull.
@@ -37,6 +38,8 @@ pub struct Order {
     pub critical: bool,
     /// Credentials for the image's registry (never logged).
     pub auth: Option<AuthConfig>,
+    /// Compressed size, when the controller gave it.
+    pub bytes: Option<u64>,
 }
 
 impl Order {
@@ -67,6 +70,10 @@ pub struct Options {
     /// How long to wait for the runtime itself to come back (containerd
     /// restarting) before giving up; such waits use no attempts.
     pub runtime_wait: Duration,
+    /// How long an image may keep meeting `429 Too Many Requests` before it
+    /// fails; those retries use no attempts (the registry asked us to wait,
+    /// the image is fine).
+    pub rate_limit_wait: Duration,
 }
 
 impl Default for Options {
@@ -78,6 +85,7 @@ impl Default for Options {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
             runtime_wait: Duration::from_secs(120),
+            rate_limit_wait: Duration::from_secs(900),
         }
     }
 }
@@ -106,6 +114,7 @@ pub struct Outcome {
 #[derive(Debug)]
 pub struct Board {
     images: Mutex<BTreeMap<String, ImageStatus>>,
+    node: Mutex<NodeFacts>,
     startup_taint: Mutex<Option<StartupTaintStatus>>,
     // A version counter: every reader has its own receiver, so the status
     // writer and the taint releaser both see every change.
@@ -116,6 +125,7 @@ impl Default for Board {
     fn default() -> Self {
         Self {
             images: Mutex::new(BTreeMap::new()),
+            node: Mutex::new(NodeFacts::default()),
             startup_taint: Mutex::new(None),
             version: watch::channel(0).0,
         }
@@ -143,6 +153,27 @@ impl Board {
     pub fn retain(&self, wanted: &HashSet<String>) {
         self.lock().retain(|k, _| wanted.contains(k));
         self.set_dirty();
+    }
+
+    /// Records the image filesystem as last measured (no wake-up: it
+    /// changes with every pull, and rides along with the next write).
+    pub fn set_image_fs(&self, fs: ImageFsStatus) {
+        self.node_facts().image_fs = Some(fs);
+    }
+
+    /// Counts bytes given back by the clean-up, and wakes the writer.
+    pub fn add_reclaimed(&self, bytes: u64) {
+        self.node_facts().reclaimed_bytes += bytes;
+        self.set_dirty();
+    }
+
+    /// The node-wide facts for the status.
+    pub fn facts(&self) -> NodeFacts {
+        self.node_facts().clone()
+    }
+
+    fn node_facts(&self) -> std::sync::MutexGuard<'_, NodeFacts> {
+        self.node.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records where the startup taint stands, for the status.
@@ -190,6 +221,15 @@ impl Board {
     }
 }
 
+/// What the status says about the node as a whole.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeFacts {
+    /// The image filesystem, once measured.
+    pub image_fs: Option<ImageFsStatus>,
+    /// Bytes the clean-up removed.
+    pub reclaimed_bytes: u64,
+}
+
 /// Where a puller reports its pulls (the node agent's `/metrics`).
 #[derive(Clone, Debug)]
 struct PullMetrics {
@@ -209,6 +249,7 @@ impl PullMetrics {
         let result = match (o.state, o.already_present) {
             (PullState::Present, true) => "present",
             (PullState::Present, false) => "ok",
+            (PullState::Skipped, _) => "skipped",
             _ => "failed",
         };
         self.metrics.pulls.with_label_values(&[result]).inc();
@@ -226,6 +267,7 @@ pub struct Puller<C, K> {
     slots: Arc<Semaphore>,
     opts: Options,
     board: Arc<Board>,
+    guards: Vec<Arc<dyn PullGuard>>,
     metrics: Option<Arc<PullMetrics>>,
 }
 
@@ -237,6 +279,7 @@ impl<C, K> Clone for Puller<C, K> {
             slots: self.slots.clone(),
             opts: self.opts.clone(),
             board: self.board.clone(),
+            guards: self.guards.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -260,8 +303,15 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
             slots: Arc::new(Semaphore::new(parallel)),
             opts,
             board: Arc::new(Board::default()),
+            guards: Vec::new(),
             metrics: None,
         }
+    }
+
+    /// Adds a check made around every attempt, after those added before.
+    pub fn with_guard(mut self, guard: Arc<dyn PullGuard>) -> Self {
+        self.guards.push(guard);
+        self
     }
 
     /// Reports pulls into `metrics`: `pullahead_pulls_total`,
@@ -387,7 +437,20 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
         // against max_attempts.
         let (mut calls, mut spent) = (0u32, 0u32);
         let mut runtime_down_since: Option<Instant> = None;
+        let mut rate_limited_since: Option<Instant> = None;
         loop {
+            // Guards first: a budget slot may have to be waited for, and the
+            // node's own slot should not sit idle meanwhile.
+            let mut ticket = Ticket::empty();
+            for g in &self.guards {
+                match g.admit(&order).await {
+                    Admit::Go(t) => ticket.join(t),
+                    Admit::Skip { reason, .. } => {
+                        tracing::info!(image = %order.image, %reason, "pull held back");
+                        return finish(PullState::Skipped, None, Some(reason), calls, false);
+                    }
+                }
+            }
             // Hold a slot for the attempt only; it is given back before a backoff.
             let slot = match permit.take() {
                 Some(p) => p,
@@ -411,15 +474,27 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
                 m.in_flight(-1);
             }
             let e = match pulled {
-                Ok(_) => {
+                Ok(image_ref) => {
                     let bytes = match self.cri.image_status(&order.image).await {
                         Ok(Some(img)) => Some(img.size),
                         _ => None,
                     };
+                    for g in &self.guards {
+                        let done = Attempt::Pulled {
+                            image_ref: &image_ref,
+                            bytes,
+                        };
+                        g.after(&order, done).await;
+                    }
+                    drop(ticket);
                     return finish(PullState::Present, bytes, None, calls, false);
                 }
                 Err(e) => e,
             };
+            for g in &self.guards {
+                g.after(&order, Attempt::Failed(&e)).await;
+            }
+            drop(ticket);
             drop(slot);
             // A restarting runtime is not the image's fault: wait for it
             // (bounded by runtime_wait) without spending attempts.
@@ -428,11 +503,25 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
                     .get_or_insert_with(Instant::now)
                     .elapsed()
                     < self.opts.runtime_wait;
-            if !runtime_down {
+            // A 429 is waited out (the guards hold the next attempt back
+            // until the registry's Retry-After) without spending attempts.
+            let rate_limited = matches!(e, cri::Error::RateLimited { .. })
+                && rate_limited_since
+                    .get_or_insert_with(Instant::now)
+                    .elapsed()
+                    < self.opts.rate_limit_wait;
+            if !runtime_down && !rate_limited {
                 runtime_down_since = None;
                 spent += 1;
             }
-            let wait = match self.retry(&order, &e, runtime_down, spent, calls, started) {
+            let wait = match self.retry(
+                &order,
+                &e,
+                runtime_down || rate_limited,
+                spent,
+                calls,
+                started,
+            ) {
                 Retry::After(wait) => wait,
                 Retry::GiveUp(msg) => {
                     tracing::warn!(image = %order.image, attempts = calls, error = %e, "pull failed");
@@ -527,8 +616,9 @@ fn status(
     }
 }
 
-/// Sorts by priority, highest first, keeping the first order of each image
-/// (with the highest priority any duplicate had).
+/// Sorts critical images first (the startup taint waits for them), then by
+/// priority, highest first, keeping the first order of each image (with the
+/// highest priority any duplicate had).
 pub fn prioritise(orders: Vec<Order>) -> Vec<Order> {
     let mut best: BTreeMap<String, Order> = BTreeMap::new();
     let mut first_seen: Vec<String> = Vec::new();
@@ -548,7 +638,7 @@ pub fn prioritise(orders: Vec<Order>) -> Vec<Order> {
         .into_iter()
         .filter_map(|i| best.remove(&i))
         .collect();
-    out.sort_by_key(|o| std::cmp::Reverse(o.priority));
+    out.sort_by_key(|o| std::cmp::Reverse((o.critical, o.priority)));
     out
 }
 
@@ -618,6 +708,7 @@ mod tests {
             backoff_base: Duration::from_millis(5),
             backoff_max: Duration::from_millis(20),
             runtime_wait: Duration::from_millis(200),
+            rate_limit_wait: Duration::from_millis(500),
         }
     }
 

@@ -71,7 +71,9 @@ pub fn critical_state(spec: &[ImageOrder], board: &Board) -> Critical {
     for i in &critical {
         match board.get(&i.image) {
             Some(s) if s.state == PullState::Present => present += 1,
-            Some(s) if s.state == PullState::Failed => {
+            // Held back for disk space is as final as a failure: the node
+            // must not stay tainted for an image that will not come.
+            Some(s) if matches!(s.state, PullState::Failed | PullState::Skipped) => {
                 if failed.len() < MAX_NAMED {
                     let why = s.message.unwrap_or_else(|| "failed".into());
                     failed.push(format!("{}: {why}", i.image));
@@ -216,5 +218,51 @@ pub async fn taint_releaser(
             r = spec.changed() => if r.is_err() { return },
             _ = sleep => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::crd::ImageStatus;
+
+    fn order(image: &str) -> ImageOrder {
+        ImageOrder {
+            image: image.into(),
+            priority: 0,
+            reason: "nominated".into(),
+            deadline: None,
+            critical: true,
+            bytes: None,
+        }
+    }
+
+    #[test]
+    fn a_critical_image_held_back_for_disk_settles_the_release() {
+        let board = Board::default();
+        let spec = [order("r/a:1"), order("r/b:1")];
+        board.set(ImageStatus {
+            image: "r/a:1".into(),
+            state: PullState::Present,
+            ..ImageStatus::default()
+        });
+        assert!(matches!(
+            critical_state(&spec, &board),
+            Critical::Waiting { left: 1, of: 2 }
+        ));
+        board.set(ImageStatus {
+            image: "r/b:1".into(),
+            state: PullState::Skipped,
+            message: Some("not enough disk space".into()),
+            ..ImageStatus::default()
+        });
+        match critical_state(&spec, &board) {
+            Critical::Settled { present, failed } => {
+                assert_eq!(present, 1);
+                assert_eq!(failed, vec!["r/b:1: not enough disk space".to_string()]);
+            }
+            other => panic!("not settled: {other:?}"),
+        }
+        assert!(!critical_ready(&spec, &board));
     }
 }

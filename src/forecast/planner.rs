@@ -43,6 +43,12 @@ pub struct PlannerConfig {
     /// the node anyway, so the delay costs no lead time while the node
     /// takes longer than this to register.
     pub claim_plan_delay_seconds: f64,
+    /// The agent's disk ceiling, percent of a node's image filesystem: a
+    /// node whose capacity is known gets at most that (over the agent's
+    /// size factor) planned, so no plan needs more than the agent pulls.
+    pub disk_ceiling_percent: f64,
+    /// On-disk bytes per compressed byte, as the agent estimates them.
+    pub image_size_factor: f64,
 }
 
 impl Default for PlannerConfig {
@@ -54,6 +60,8 @@ impl Default for PlannerConfig {
             default_image_bytes: 200_000_000,
             tick_seconds: 15.0,
             claim_plan_delay_seconds: 5.0,
+            disk_ceiling_percent: 80.0,
+            image_size_factor: 2.0,
         }
     }
 }
@@ -891,8 +899,15 @@ impl Planner {
             Key::Node(n) => Target::Node(self.state.node_names.name(n).to_string()),
         };
         let count = scored.len() as u32;
+        let budget = match info.image_fs_bytes {
+            Some(cap) => self.cfg.node_budget_bytes.min(
+                (cap as f64 * self.cfg.disk_ceiling_percent / 100.0 / self.cfg.image_size_factor)
+                    as u64,
+            ),
+            None => self.cfg.node_budget_bytes,
+        };
         for (rank, (_, p, image, reason, bytes)) in scored.into_iter().enumerate() {
-            if *spent + bytes > self.cfg.node_budget_bytes {
+            if *spent + bytes > budget {
                 continue;
             }
             *spent += bytes;

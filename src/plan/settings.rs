@@ -99,6 +99,12 @@ pub const DEFAULT_BANDWIDTH_MBPS: f64 = 1000.0;
 pub const DEFAULT_PULL_LATENCY_MS: f64 = 500.0;
 /// Default of `--max-images-per-node`.
 pub const DEFAULT_MAX_IMAGES_PER_NODE: usize = 50;
+/// Default of `--image-gc-high-percent` (kubelet's own default).
+pub const DEFAULT_IMAGE_GC_HIGH_PERCENT: f64 = 85.0;
+/// Default of `--disk-margin-percent`.
+pub const DEFAULT_DISK_MARGIN_PERCENT: f64 = 5.0;
+/// Default of `--image-size-factor`.
+pub const DEFAULT_IMAGE_SIZE_FACTOR: f64 = 2.0;
 
 /// The policy settings, as flags of `run`, `replay` and `tune`. An unset
 /// flag falls back to `run`'s config file (same key as the flag), then to
@@ -140,6 +146,19 @@ pub struct PolicyArgs {
     /// [default: 50]
     #[arg(long, env = "PULLAHEAD_MAX_IMAGES_PER_NODE")]
     pub max_images_per_node: Option<usize>,
+    /// Kubelet's imageGCHighThresholdPercent, as the agents apply it: on a
+    /// node whose image filesystem size is known (`image_fs_bytes`), plans
+    /// and replay stay below it minus --disk-margin-percent. [default: 85]
+    #[arg(long, env = "PULLAHEAD_IMAGE_GC_HIGH_PERCENT", value_name = "PERCENT")]
+    pub image_gc_high_percent: Option<f64>,
+    /// How far below --image-gc-high-percent the agents keep the image
+    /// filesystem. [default: 5]
+    #[arg(long, env = "PULLAHEAD_DISK_MARGIN_PERCENT", value_name = "PERCENT")]
+    pub disk_margin_percent: Option<f64>,
+    /// On-disk bytes per compressed image byte (the agents' estimate: the
+    /// content store plus the unpacked snapshot). [default: 2]
+    #[arg(long, env = "PULLAHEAD_IMAGE_SIZE_FACTOR", value_name = "FACTOR")]
+    pub image_size_factor: Option<f64>,
 }
 
 /// The resolved policy settings.
@@ -229,6 +248,28 @@ impl PolicyArgs {
                 "--max-images-per-node must be at least 1".into(),
             ));
         }
+        let gc_high = self
+            .image_gc_high_percent
+            .or(file.image_gc_high_percent)
+            .unwrap_or(DEFAULT_IMAGE_GC_HIGH_PERCENT);
+        let margin = self
+            .disk_margin_percent
+            .or(file.disk_margin_percent)
+            .unwrap_or(DEFAULT_DISK_MARGIN_PERCENT);
+        let ceiling = gc_high - margin;
+        if !(ceiling.is_finite() && ceiling > 0.0 && ceiling <= 100.0) {
+            return Err(Error::Invalid(format!(
+                "--image-gc-high-percent {gc_high} minus --disk-margin-percent {margin} must be above 0 and at most 100"
+            )));
+        }
+        let size_factor = finite_at_least(
+            "image-size-factor",
+            self.image_size_factor
+                .or(file.image_size_factor)
+                .unwrap_or(DEFAULT_IMAGE_SIZE_FACTOR),
+            1.0,
+            false,
+        )?;
         let static_images = self
             .static_images
             .as_ref()
@@ -253,6 +294,8 @@ impl PolicyArgs {
                     .default_image_bytes
                     .or(file.default_image_bytes)
                     .unwrap_or(DEFAULT_IMAGE_BYTES),
+                disk_ceiling_percent: ceiling,
+                image_size_factor: size_factor,
                 ..PlannerConfig::default()
             },
             max_images_per_node,

@@ -116,6 +116,8 @@ impl Options {
             sim: SimConfig {
                 bandwidth_bytes_per_second: settings.planner.bandwidth_bytes_per_second,
                 pull_latency_seconds: settings.planner.pull_latency_seconds,
+                disk_ceiling_percent: settings.planner.disk_ceiling_percent,
+                image_size_factor: settings.planner.image_size_factor,
                 ..sim
             },
             policies,

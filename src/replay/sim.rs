@@ -33,6 +33,12 @@ pub struct SimConfig {
     /// Only pods bound and prefetches ordered from this time on are scored;
     /// earlier events only warm the cluster up (held-back evaluation).
     pub score_from: f64,
+    /// The agent's disk ceiling, percent of a node's image filesystem
+    /// (kubelet's `imageGCHighThresholdPercent` minus the margin); applies
+    /// to nodes whose `node` event gives `image_fs_bytes`.
+    pub disk_ceiling_percent: f64,
+    /// On-disk bytes per compressed byte, as the agent estimates them.
+    pub image_size_factor: f64,
     /// Keep each scored pod's bind time beside its wait, for the charts of
     /// `--report` (8 bytes a pod; off otherwise).
     pub bind_times: bool,
@@ -45,6 +51,8 @@ impl Default for SimConfig {
             pull_latency_seconds: 0.5,
             max_parallel_pulls: 4,
             score_from: f64::NEG_INFINITY,
+            disk_ceiling_percent: 80.0,
+            image_size_factor: 2.0,
             bind_times: false,
         }
     }
@@ -89,6 +97,9 @@ pub struct Outcome {
     /// Orders for a node that never appeared or had gone, or past the hold
     /// limit.
     pub orders_dropped: u64,
+    /// Prefetches held back because the node's image filesystem would have
+    /// passed the agent's ceiling.
+    pub held_back_disk: u64,
     /// Orders the plan book kept out of a node's plan (its cap was full of
     /// better images, or its NodeClaim had the cap parked), and planned
     /// images a better one pushed out before their pull started.
@@ -195,6 +206,11 @@ struct NodeSim {
     kubelet_queue: VecDeque<ImageId>,
     kubelet_on: Option<ImageId>,
     waiters: HashMap<ImageId, Vec<usize>>,
+    /// Bytes the agent keeps the image filesystem below (infinite when the
+    /// trace does not give the capacity).
+    disk_ceiling: f64,
+    /// On-disk bytes of images present or being pulled, as estimated.
+    disk_used: f64,
 }
 
 impl NodeSim {
@@ -214,6 +230,8 @@ impl NodeSim {
         self.kubelet_queue.clear();
         self.kubelet_on = None;
         self.waiters.clear();
+        self.disk_ceiling = f64::INFINITY;
+        self.disk_used = 0.0;
     }
 
     /// Whether `p` was transferring bytes at `synced`.
@@ -486,7 +504,13 @@ impl Sim {
                 NodePhase::Registered | NodePhase::Ready => {
                     let (idx, new) = self.node_at(keys.node, t, catalog);
                     if new {
+                        let factor = self.cfg.image_size_factor;
+                        if let Some(cap) = n.image_fs_bytes {
+                            self.nodes[idx].disk_ceiling =
+                                cap as f64 * self.cfg.disk_ceiling_percent / 100.0;
+                        }
                         for &id in &keys.images {
+                            self.nodes[idx].disk_used += catalog.image_bytes(id) as f64 * factor;
                             self.mark_present(idx, id, t, catalog);
                         }
                         self.release_held_for_node(keys.node, t, catalog);
@@ -999,6 +1023,7 @@ impl Sim {
     fn start_pulls(&mut self, idx: usize, catalog: &mut Catalog) {
         let max_parallel = self.cfg.max_parallel_pulls;
         let latency = self.cfg.pull_latency_seconds;
+        let factor = self.cfg.image_size_factor;
         let node = &mut self.nodes[idx];
         let spare = &mut self.spare_layers;
         while node.kubelet_on.is_none() {
@@ -1014,6 +1039,7 @@ impl Sim {
                 ImgState::Pulling => node.kubelet_on = Some(id),
                 ImgState::KubeletQueued | ImgState::PrefetchQueued => {
                     node.kubelet_on = Some(id);
+                    node.disk_used += new_bytes(node, id, catalog) as f64 * factor;
                     start_pull(node, id, true, latency, catalog, spare);
                 }
             }
@@ -1023,6 +1049,18 @@ impl Sim {
                 break;
             };
             if node.images.get(&id).map(|e| e.state) == Some(ImgState::PrefetchQueued) {
+                // The agent's disk check: what the pull would add must stay
+                // under the ceiling, or the image is held back (and left to
+                // kubelet, should a pod need it).
+                if node.disk_ceiling.is_finite() {
+                    let need = new_bytes(node, id, catalog) as f64 * factor;
+                    if node.disk_used + need > node.disk_ceiling {
+                        node.images.remove(&id);
+                        self.out.held_back_disk += 1;
+                        continue;
+                    }
+                    node.disk_used += need;
+                }
                 start_pull(node, id, false, latency, catalog, spare);
             }
         }
@@ -1141,6 +1179,18 @@ impl Sim {
         self.landed = landed;
         self.start_pulls(idx, catalog);
     }
+}
+
+/// Bytes of `id`'s layers the node neither holds nor is fetching.
+fn new_bytes(node: &NodeSim, id: ImageId, catalog: &mut Catalog) -> u64 {
+    let mut bytes = 0;
+    for i in 0..catalog.layers(id).len() {
+        let l = catalog.layers(id)[i];
+        if !node.layers.contains_key(&l) {
+            bytes += catalog.layer_bytes(l);
+        }
+    }
+    bytes
 }
 
 /// Starts a pull of `id` on `node`: it fetches the layers nobody has, and

@@ -261,6 +261,7 @@ pub fn generate<W: Write>(cfg: SynthConfig, out: &mut EventWriter<W>) -> event::
                         labels: labels(pool),
                         taints: None,
                         images: None,
+                        image_fs_bytes: None,
                     }
                     .into(),
                 )?;
@@ -372,6 +373,7 @@ pub fn generate<W: Write>(cfg: SynthConfig, out: &mut EventWriter<W>) -> event::
                         labels: labels(pool),
                         taints: None,
                         images: None,
+                        image_fs_bytes: None,
                     }
                     .into(),
                 )?;

@@ -647,6 +647,7 @@ impl Sim {
             labels: self.node_labels(n),
             taints: (!pool.taints.is_empty()).then(|| pool.taints.clone()),
             images: None,
+            image_fs_bytes: None,
         }
     }
 

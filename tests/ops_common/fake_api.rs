@@ -287,6 +287,40 @@ impl FakeApi {
                 ),
             },
             (
+                "GET",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "leases",
+                ],
+            ) => {
+                // labelSelector=KEY%3DVALUE: the only selector pullahead sends.
+                let want = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("labelSelector="))
+                    .map(|s| s.replace("%2F", "/").replace("%3D", "="));
+                let leases = self.leases.lock().unwrap();
+                let mut items: Vec<Value> = leases
+                    .values()
+                    .filter(|l| {
+                        want.as_deref().is_none_or(|w| {
+                            let (k, v) = w.split_once('=').unwrap_or((w, ""));
+                            l["metadata"]["labels"][k].as_str() == Some(v)
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                items.sort_by_key(|l| l["metadata"]["name"].as_str().unwrap_or("").to_string());
+                (
+                    200,
+                    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList",
+                           "metadata": {"resourceVersion": self.next_rv()}, "items": items}),
+                )
+            }
+            (
                 "POST",
                 [
                     "apis",

@@ -370,6 +370,7 @@ pub struct PushedImage {
 pub struct Containerd {
     /// The gRPC (CRI) socket.
     pub socket: PathBuf,
+    root: PathBuf,
     child: Option<Child>,
     config: PathBuf,
     log: PathBuf,
@@ -379,6 +380,21 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd with the native snapshotter.
     pub fn start() -> Self {
+        Self::start_in(None)
+    }
+
+    /// Starts containerd keeping its images (content and snapshots) under
+    /// `root`, e.g. a small tmpfs.
+    pub fn start_with_root(root: &Path) -> Self {
+        Self::start_in(Some(root.to_path_buf()))
+    }
+
+    /// Where containerd keeps content and snapshots.
+    pub fn root(&self) -> PathBuf {
+        self.root.clone()
+    }
+
+    fn start_in(root: Option<PathBuf>) -> Self {
         require_bin("PULLAHEAD_CONTAINERD_BIN", "containerd", "containerd");
         // Short path: Unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new()
@@ -387,11 +403,12 @@ impl Containerd {
             .expect("tempdir");
         let d = dir.path();
         let socket = d.join("c.sock");
+        let root = root.unwrap_or_else(|| d.join("root"));
         std::fs::create_dir_all(d.join("certs.d")).expect("certs.d");
         let config = d.join("config.toml");
         let toml = format!(
             r#"version = 2
-root = "{d}/root"
+root = "{root}"
 state = "{d}/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs","io.containerd.snapshotter.v1.btrfs","io.containerd.snapshotter.v1.devmapper","io.containerd.snapshotter.v1.zfs","io.containerd.tracing.processor.v1.otlp","io.containerd.internal.v1.tracing"]
 [grpc]
@@ -412,12 +429,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs","io.containerd.snapshott
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{d}/certs.d"
 "#,
-            d = d.display()
+            d = d.display(),
+            root = root.display()
         );
         std::fs::write(&config, toml).expect("write containerd config");
         let log = d.join("log");
         let mut c = Containerd {
             socket,
+            root,
             child: None,
             config,
             log,
@@ -725,3 +744,4 @@ fn header(h: &Headers, name: &str) -> Option<String> {
 }
 
 pub mod kube_mock;
+pub mod safety;

@@ -23,3 +23,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "pullahead.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{/*
+Per-host pull budgets as the agent's --registry-parallel list: HOST=N,...
+*/}}
+{{- define "pullahead.hostBudgets" -}}
+{{- $out := list -}}
+{{- range $host, $n := . -}}
+{{- $out = append $out (printf "%s=%v" $host $n) -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end }}
