@@ -123,9 +123,9 @@ async fn status_writes_are_batched_to_one_per_interval_on_the_status_subresource
 }
 
 fn node_json(rv: &str, taints: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Node",
-           "metadata": {"name": "n1", "resourceVersion": rv},
-           "spec": {"taints": taints}})
+    let mut n = ops::objects::node("n1", rv, true, "general");
+    n["spec"]["taints"] = taints;
+    n
 }
 
 #[tokio::test]

@@ -66,38 +66,13 @@ pub fn list(api_version: &str, kind: &str, rv: &str, items: Vec<Value>) -> Value
     json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": rv}, "items": items})
 }
 
-/// A Node as the API server returns it (trimmed `kubectl get node -o json`).
+/// A Node that Karpenter registered and kubelet has not made ready yet:
+/// [`node`] with the given `uid` and Karpenter's `unregistered` taint.
 pub fn node_json(name: &str, uid: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "uid": uid,
-            "resourceVersion": "1042",
-            "creationTimestamp": "2025-11-28T08:50:01Z",
-            "labels": {
-                "karpenter.sh/nodepool": "default",
-                "kubernetes.io/arch": "amd64",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "node.kubernetes.io/instance-type": "m6i.large"
-            }
-        },
-        "spec": {
-            "providerID": format!("aws:///us-east-1a/i-0{uid}"),
-            "taints": [{"key": "karpenter.sh/unregistered", "effect": "NoExecute"}]
-        },
-        "status": {
-            "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
-                            "lastHeartbeatTime": "2025-11-28T08:50:01Z",
-                            "lastTransitionTime": "2025-11-28T08:50:01Z",
-                            "message": "container runtime network not ready"}],
-            "nodeInfo": {"containerRuntimeVersion": "containerd://1.7.27", "kubeletVersion": "v1.33.1",
-                         "architecture": "amd64", "operatingSystem": "linux", "bootID": "", "kernelVersion": "6.1.0",
-                         "kubeProxyVersion": "", "machineID": "", "osImage": "Bottlerocket", "systemUUID": ""}
-        }
-    })
+    let mut n = node(name, "1042", false, "default");
+    n["metadata"]["uid"] = json!(uid);
+    n["spec"]["taints"] = json!([{"key": "karpenter.sh/unregistered", "effect": "NoExecute"}]);
+    n
 }
 
 /// A Lease held by `holder`, renewed at `renew` (RFC 3339 with micros).
