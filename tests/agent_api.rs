@@ -12,16 +12,18 @@ use pullahead::dispatch::agent::{self, StatusWriter};
 use pullahead::dispatch::crd::{ImageOrder, ImageStatus, NodePrefetch, PullState};
 use pullahead::dispatch::puller::Board;
 use serde_json::{Value, json};
-use support::kube_mock::{Reply, Seen};
 
-mod support;
+#[path = "ops_common/mod.rs"]
+mod ops;
+use ops::fake_api::Seen;
+use ops::store::Reply;
 use tokio::sync::watch;
 
 type JsonHandler = Box<dyn FnMut(&Seen) -> (u16, Value) + Send>;
 
 /// The mock API with a handler that always answers JSON.
 fn mock_api(mut h: JsonHandler) -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
-    support::kube_mock::mock_api(Box::new(move |s| {
+    ops::fake_api::mock_api(Box::new(move |s| {
         let (code, v) = h(s);
         Reply::Json(code, v)
     }))
@@ -122,9 +124,9 @@ async fn status_writes_are_batched_to_one_per_interval_on_the_status_subresource
 }
 
 fn node_json(rv: &str, taints: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Node",
-           "metadata": {"name": "n1", "resourceVersion": rv},
-           "spec": {"taints": taints}})
+    let mut n = ops::objects::node("n1", rv, true, "general");
+    n["spec"]["taints"] = taints;
+    n
 }
 
 #[tokio::test]

@@ -7,13 +7,16 @@
 //! (CI runs 250 nodes by default to stay quick; per-node figures do not
 //! depend on the node count, since nodes share nothing but the API.)
 
-mod support;
+#[path = "ops_common/mod.rs"]
+mod ops;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kube::Api;
+use ops::fake_api::mock_api;
+use ops::store::Reply;
 use pullahead::clock::SystemClock;
 use pullahead::dispatch::agent::{StatusWriter, orders_from_spec};
 use pullahead::dispatch::crd::{ImageOrder, NodePrefetch};
@@ -22,7 +25,6 @@ use pullahead::dispatch::puller::{Options, Puller};
 use pullahead::registry::DockerConfig;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use support::kube_mock::{Reply, mock_api};
 use tokio::sync::watch;
 
 const IMAGES: usize = 20;

@@ -10,7 +10,6 @@
 //! image that does not exist.
 
 mod chain;
-mod common;
 #[path = "ops_common/mod.rs"]
 mod ops;
 mod support;

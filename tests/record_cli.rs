@@ -1,12 +1,16 @@
 //! `pullahead record` as a real process: against no cluster, and against a
 //! scripted API server over HTTP, stopped by SIGTERM.
 
+#[path = "ops_common/mod.rs"]
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::fake_api::{FakeApi, serve_http};
+use common::objects::*;
+#[allow(unused_imports)]
+use common::script::*;
 use pullahead::event::{Body, EventReader, NodePhase};
 use pullahead::watch::EVENT_REASONS;
 
@@ -49,8 +53,7 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> (std::process::ExitStatus, 
 #[test]
 fn no_reachable_cluster_fails_fast_naming_the_kubeconfig() {
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig-closed");
-    std::fs::write(&kc, kubeconfig(closed_port())).unwrap();
+    let kc = kubeconfig_in(dir.path(), loopback(closed_port()), "default");
     let mut cmd = Command::new(BIN);
     cmd.args(["record", "--out"])
         .arg(dir.path().join("out.jsonl"))
@@ -87,7 +90,7 @@ fn no_configuration_at_all_says_what_was_tried() {
 }
 
 /// An API with one node, a pending pod, and empty lists of everything else.
-fn cluster() -> FakeApi {
+fn cluster() -> std::sync::Arc<FakeApi> {
     let api = FakeApi::new();
     api.list(
         "/api/v1/nodes",
@@ -150,8 +153,7 @@ fn records_a_cluster_flushes_within_a_second_and_exits_0_on_sigterm() {
     let api = cluster();
     let port = rt.block_on(serve_http(api.clone()));
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(&kc, kubeconfig(port)).unwrap();
+    let kc = kubeconfig_in(dir.path(), loopback(port), "default");
     let out = dir.path().join("rec.jsonl");
     // Record to both a file and a Kafka topic.
     let mock = rdkafka::mocking::MockCluster::new(1).unwrap();

@@ -1,21 +1,19 @@
 //! A CapacityBuffer over HTTP, end to end: `pullahead run` with the cluster
-//! watchers on a real `kube::Client` from a kubeconfig, the scripted API of
-//! `common` serving a CapacityBuffer (`autoscaling.x-k8s.io/v1beta1`) that
+//! watchers on a real `kube::Client` from a kubeconfig, the one API double
+//! of `ops_common` serving, from its script, a CapacityBuffer (`autoscaling.x-k8s.io/v1beta1`) that
 //! names a PodTemplate, and the stateful fake of `ops_common` answering the
 //! Lease, the Node lookup and the `NodePrefetch` apply. A NodeClaim created
 //! while the buffer is unmet, and its node, must get a `NodePrefetch` with
 //! the template's images, reason `buffer`, though no pod names them.
 
-mod common;
 #[path = "ops_common/mod.rs"]
 mod ops;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use ops::fake_api::FakeApi as StatefulApi;
+use ops::fake_api::{FakeApi, serve_http};
+use ops::objects::*;
 use pullahead::config::{Config, PolicyName, RunArgs};
 use pullahead::metrics::{Health, Metrics};
 use serde_json::{Value, json};
@@ -186,23 +184,13 @@ async fn claim_while_short(policy: Option<PolicyName>) {
         go,
     );
 
-    let state = StatefulApi::new();
-    state.add_node(NODE, "7e2f3a4b-1c2d-4e5f-8a9b-0c1d2e3f4a5b");
-    let fallback: Fallback = {
-        let state = state.clone();
-        Arc::new(move |method, uri, body| {
-            let state = state.clone();
-            Box::pin(async move {
-                state
-                    .handle(&method, uri.path(), uri.query().unwrap_or(""), &body)
-                    .await
-            })
-        })
-    };
-    let port = serve_http_with(api.clone(), Some(fallback)).await;
+    // Leases, the Node's uid and the NodePrefetch apply: the fake's state
+    // answers what the script does not.
+    api.add_node(NODE, "7e2f3a4b-1c2d-4e5f-8a9b-0c1d2e3f4a5b");
+    let state = api.clone();
+    let port = serve_http(api.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, kubeconfig(port)).unwrap();
+    let path = kubeconfig_in(dir.path(), loopback(port), "default");
     pullahead::watch::client::install_crypto_provider();
     let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -286,7 +274,7 @@ async fn claim_while_short(policy: Option<PolicyName>) {
         format!("/apis/pullahead.io/v1alpha1/nodeprefetches/{NODE}")
     );
     // Both kinds were listed through the watch machinery.
-    let reqs = api.requests();
+    let reqs = api.scripted_requests();
     for path in [
         "/apis/autoscaling.x-k8s.io/v1beta1/capacitybuffers?",
         "/api/v1/podtemplates?",

@@ -7,16 +7,14 @@
 //! `NodePrefetch` with the pods' images, and `/readyz` must turn ready only
 //! once the initial lists are in.
 
-mod common;
 #[path = "ops_common/mod.rs"]
 mod ops;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use ops::fake_api::FakeApi as StatefulApi;
+use ops::fake_api::{FakeApi, serve_http};
+use ops::objects::*;
 use pullahead::config::{Config, RunArgs};
 use pullahead::metrics::{Health, Metrics};
 use serde_json::Value;
@@ -153,24 +151,13 @@ async fn watched_nominations_become_a_node_prefetch_and_readyz_waits_for_the_lis
         scale_up,
     );
 
-    // Leases, the Node's uid and the NodePrefetch apply.
-    let state = StatefulApi::new();
-    state.add_node(NODE, "5c1d2e3f-0a1b-4c2d-8e3f-405162738495");
-    let fallback: Fallback = {
-        let state = state.clone();
-        Arc::new(move |method, uri, body| {
-            let state = state.clone();
-            Box::pin(async move {
-                state
-                    .handle(&method, uri.path(), uri.query().unwrap_or(""), &body)
-                    .await
-            })
-        })
-    };
-    let port = serve_http_with(api.clone(), Some(fallback)).await;
+    // Leases, the Node's uid and the NodePrefetch apply: the fake's state
+    // answers what the script does not.
+    api.add_node(NODE, "5c1d2e3f-0a1b-4c2d-8e3f-405162738495");
+    let state = api.clone();
+    let port = serve_http(api.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, kubeconfig(port)).unwrap();
+    let path = kubeconfig_in(dir.path(), loopback(port), "default");
     pullahead::watch::client::install_crypto_provider();
     let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -206,7 +193,7 @@ async fn watched_nominations_become_a_node_prefetch_and_readyz_waits_for_the_lis
     })
     .await;
     wait_until("the pod list request", Duration::from_secs(5), async || {
-        api.requests()
+        api.scripted_requests()
             .iter()
             .any(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
     })

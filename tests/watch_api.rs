@@ -2,11 +2,15 @@
 //! `kube::Client` over HTTP): lists, watches, relists after 410 Gone,
 //! absent Karpenter CRDs, NodeClaim conditions and every Event reason.
 
+#[path = "ops_common/mod.rs"]
 mod common;
 
 use std::time::Duration;
 
-use common::*;
+use common::fake_api::{FakeApi, mock_client, serve_http};
+use common::objects::*;
+#[allow(unused_imports)]
+use common::script::*;
 use pullahead::bus::memory::InProcessBus;
 use pullahead::bus::{Bus, Subscription};
 use pullahead::clock::SystemClock;
@@ -204,7 +208,7 @@ async fn initial_list_then_watch() {
     assert!(seen.windows(2).all(|w| w[0].ts <= w[1].ts));
     assert!(seen.iter().any(|e| matches!(&e.body, Body::Node(n) if n.node == "node-c" && n.pool.as_deref() == Some("gpu"))));
     // The watch resumed from the list's resource version.
-    let reqs = api.requests();
+    let reqs = api.scripted_requests();
     assert!(
         reqs.iter().any(|r| r.starts_with("GET /api/v1/nodes?")
             && r.contains("watch=true")
@@ -361,7 +365,7 @@ async fn absent_crds_are_logged_once_and_skipped() {
     );
     assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_eq!(stats.watch_errors, 0, "an absent CRD is no watch error");
-    let reqs = api.requests();
+    let reqs = api.scripted_requests();
     for path in [CLAIMS, POOLS, BUFFERS] {
         let n = reqs
             .iter()
@@ -611,7 +615,7 @@ async fn every_event_reason_is_watched_and_normalised() {
         2
     );
     // One watcher per reason, each with its field selector.
-    let reqs = api.requests();
+    let reqs = api.scripted_requests();
     for reason in watch::EVENT_REASONS {
         assert!(
             reqs.iter().any(|r| r.starts_with("GET /api/v1/events?")
@@ -645,8 +649,7 @@ async fn a_real_client_from_a_kubeconfig_lists_and_watches_nodes() {
     );
     let port = serve_http(api.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, kubeconfig(port)).unwrap();
+    let path = kubeconfig_in(dir.path(), loopback(port), "default");
 
     watch::client::install_crypto_provider();
     let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
@@ -671,5 +674,9 @@ async fn a_real_client_from_a_kubeconfig_lists_and_watches_nodes() {
             np("node-b", NodePhase::Registered)
         ]
     );
-    assert!(api.requests().iter().any(|r| r.contains("watch=true")));
+    assert!(
+        api.scripted_requests()
+            .iter()
+            .any(|r| r.contains("watch=true"))
+    );
 }

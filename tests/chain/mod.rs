@@ -417,14 +417,14 @@ impl Cluster {
         } else {
             &["Launched"]
         };
-        let mut c = crate::common::node_claim(name, "1", pool, conds, node);
+        let mut c = crate::ops::objects::node_claim(name, "1", pool, conds, node);
         strip_meta(&mut c);
         self.store().put(CLAIMS, c);
     }
 
     /// A pending pod with `images`, as a Deployment's ReplicaSet makes it.
     pub fn pending_pod(&self, ns: &str, name: &str, images: &[&str]) {
-        let mut p = crate::common::pod(ns, name, "1", name, None);
+        let mut p = crate::ops::objects::pod(ns, name, "1", name, None);
         strip_meta(&mut p);
         p["spec"]["containers"] = Value::Array(
             images
@@ -441,7 +441,7 @@ impl Cluster {
 
     /// Karpenter: the `Nominated` event of `pod` for `claim`.
     pub fn nominate(&self, ns: &str, pod: &str, claim: &str) {
-        let mut e = crate::common::kube_event(
+        let mut e = crate::ops::objects::kube_event(
             &format!("{pod}.nominated"),
             "1",
             "Nominated",
@@ -459,7 +459,7 @@ impl Cluster {
 
     /// kubelet: the Node registers, not ready, with the startup taint.
     pub fn register_node(&self, name: &str, pool: &str) {
-        let mut n = crate::common::node(name, "1", false, pool);
+        let mut n = crate::ops::objects::node(name, "1", false, pool);
         strip_meta(&mut n);
         n["spec"]["taints"] = json!([{"key": TAINT, "effect": "NoSchedule"}]);
         self.store().put(NODES, n);

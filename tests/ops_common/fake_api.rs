@@ -10,6 +10,9 @@
 //! generic [`Store`] instead (list, live watch, get, create, update, patch,
 //! delete), for the deployed-chain tests; its HTTP server can be stopped
 //! and started again on the same port, as an API server that restarts.
+//!
+//! [`mock_api`] makes one that a test's handler answers, request by request
+//! in arrival order, recording each [`Seen`] request.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -21,6 +24,10 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
 
+#[allow(unused_imports)]
+pub use super::objects::{kubeconfig, lease_json, micro_now};
+use super::objects::{node_json, status_json};
+use super::script::{self, Gate, Script};
 use super::store::{Reply, Store};
 
 /// One write call (POST, PUT, PATCH, DELETE) the fake received.
@@ -33,8 +40,47 @@ pub struct Write {
     pub at: Instant,
 }
 
+/// One request a handler-answered fake saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// HTTP method.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    /// Content-Type header.
+    pub content_type: String,
+    /// Parsed JSON body (Null when none).
+    pub body: Value,
+}
+
+impl Seen {
+    /// Whether this is a watch request.
+    pub fn is_watch(&self) -> bool {
+        self.path.contains("watch=true")
+    }
+}
+
+/// A test's answers: request in, reply out.
+pub type Handler = Box<dyn FnMut(&Seen) -> Reply + Send>;
+
+/// A client whose API server is `handler`; returns what it saw.
+pub fn mock_api(handler: Handler) -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
+    let api = Arc::new(FakeApi {
+        handler: Some(Mutex::new(handler)),
+        ..FakeApi::default()
+    });
+    let seen = api.seen.clone();
+    (api.client(), seen)
+}
+
 #[derive(Default)]
 pub struct FakeApi {
+    /// Scripted answers, consulted first for the GETs they route.
+    script: Script,
+    /// When set, every other request is answered by this handler.
+    handler: Option<Mutex<Handler>>,
+    /// What the handler was asked.
+    seen: Arc<Mutex<Vec<Seen>>>,
     pub leases: Mutex<HashMap<String, Value>>,
     pub nodes: Mutex<HashMap<String, Value>>,
     pub prefetches: Mutex<HashMap<String, Value>>,
@@ -66,69 +112,8 @@ impl HttpServer {
     }
 }
 
-/// A Node as the API server returns it (trimmed `kubectl get node -o json`).
-pub fn node_json(name: &str, uid: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "uid": uid,
-            "resourceVersion": "1042",
-            "creationTimestamp": "2025-11-28T08:50:01Z",
-            "labels": {
-                "karpenter.sh/nodepool": "default",
-                "kubernetes.io/arch": "amd64",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "node.kubernetes.io/instance-type": "m6i.large"
-            }
-        },
-        "spec": {
-            "providerID": format!("aws:///us-east-1a/i-0{uid}"),
-            "taints": [{"key": "karpenter.sh/unregistered", "effect": "NoExecute"}]
-        },
-        "status": {
-            "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
-                            "lastHeartbeatTime": "2025-11-28T08:50:01Z",
-                            "lastTransitionTime": "2025-11-28T08:50:01Z",
-                            "message": "container runtime network not ready"}],
-            "nodeInfo": {"containerRuntimeVersion": "containerd://1.7.27", "kubeletVersion": "v1.33.1",
-                         "architecture": "amd64", "operatingSystem": "linux", "bootID": "", "kernelVersion": "6.1.0",
-                         "kubeProxyVersion": "", "machineID": "", "osImage": "Bottlerocket", "systemUUID": ""}
-        }
-    })
-}
-
-/// A Lease held by `holder`, renewed at `renew` (RFC 3339 with micros).
-pub fn lease_json(ns: &str, name: &str, holder: &str, renew: &str, duration: i32) -> Value {
-    json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": name, "namespace": ns, "resourceVersion": "500",
-                     "uid": "0d5e8f5c-3a7e-4c1e-9a0b-6f1d2e3c4b5a",
-                     "creationTimestamp": "2025-11-28T08:00:00Z"},
-        "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration,
-                 "acquireTime": "2025-11-28T08:00:00.000000Z", "renewTime": renew,
-                 "leaseTransitions": 0}
-    })
-}
-
-/// Now as an RFC 3339 MicroTime string.
-pub fn micro_now() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let ts = k8s_openapi::jiff::Timestamp::from_microsecond(t.as_micros() as i64).unwrap();
-    format!("{}", ts.strftime("%Y-%m-%dT%H:%M:%S.%6fZ"))
-}
-
 fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
-    (
-        code,
-        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
-               "message": message, "reason": reason, "code": code}),
-    )
+    (code, status_json(code, reason, message))
 }
 
 impl FakeApi {
@@ -438,12 +423,101 @@ impl FakeApi {
         }
     }
 
+    /// Whether the script answers this request. A scripted fake records
+    /// every request in the script's log, whoever answers it.
+    fn scripts(&self, method: &Method, uri: &http::Uri) -> bool {
+        if !self.script.active() {
+            return false;
+        }
+        if *method == Method::GET && self.script.routes(uri.path(), uri.query()) {
+            return true;
+        }
+        self.script.note(method, uri);
+        false
+    }
+
+    /// Queues a scripted list answer for `route` (a path, plus
+    /// `?fieldSelector=…` when the client sends one).
+    pub fn list(&self, route: &str, status: u16, body: Value) -> &Self {
+        self.script.list(route, status, body);
+        self
+    }
+
+    /// Queues a scripted list answer for `route` whose body waits for `gate`.
+    pub fn list_gated(&self, route: &str, status: u16, body: Value, gate: Gate) -> &Self {
+        self.script.list_gated(route, status, body, gate);
+        self
+    }
+
+    /// Queues a scripted watch answer for `route`; `hold` keeps the stream
+    /// open after the lines.
+    pub fn watch(&self, route: &str, lines: Vec<Value>, hold: bool) -> &Self {
+        self.script.watch(route, lines, hold);
+        self
+    }
+
+    /// Queues a scripted watch answer for `route` whose lines wait for `gate`.
+    pub fn watch_gated(&self, route: &str, lines: Vec<Value>, hold: bool, gate: Gate) -> &Self {
+        self.script.watch_gated(route, lines, hold, gate);
+        self
+    }
+
+    /// Every request a scripted fake saw, as `METHOD path?query`.
+    pub fn scripted_requests(&self) -> Vec<String> {
+        self.script.requests()
+    }
+
+    /// Asks the handler, recording the request.
+    fn ask(&self, handler: &Mutex<Handler>, parts: &http::request::Parts, bytes: &[u8]) -> Reply {
+        let s = Seen {
+            method: parts.method.clone(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            content_type: parts
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            body: serde_json::from_slice(bytes).unwrap_or(Value::Null),
+        };
+        let reply = (handler.lock().unwrap())(&s);
+        self.seen.lock().unwrap().push(s);
+        reply
+    }
+
     /// A `kube::Client` over a tower-test mock service answered by this fake.
     pub fn client(self: &Arc<Self>) -> kube::Client {
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<script::Body>>();
         let api = self.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
+                if api.scripts(req.method(), req.uri()) {
+                    send.send_response(api.script.respond(req.method(), req.uri()));
+                    continue;
+                }
+                if let Some(handler) = &api.handler {
+                    // In arrival order, as the test's script expects.
+                    let (parts, body) = req.into_parts();
+                    let bytes = body.collect_bytes().await.unwrap_or_default();
+                    let (code, body) = match api.ask(handler, &parts, &bytes) {
+                        Reply::Json(code, v) => (code, wire(&v)),
+                        Reply::Events(evs) => (200, wire(&Value::Array(evs))),
+                        Reply::Hang | Reply::Watch(_) => {
+                            // Held open: the sender lives as long as the test.
+                            tokio::spawn(async move {
+                                let _send = send;
+                                std::future::pending::<()>().await
+                            });
+                            continue;
+                        }
+                    };
+                    send.send_response(Response::builder().status(code).body(full(body)).unwrap());
+                    continue;
+                }
                 let api = api.clone();
                 tokio::spawn(async move {
                     let (parts, body) = req.into_parts();
@@ -460,7 +534,7 @@ impl FakeApi {
                         Response::builder()
                             .status(code)
                             .header("content-type", "application/json")
-                            .body(Body::from(wire(&json)))
+                            .body(full(wire(&json)))
                             .unwrap(),
                     );
                 });
@@ -483,7 +557,7 @@ impl FakeApi {
     pub async fn serve_http_at(self: &Arc<Self>, addr: SocketAddr) -> HttpServer {
         use http_body_util::{BodyExt, Full, StreamBody};
         use hyper::body::{Bytes, Frame, Incoming};
-        type Out = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+        type Out = script::Body;
         // The port may still be held for a moment by the previous server.
         let mut tries = 0;
         let listener = loop {
@@ -516,6 +590,11 @@ impl FakeApi {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let api = api.clone();
                         async move {
+                            if api.scripts(req.method(), req.uri()) {
+                                return Ok::<_, std::convert::Infallible>(
+                                    api.script.respond(req.method(), req.uri()),
+                                );
+                            }
                             let (parts, body) = req.into_parts();
                             let bytes = body
                                 .collect()
@@ -539,8 +618,16 @@ impl FakeApi {
                                 .await;
                             let (code, body): (u16, Out) = match reply {
                                 Reply::Json(code, json) => {
-                                    (code, Full::new(Bytes::from(wire(&json))).boxed())
+                                    (code, Full::new(Bytes::from(wire(&json))).boxed_unsync())
                                 }
+                                Reply::Events(evs) => (
+                                    200,
+                                    Full::new(Bytes::from(wire(&Value::Array(evs)))).boxed_unsync(),
+                                ),
+                                Reply::Hang => (
+                                    200,
+                                    StreamBody::new(futures::stream::pending()).boxed_unsync(),
+                                ),
                                 Reply::Watch(rx) => {
                                     let lines = futures::stream::unfold(rx, |mut rx| async move {
                                         let ev = rx.recv().await?;
@@ -552,7 +639,7 @@ impl FakeApi {
                                             rx,
                                         ))
                                     });
-                                    (200, StreamBody::new(lines).boxed())
+                                    (200, StreamBody::new(lines).boxed_unsync())
                                 }
                             };
                             Ok::<_, std::convert::Infallible>(
@@ -581,6 +668,14 @@ impl FakeApi {
     }
 }
 
+/// A whole response body.
+fn full(bytes: Vec<u8>) -> script::Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(hyper::body::Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// The response body: arrays are watch streams, one JSON event a line.
 fn wire(json: &Value) -> Vec<u8> {
     match json {
@@ -593,17 +688,14 @@ fn wire(json: &Value) -> Vec<u8> {
     }
 }
 
-/// A kubeconfig pointing at `addr` over plain HTTP.
-pub fn kubeconfig(dir: &std::path::Path, addr: SocketAddr) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
-             users:\n- name: fake\n  user:\n    token: test-token\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: pullahead\n\
-             current-context: fake\n"
-        ),
-    )
-    .unwrap();
-    path
+/// A `kube::Client` on `api` through a tower-test mock service (the
+/// ApiServerVerifier pattern).
+pub fn mock_client(api: Arc<FakeApi>) -> kube::Client {
+    api.client()
+}
+
+/// Serves `api` over plain HTTP on 127.0.0.1 for the rest of the test;
+/// returns the port.
+pub async fn serve_http(api: Arc<FakeApi>) -> u16 {
+    api.serve_http().await.port()
 }

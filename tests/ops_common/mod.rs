@@ -2,10 +2,16 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod objects;
+pub mod script;
 pub mod store;
+#[allow(clippy::duplicate_mod)] // `support` includes it too
+pub mod tool;
+
+#[allow(unused_imports)]
+pub use tool::{promtool, require_bin, tool};
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -26,32 +32,4 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .expect("status code");
     (status, body.to_string())
-}
-
-/// A tool the tests need, from `$var` or `default`. Fails the test with a
-/// clear message when it is missing: tests never skip silently.
-pub fn tool(var: &str, default: &str, hint: &str) -> PathBuf {
-    let p = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_string()));
-    let found = if p.components().count() > 1 {
-        p.is_file()
-    } else {
-        std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|d| d.join(&p).is_file()))
-            .unwrap_or(false)
-    };
-    assert!(
-        found,
-        "{} not found (set {var}); install it with {hint}",
-        p.display()
-    );
-    p
-}
-
-/// promtool, from the Debian `prometheus` package.
-pub fn promtool() -> PathBuf {
-    tool(
-        "PULLAHEAD_PROMTOOL",
-        "promtool",
-        "`apt-get install prometheus` (listed in .ci/apt-packages.txt)",
-    )
 }

@@ -29,8 +29,14 @@ pub struct Change {
 
 /// An answer: a JSON body, or a watch stream (one JSON event a line).
 pub enum Reply {
+    /// A JSON body with a status code.
     Json(u16, Value),
+    /// A live watch: each event as it comes.
     Watch(mpsc::UnboundedReceiver<Value>),
+    /// Watch events, one JSON object a line; the stream then ends.
+    Events(Vec<Value>),
+    /// Never answer (a watch that stays open).
+    Hang,
 }
 
 #[derive(Default)]
@@ -128,11 +134,7 @@ fn key(ns: Option<&str>, name: &str) -> String {
 
 /// A Kubernetes Status error body.
 pub fn status(code: u16, reason: &str, message: &str) -> Reply {
-    Reply::Json(
-        code,
-        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
-               "message": message, "reason": reason, "code": code}),
-    )
+    Reply::Json(code, super::objects::status_json(code, reason, message))
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {

@@ -17,27 +17,12 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-/// The path of a required binary, or a panic that says how to get it.
-pub fn require_bin(env: &str, default: &str, package: &str) -> PathBuf {
-    let name = std::env::var(env).unwrap_or_else(|_| default.to_string());
-    let p = PathBuf::from(&name);
-    if p.is_absolute() && p.exists() {
-        return p;
-    }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-    ]) {
-        let c = Path::new(dir).join(&name);
-        if c.exists() {
-            return c;
-        }
-    }
-    panic!(
-        "required binary `{name}` not found (set {env} or `apt-get install {package}`; .ci/test installs it)"
-    );
-}
+// The one `require_bin`, also in `ops_common`: a test with both modules
+// compiles the file twice, each copy private to its module.
+#[allow(clippy::duplicate_mod)]
+#[path = "../ops_common/tool.rs"]
+mod tool;
+pub use tool::require_bin;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -743,5 +728,4 @@ fn header(h: &Headers, name: &str) -> Option<String> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
 
-pub mod kube_mock;
 pub mod safety;
