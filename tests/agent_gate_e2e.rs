@@ -172,6 +172,17 @@ impl Running {
             .arg(format!("127.0.0.1:{}", support::free_port()))
             .arg("--cri-socket")
             .arg(&ctrd.socket)
+            // containerd's own root as the image filesystem, with no
+            // ceiling: it lies on the test machine's disk, which may be past
+            // 80% by kubelet's count (tests/safety_containerd.rs tests it).
+            .arg("--image-fs-path")
+            .arg(ctrd.root())
+            .args([
+                "--image-gc-high-percent",
+                "100",
+                "--disk-margin-percent",
+                "0",
+            ])
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info")
             .env_remove("POD_NAME")
