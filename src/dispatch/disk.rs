@@ -143,6 +143,8 @@ pub struct DiskGuard {
     cfg: DiskConfig,
     ceiling_percent: f64,
     reserved: Mutex<u64>,
+    /// Woken when a pull in flight ends and gives its reservation back.
+    released: tokio::sync::Notify,
     pressure: Arc<AtomicBool>,
     cri: Option<Arc<CriClient>>,
     board: Option<Arc<Board>>,
@@ -158,8 +160,11 @@ struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut r = self.guard.lock();
-        *r = r.saturating_sub(self.bytes);
+        {
+            let mut r = self.guard.lock();
+            *r = r.saturating_sub(self.bytes);
+        }
+        self.guard.released.notify_waiters();
     }
 }
 
@@ -171,6 +176,7 @@ impl DiskGuard {
             ceiling_percent: cfg.ceiling_percent()?,
             cfg,
             reserved: Mutex::new(0),
+            released: tokio::sync::Notify::new(),
             pressure: Arc::new(AtomicBool::new(false)),
             cri: None,
             board: None,
@@ -245,6 +251,18 @@ impl DiskGuard {
         Ok(status)
     }
 
+    /// Reserves `need` if `alone` (use plus `need`) and what pulls in
+    /// flight reserved stay within `ceiling`.
+    fn try_reserve(&self, alone: u64, ceiling: u64, need: u64) -> bool {
+        let mut reserved = self.lock();
+        if alone.saturating_add(*reserved) <= ceiling {
+            *reserved += need;
+            true
+        } else {
+            false
+        }
+    }
+
     fn skip(&self, reason: String, bytes: Option<u64>) -> Admit {
         if let Some(c) = &self.held_back_images {
             c.inc();
@@ -259,50 +277,58 @@ impl DiskGuard {
     }
 
     /// The decision for one image of `bytes` compressed bytes (unknown:
-    /// only the current use is checked).
+    /// only the current use is checked). An image that fits only once the
+    /// pulls in flight end waits for them: their bytes are partly on disk
+    /// already and partly reserved, so counting both would hold back images
+    /// that fit. One that does not fit even then is held back.
     pub async fn admit_bytes(self: &Arc<Self>, image: &str, bytes: Option<u64>) -> Admit {
-        if self.pressure.load(Ordering::Relaxed) {
-            return self.skip(
-                "held back: the node reports DiskPressure; nothing is pulled while it lasts".into(),
-                bytes,
-            );
-        }
-        let fs = match self.measure().await {
-            Ok(s) => s,
-            Err(e) => {
+        loop {
+            if self.pressure.load(Ordering::Relaxed) {
                 return self.skip(
-                    format!(
-                        "held back: cannot measure disk space on {}: {e}",
-                        self.cfg.path.display()
-                    ),
+                    "held back: the node reports DiskPressure; nothing is pulled while it lasts"
+                        .into(),
                     bytes,
                 );
             }
-        };
-        let need = bytes.map_or(0, |b| (b as f64 * self.cfg.size_factor) as u64);
-        let mut reserved = self.lock();
-        let after = fs.used_bytes.saturating_add(*reserved).saturating_add(need);
-        if after > fs.ceiling_bytes {
-            let mib = |b: u64| b as f64 / 1_048_576.0;
-            let reason = format!(
-                "held back: not enough disk space on the image filesystem: {:.0} MiB used + {:.0} MiB in flight + ~{:.0} MiB for this image > ceiling {:.0} MiB ({}% of {:.0} MiB)",
-                mib(fs.used_bytes),
-                mib(*reserved),
-                mib(need),
-                mib(fs.ceiling_bytes),
-                self.ceiling_percent,
-                mib(fs.capacity_bytes),
-            );
-            drop(reserved);
-            tracing::info!(image, "{reason}");
-            return self.skip(reason, bytes);
+            let fs = match self.measure().await {
+                Ok(s) => s,
+                Err(e) => {
+                    return self.skip(
+                        format!(
+                            "held back: cannot measure disk space on {}: {e}",
+                            self.cfg.path.display()
+                        ),
+                        bytes,
+                    );
+                }
+            };
+            let need = bytes.map_or(0, |b| (b as f64 * self.cfg.size_factor) as u64);
+            // Registered before the check, so a release in between is seen.
+            let released = self.released.notified();
+            let alone = fs.used_bytes.saturating_add(need);
+            if alone > fs.ceiling_bytes {
+                let mib = |b: u64| b as f64 / 1_048_576.0;
+                let reason = format!(
+                    "held back: not enough disk space on the image filesystem: {:.0} MiB used + ~{:.0} MiB for this image > ceiling {:.0} MiB ({}% of {:.0} MiB)",
+                    mib(fs.used_bytes),
+                    mib(need),
+                    mib(fs.ceiling_bytes),
+                    self.ceiling_percent,
+                    mib(fs.capacity_bytes),
+                );
+                tracing::info!(image, "{reason}");
+                return self.skip(reason, bytes);
+            }
+            if self.try_reserve(alone, fs.ceiling_bytes, need) {
+                return Admit::Go(Ticket::holding(Reservation {
+                    guard: self.clone(),
+                    bytes: need,
+                }));
+            }
+            tracing::debug!(image, "waiting for pulls in flight before the disk check");
+            // Bounded: a missed wake-up costs a re-measure, nothing more.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), released).await;
         }
-        *reserved += need;
-        drop(reserved);
-        Admit::Go(Ticket::holding(Reservation {
-            guard: self.clone(),
-            bytes: need,
-        }))
     }
 }
 
@@ -409,13 +435,23 @@ mod tests {
         let free = fs.ceiling_bytes - fs.used_bytes;
         // Each takes 2 × 0.3 of the free space: the second would pass it.
         let third = free * 3 / 10;
-        let Admit::Go(_a) = g.admit_bytes("a", Some(third)).await else {
+        let Admit::Go(a) = g.admit_bytes("a", Some(third)).await else {
             panic!("first admitted");
         };
-        assert!(matches!(
-            g.admit_bytes("b", Some(third)).await,
-            Admit::Skip { .. }
-        ));
+        // The second fits alone but not beside the first: it waits for it.
+        let g2 = g.clone();
+        let b = tokio::spawn(async move { g2.admit_bytes("b", Some(third)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !b.is_finished(),
+            "admitted beside a pull it does not fit with"
+        );
+        drop(a);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), b)
+            .await
+            .expect("admitted once the first pull ended")
+            .unwrap();
+        assert!(matches!(got, Admit::Go(_)));
     }
 
     #[tokio::test]
