@@ -52,6 +52,10 @@ pub enum PolicyName {
     Popular,
     /// Every image of every workload seen, on every new node.
     Static,
+    /// The simple rule the forecaster is judged against: nominated and
+    /// scale-up pods' images, DaemonSets, and images most of the pool's past
+    /// new nodes needed.
+    Rules,
     /// The forecaster with the built-in model (models/default.json) or the
     /// one given by `--model`: nominated pods, scale-ups, DaemonSets, pending
     /// pods, HPAs and history.

@@ -30,6 +30,7 @@ use crate::decisions::DecisionLog;
 use crate::event::{Event, EventReader};
 use crate::forecast::model::Model;
 use crate::forecast::planner::{Planner, PlannerConfig};
+use crate::forecast::rules::RulesPolicy;
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::{Health, LeaseStatus, Metrics, Server};
 use crate::nominated::NominatedPolicy;
@@ -263,6 +264,7 @@ pub fn policy(name: PolicyName, model: Option<&Path>) -> Result<Box<dyn crate::p
         PolicyName::Nominated => Box::new(NominatedPolicy::new()),
         PolicyName::Popular => Box::new(PopularPolicy::new(10)),
         PolicyName::Static => Box::new(StaticPolicy::from_workloads()),
+        PolicyName::Rules => Box::new(RulesPolicy::new(crate::forecast::rules::DEFAULT_SHARE)),
         PolicyName::None => Box::new(NonePolicy),
         PolicyName::Predictive => {
             let model = match model {

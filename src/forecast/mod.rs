@@ -1,8 +1,9 @@
-//! The forecaster: the `predictive` policy, its model, the HPA trend, and
-//! `pullahead tune`.
+//! The forecaster: the `predictive` policy, its model, the HPA trend, the
+//! `rules` policy it is judged against, and `pullahead tune`.
 
 pub mod model;
 pub mod planner;
+pub mod rules;
 pub mod trend;
 pub mod tune;
 

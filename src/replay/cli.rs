@@ -92,6 +92,10 @@ pub struct SimArgs {
     /// Most gigabytes (10^9 bytes) `predictive` plans onto one node.
     #[arg(long, default_value_t = 20.0, env = "PULLAHEAD_NODE_BUDGET_GB")]
     pub node_budget_gb: f64,
+    /// The share (0 to 1) of a pool's past new nodes that must have needed
+    /// an image within the hour for `rules` to pull it onto the next one.
+    #[arg(long, default_value_t = crate::forecast::rules::DEFAULT_SHARE)]
+    pub rules_share: f64,
 }
 
 impl Args {
@@ -161,6 +165,12 @@ impl SimArgs {
                 self.node_budget_gb
             )));
         }
+        if !(self.rules_share.is_finite() && (0.0..=1.0).contains(&self.rules_share)) {
+            return Err(bad(format!(
+                "--rules-share must be from 0 to 1, not {}",
+                self.rules_share
+            )));
+        }
         if self.max_parallel_pulls == 0 {
             return Err(bad("--max-parallel-pulls must be at least 1".into()));
         }
@@ -190,6 +200,7 @@ impl SimArgs {
                     msg: e.to_string(),
                 })?,
             node_budget_bytes: (self.node_budget_gb * 1e9) as u64,
+            rules_share: self.rules_share,
         })
     }
 }

@@ -22,6 +22,7 @@ use crate::clock::{SimClock, TickGrid};
 use crate::event::{self, Event, EventReader};
 use crate::forecast::model::Model;
 use crate::forecast::planner::{Planner, PlannerConfig};
+use crate::forecast::rules::RulesPolicy;
 use crate::policy::{NonePolicy, Policy, PopularPolicy, PullOrder, StaticPolicy};
 use catalog::Catalog;
 use oracle::{Foresight, OraclePolicy};
@@ -77,7 +78,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The policies `replay` can build by name.
-pub const KNOWN_POLICIES: &str = "none, static, popular, predictive, oracle";
+pub const KNOWN_POLICIES: &str = "none, static, popular, rules, predictive, oracle";
 
 /// How to replay.
 #[derive(Clone, Debug)]
@@ -99,6 +100,9 @@ pub struct Options {
     pub model: Option<Model>,
     /// Most bytes `predictive` plans onto one node.
     pub node_budget_bytes: u64,
+    /// The share of a pool's past new nodes that `rules` needs to have
+    /// needed an image.
+    pub rules_share: f64,
 }
 
 impl Default for Options {
@@ -114,6 +118,7 @@ impl Default for Options {
             progress: false,
             model: None,
             node_budget_bytes: 20_000_000_000,
+            rules_share: crate::forecast::rules::DEFAULT_SHARE,
         }
     }
 }
@@ -145,6 +150,7 @@ pub fn build_policy(
             None => StaticPolicy::from_workloads(),
         }),
         "popular" => Box::new(PopularPolicy::new(opts.popular_k)),
+        "rules" => Box::new(RulesPolicy::new(opts.rules_share)),
         "predictive" => {
             let model = match &opts.model {
                 Some(m) => m.clone(),
