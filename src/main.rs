@@ -166,6 +166,26 @@ fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
 
 fn tune_cmd(args: &forecast::tune::Args) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if args.cross_validate {
+        let cv = forecast::crossval::cross_validate(&args.options(command)?)?;
+        let text = serde_json::to_string_pretty(&cv.model)?;
+        std::fs::write(&args.out, text + "\n")
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        if args.json {
+            serde_json::to_writer(&mut out, &cv.folds)?;
+            writeln!(out)?;
+        } else {
+            write!(out, "{}", forecast::crossval::table(&cv.folds))?;
+            writeln!(
+                out,
+                "model fitted on every file written to {}",
+                args.out.display()
+            )?;
+        }
+        return Ok(());
+    }
     let tuned = forecast::tune::tune(&args.options(command)?)?;
     let text = serde_json::to_string_pretty(&tuned.model)?;
     std::fs::write(&args.out, text + "\n")

@@ -1,6 +1,8 @@
 //! The forecaster: the `predictive` policy, its model, the HPA trend, the
-//! `rules` policy it is judged against, and `pullahead tune`.
+//! `rules` policy it is judged against, and `pullahead tune` (with its
+//! cross-validation).
 
+pub mod crossval;
 pub mod model;
 pub mod planner;
 pub mod rules;

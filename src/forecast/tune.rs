@@ -95,10 +95,12 @@ impl Policy for Collector {
     }
 }
 
-struct Trace {
-    label: String,
-    events: Vec<Event>,
-    split: f64,
+/// A trace in memory, with the time that splits its training part from
+/// the part held back.
+pub(super) struct Trace {
+    pub(super) label: String,
+    pub(super) events: Vec<Event>,
+    pub(super) split: f64,
 }
 
 impl Trace {
@@ -165,7 +167,8 @@ fn planner_config(opts: &replay::Options) -> PlannerConfig {
     }
 }
 
-fn load(opts: &TuneOptions) -> replay::Result<Vec<Trace>> {
+/// Reads each file of `opts`; an empty file is left out.
+pub(super) fn load(opts: &TuneOptions) -> replay::Result<Vec<Trace>> {
     let mut traces = Vec::new();
     for path in &opts.files {
         let events: Vec<Event> = EventReader::open(path)?.collect::<event::Result<_>>()?;
@@ -210,6 +213,37 @@ fn choose_threshold(scores: &[ThresholdScore], max_waste: f64) -> f64 {
 /// Runs the whole tuning procedure.
 pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
     let traces = load(opts)?;
+    let all: Vec<&Trace> = traces.iter().collect();
+    let (model, thresholds) = fit(&all, opts)?;
+
+    // 5: held-back scores.
+    let mut held_back = Vec::new();
+    for t in &traces {
+        let mut ro = opts.replay.clone();
+        ro.sim.score_from = t.split;
+        let mut r = score(
+            &t.label,
+            &t.events,
+            &model,
+            &ro,
+            &["none", "static", "popular", "predictive", "oracle"],
+        )?;
+        r.file = format!("{} (held back: after t={:.0})", t.label, t.split);
+        held_back.push(r);
+    }
+    Ok(Tuned {
+        model,
+        thresholds,
+        held_back,
+    })
+}
+
+/// Steps 1–4: fits a model on the training parts of `traces` and picks its
+/// threshold on them.
+pub(super) fn fit(
+    traces: &[&Trace],
+    opts: &TuneOptions,
+) -> replay::Result<(Model, Vec<ThresholdScore>)> {
     let start = Model::from_json(replay::DEFAULT_MODEL).map_err(replay::Error::InvalidOption)?;
     let mut start = start;
     start.horizon_seconds = opts.horizon_seconds;
@@ -217,7 +251,7 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
 
     // 1–2: candidates and labels from the training parts.
     let mut rows: Vec<(Features, f64)> = Vec::new();
-    for t in &traces {
+    for t in traces {
         let sink = Arc::new(Mutex::new(Vec::new()));
         let collector = Collector {
             planner: Planner::new(start.clone(), cfg).collecting(),
@@ -268,7 +302,7 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
     ] {
         let model = Model::new(weights, bias, opts.horizon_seconds, th);
         let (mut saved, mut possible, mut wasted, mut prefetched) = (0.0, 0.0, 0.0, 0.0);
-        for t in &traces {
+        for t in traces {
             let train: Vec<Event> = t.train().collect::<event::Result<_>>()?;
             let r = score(&t.label, &train, &model, &opts.replay, &["predictive"])?;
             let (none, pred, oracle) = (total(&r, "none"), &r.policies[0], total(&r, "oracle"));
@@ -295,31 +329,11 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
     let mut model = Model::new(weights, bias, opts.horizon_seconds, best);
     model.provenance = Provenance {
         command: opts.command.clone(),
-        data: opts.files.iter().map(|p| p.display().to_string()).collect(),
+        data: traces.iter().map(|t| t.label.clone()).collect(),
         rows: rows.len() as u64,
         positive_share,
     };
-
-    // 5: held-back scores.
-    let mut held_back = Vec::new();
-    for t in &traces {
-        let mut ro = opts.replay.clone();
-        ro.sim.score_from = t.split;
-        let mut r = score(
-            &t.label,
-            &t.events,
-            &model,
-            &ro,
-            &["none", "static", "popular", "predictive", "oracle"],
-        )?;
-        r.file = format!("{} (held back: after t={:.0})", t.label, t.split);
-        held_back.push(r);
-    }
-    Ok(Tuned {
-        model,
-        thresholds,
-        held_back,
-    })
+    Ok((model, thresholds))
 }
 
 fn total(r: &Report, policy: &str) -> f64 {
@@ -330,7 +344,7 @@ fn total(r: &Report, policy: &str) -> f64 {
 }
 
 /// Replays `events` with `model` as the predictive policy.
-fn score(
+pub(super) fn score(
     label: &str,
     events: &[Event],
     model: &Model,
@@ -384,6 +398,12 @@ pub struct Args {
     /// Print the held-back figures as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Leave-one-out over whole files instead of a time split: for each
+    /// file, fit on all the others and score it (predictive, rules, static,
+    /// popular). The model written is then fitted on every file. Needs at
+    /// least two files.
+    #[arg(long)]
+    pub cross_validate: bool,
     /// The data-plane model and baselines, as for `replay`.
     #[command(flatten)]
     pub replay: crate::replay::cli::SimArgs,
