@@ -22,10 +22,10 @@ use pullahead::clock::SimClock;
 use pullahead::event::{
     ClaimPhase, Event, Hpa, Image, Node, NodeClaim, NodePhase, Pod, PodPhase, Workload,
 };
+use pullahead::forecast::model::DEFAULT_MODEL;
 use pullahead::forecast::model::Model;
 use pullahead::forecast::planner::{Planner, PlannerConfig};
 use pullahead::policy::Policy;
-use pullahead::replay::DEFAULT_MODEL;
 
 /// Counts live heap bytes, so the view's size is measured, not guessed.
 struct Counting;

@@ -41,28 +41,7 @@ pub enum Error {
 /// The result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The planners `run` can use until the predictive planner is wired in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicyName {
-    /// Pull the images of pods nominated to a NodeClaim or node: only what
-    /// is certain to be needed.
-    Nominated,
-    /// The top images by past demand in the new node's pool.
-    Popular,
-    /// Every image of every workload seen, on every new node.
-    Static,
-    /// The simple rule the forecaster is judged against: nominated and
-    /// scale-up pods' images, DaemonSets, and images most of the pool's past
-    /// new nodes needed.
-    Rules,
-    /// The forecaster with the built-in model (models/default.json) or the
-    /// one given by `--model`: nominated pods, scale-ups, DaemonSets, pending
-    /// pods, HPAs and history.
-    Predictive,
-    /// Pull nothing (observe and export metrics only).
-    None,
-}
+pub use crate::plan::{PolicyArgs, PolicyName};
 
 /// Flags of `pullahead run`. Unset flags fall back to the config file, then
 /// to the defaults shown.
@@ -92,11 +71,9 @@ pub struct RunArgs {
     #[arg(long, env = "PULLAHEAD_POLICY", value_enum)]
     pub policy: Option<PolicyName>,
 
-    /// Model file for `--policy predictive` (as written by `pullahead tune`);
-    /// a bad file is refused at start. [default: the built-in
-    /// models/default.json]
-    #[arg(long, env = "PULLAHEAD_MODEL", value_name = "FILE")]
-    pub model: Option<PathBuf>,
+    /// The policy settings, shared with `replay` and `tune`.
+    #[command(flatten)]
+    pub settings: PolicyArgs,
 
     /// Address of the /metrics, /healthz and /readyz server.
     /// [default: 0.0.0.0:8080]
@@ -128,11 +105,6 @@ pub struct RunArgs {
     /// dropped and counted. [default: 10000]
     #[arg(long, env = "PULLAHEAD_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
-
-    /// Most images kept in one node's NodePrefetch, highest priority first.
-    /// [default: 50]
-    #[arg(long, env = "PULLAHEAD_MAX_IMAGES_PER_NODE")]
-    pub max_images_per_node: Option<usize>,
 
     /// Most NodePrefetch writes in flight at once. [default: 8]
     #[arg(long, env = "PULLAHEAD_WRITE_CONCURRENCY")]
@@ -181,6 +153,13 @@ struct FileConfig {
     lease_retry: Option<f64>,
     queue_capacity: Option<usize>,
     max_images_per_node: Option<usize>,
+    popular_k: Option<usize>,
+    static_images: Option<PathBuf>,
+    node_budget_gb: Option<f64>,
+    default_image_bytes: Option<u64>,
+    bandwidth_mbps: Option<f64>,
+    pull_latency_ms: Option<f64>,
+    rules_share: Option<f64>,
     write_concurrency: Option<usize>,
     deadline: Option<f64>,
     shutdown_timeout: Option<f64>,
@@ -204,6 +183,9 @@ pub struct Config {
     pub policy: PolicyName,
     /// The predictive planner's model file; `None` for the built-in one.
     pub model: Option<PathBuf>,
+    /// The policy settings, flags over the file (resolved when the policy
+    /// is built, which reads the model).
+    pub settings: PolicyArgs,
     /// The metrics server address.
     pub metrics_addr: SocketAddr,
     /// The Lease name.
@@ -252,12 +234,12 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         return Ok(FileConfig::default());
     }
     serde_yaml_ng::from_str(&text).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let (pos, message) = crate::position::yaml(&e);
         Error::Parse {
             path: name,
-            line,
-            column,
-            message: e.to_string(),
+            line: pos.map_or(0, |p| p.line as usize),
+            column: pos.map_or(0, |p| p.column as usize),
+            message,
         }
     })
 }
@@ -296,7 +278,18 @@ impl Config {
             decisions: args.decisions.clone().or(f.decisions),
             events: args.events.clone().or(f.events),
             policy: args.policy.or(f.policy).unwrap_or(PolicyName::Nominated),
-            model: args.model.clone().or(f.model),
+            model: args.settings.model.clone().or(f.model.clone()),
+            settings: PolicyArgs {
+                popular_k: args.settings.popular_k.or(f.popular_k),
+                static_images: args.settings.static_images.clone().or(f.static_images),
+                model: args.settings.model.clone().or(f.model),
+                node_budget_gb: args.settings.node_budget_gb.or(f.node_budget_gb),
+                default_image_bytes: args.settings.default_image_bytes.or(f.default_image_bytes),
+                bandwidth_mbps: args.settings.bandwidth_mbps.or(f.bandwidth_mbps),
+                pull_latency_ms: args.settings.pull_latency_ms.or(f.pull_latency_ms),
+                max_images_per_node: args.settings.max_images_per_node.or(f.max_images_per_node),
+                rules_share: args.settings.rules_share.or(f.rules_share),
+            },
             metrics_addr: args
                 .metrics_addr
                 .or(f.metrics_addr)
@@ -326,9 +319,10 @@ impl Config {
             )?,
             max_images_per_node: at_least_one(
                 "max-images-per-node",
-                args.max_images_per_node
+                args.settings
+                    .max_images_per_node
                     .or(f.max_images_per_node)
-                    .unwrap_or(50),
+                    .unwrap_or(crate::plan::settings::DEFAULT_MAX_IMAGES_PER_NODE),
             )?,
             write_concurrency: at_least_one(
                 "write-concurrency",
@@ -402,6 +396,37 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(text.as_bytes()).unwrap();
         f
+    }
+
+    /// A bad config file names its line and column once, then the cause.
+    #[test]
+    fn a_bad_file_names_its_line_and_column() {
+        let f = file("policy: popular\nlease-duration: [1]\n");
+        let err = read_file(f.path()).unwrap_err().to_string();
+        let want = format!("config file {}:2:", f.path().display());
+        assert!(err.starts_with(&want), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+        assert!(!err.contains(" at line "), "{err}");
+    }
+
+    #[test]
+    fn the_policy_settings_are_file_keys_too() {
+        let f = file("popular-k: 3\nnode-budget-gb: 5\nmax-images-per-node: 7\n");
+        let args = RunArgs {
+            config: Some(f.path().into()),
+            settings: PolicyArgs {
+                popular_k: Some(4),
+                ..PolicyArgs::default()
+            },
+            ..RunArgs::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.settings.popular_k, Some(4));
+        assert_eq!(c.settings.node_budget_gb, Some(5.0));
+        assert_eq!(c.max_images_per_node, 7);
+        let s = c.settings.resolve(&PolicyArgs::default()).unwrap();
+        assert_eq!(s.max_images_per_node, 7);
+        assert_eq!(s.planner.node_budget_bytes, 5_000_000_000);
     }
 
     #[test]
@@ -489,7 +514,10 @@ mod tests {
                 .contains("write-concurrency")
         );
         let args = RunArgs {
-            model: Some("m.json".into()),
+            settings: PolicyArgs {
+                model: Some("m.json".into()),
+                ..PolicyArgs::default()
+            },
             ..RunArgs::default()
         };
         let e = Config::resolve(&args).unwrap_err().to_string();

@@ -9,12 +9,13 @@
 //! burst of events about one node becomes one write of its latest plan.
 //!
 //! Every replica folds every event, so a standby has the full plan the
-//! moment it becomes leader; only the leader writes. Orders aimed at a
-//! NodeClaim wait until the claim's node is known.
+//! moment it becomes leader; only the leader writes. The policy, its ticks
+//! and the per-node plans are a [`Driver`]'s, the same as `replay`'s: orders
+//! aimed at a NodeClaim wait until the claim's node is known, and each node
+//! keeps its `max_images_per_node` best images.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node as KubeNode;
@@ -24,13 +25,16 @@ use kube::api::{Patch, PatchParams};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::clock::{Clock, SimClock, TickGrid};
 use crate::decisions::DecisionLog;
 use crate::dispatch::crd::{ImageOrder, NodePrefetch};
-use crate::event::{Body, ClaimPhase, Event, NodePhase};
+use crate::event::{Body, Event};
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PullOrder, Reason, Target};
+use crate::plan::book::Placed;
+use crate::plan::{Driver, Sink};
+use crate::policy::{Policy, PullOrder, Reason};
 use crate::scorecard::Scorecard;
+
+pub use crate::plan::TimeSource;
 
 /// What can go wrong in the loop itself (individual writes only count
 /// failures; they never stop the loop).
@@ -47,27 +51,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The field manager name used for server-side apply.
 pub const FIELD_MANAGER: &str = "pullahead";
 
-/// Where the loop's time comes from.
-pub enum TimeSource {
-    /// A live clock (the wall clock in production).
-    Live(Arc<dyn Clock>),
-    /// Each event's own `ts`: for recorded event files, so decisions carry
-    /// the recording's times.
-    EventTime,
-}
-
-impl TimeSource {
-    /// The clock the policy plans by: the live one, or `event_clock`, which
-    /// the loop sets to each event's time. A free borrow of the two fields,
-    /// so that the policy can be borrowed mutably beside it.
-    fn clock<'a>(&'a self, event_clock: &'a SimClock) -> &'a dyn Clock {
-        match self {
-            TimeSource::Live(c) => c.as_ref(),
-            TimeSource::EventTime => event_clock,
-        }
-    }
-}
-
 /// Tunables of the loop.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -81,22 +64,6 @@ pub struct Options {
     pub deadline: f64,
     /// Grace for in-flight writes after shutdown.
     pub shutdown_timeout: Duration,
-}
-
-/// One image wanted on a node.
-#[derive(Clone, Debug)]
-struct Wanted {
-    priority: u32,
-    reason: Reason,
-    ordered_at: f64,
-}
-
-/// The plan for one node.
-#[derive(Debug, Default)]
-struct NodePlan {
-    images: HashMap<String, Wanted>,
-    /// The Node's uid, for the ownerReference; looked up on first write.
-    uid: Option<String>,
 }
 
 /// A node waiting to be written, and the earliest event it is waiting on.
@@ -135,18 +102,14 @@ enum WriteError {
 /// The controller loop. Build it with [`Controller::new`], then [`Controller::run`].
 pub struct Controller {
     opts: Options,
-    policy: Box<dyn Policy>,
-    time: TimeSource,
-    event_clock: SimClock,
+    driver: Driver,
     metrics: Metrics,
     client: Option<kube::Client>,
     decisions: Option<DecisionLog>,
     scorecard: Scorecard,
-    /// NodeClaim → its node once known.
-    claim_node: HashMap<String, String>,
-    /// NodeClaim → orders waiting for its node.
-    claim_pending: HashMap<String, Vec<PullOrder>>,
-    plans: HashMap<String, NodePlan>,
+    /// Each planned Node's uid, for the ownerReference; looked up on its
+    /// first write.
+    uids: HashMap<String, String>,
     dirty: HashMap<String, Dirty>,
     /// Dirty nodes in the order they became dirty, for fairness.
     queue: VecDeque<String>,
@@ -155,10 +118,14 @@ pub struct Controller {
     retries: BinaryHeap<Reverse<(Instant, String)>>,
     /// Consecutive failures per node, for the backoff.
     failures: HashMap<String, u32>,
-    orders: Vec<PullOrder>,
-    /// The policy's ticks on the events' own clock ([`TimeSource::EventTime`]);
-    /// a live clock ticks on a timer in [`Controller::run`] instead.
-    ticks: Option<TickGrid>,
+    /// Told the number of events applied so far, after each batch: the
+    /// Kafka consumer acknowledges only those.
+    applied: Option<watch::Sender<u64>>,
+    /// Test-only fault: abort the process on receiving this event (1-based),
+    /// before applying it.
+    abort_before: Option<u64>,
+    /// Agent reports (`NodePrefetch` status) for the scorecard.
+    reports: Option<mpsc::Receiver<PrefetchReport>>,
     summary: Summary,
 }
 
@@ -174,35 +141,53 @@ impl Controller {
         decisions: Option<DecisionLog>,
     ) -> Self {
         let client = if opts.dry_run { None } else { client };
-        let ticks = match time {
-            TimeSource::EventTime => TickGrid::new(policy.tick_interval()),
-            TimeSource::Live(_) => None,
-        };
         Self {
             scorecard: Scorecard::new(metrics.clone()),
+            driver: Driver::new(policy, time, opts.max_images_per_node),
             opts,
-            policy,
-            time,
-            event_clock: SimClock::new(0.0),
             metrics,
             client,
             decisions,
-            claim_node: HashMap::new(),
-            claim_pending: HashMap::new(),
-            plans: HashMap::new(),
+            uids: HashMap::new(),
             dirty: HashMap::new(),
             queue: VecDeque::new(),
             writing: HashSet::new(),
             retries: BinaryHeap::new(),
             failures: HashMap::new(),
-            orders: Vec::new(),
-            ticks,
+            applied: None,
+            abort_before: None,
+            reports: None,
             summary: Summary::default(),
         }
     }
 
-    fn clock(&self) -> &dyn Clock {
-        self.time.clock(&self.event_clock)
+    /// Reports the number of events applied (planned, and their decisions
+    /// flushed) on `applied` after each batch, so that a source can
+    /// acknowledge exactly those.
+    pub fn report_applied(mut self, applied: watch::Sender<u64>) -> Self {
+        self.applied = Some(applied);
+        self
+    }
+
+    /// Test-only fault: on receiving event `n` (1-based), the process waits
+    /// 2.5 s (so that Kafka's auto-commit commits what it would), then
+    /// aborts before applying it, as a crash between a consume and its
+    /// apply would.
+    pub fn abort_before_event(mut self, n: Option<u64>) -> Self {
+        self.abort_before = n;
+        self
+    }
+
+    /// Takes the agents' reports (what each node has), for the waste and
+    /// lead-time metrics.
+    pub fn with_reports(mut self, reports: mpsc::Receiver<PrefetchReport>) -> Self {
+        self.reports = Some(reports);
+        self
+    }
+
+    fn take_report(&mut self, r: PrefetchReport) {
+        let now = self.driver.now();
+        self.scorecard.reported(&r.node, &r.present, now);
     }
 
     /// Runs until `shutdown` is set or `events` closes. Plans only while
@@ -218,15 +203,12 @@ impl Controller {
         let mut inflight: JoinSet<WriteResult> = JoinSet::new();
         // On a live clock the policy's ticks (the HPA trend's samples, plans
         // that wait a few seconds) come from a timer.
-        let live_every = match self.time {
-            TimeSource::Live(_) => TickGrid::new(self.policy.tick_interval())
-                .and_then(|g| Duration::try_from_secs_f64(g.interval()).ok()),
-            TimeSource::EventTime => None,
-        };
+        let live_every = self.driver.live_tick_every();
         let mut live_ticks = tokio::time::interval(live_every.unwrap_or(Duration::from_secs(3600)));
         live_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_open = true;
         let mut is_leader = *leader.borrow_and_update();
+        let mut reports = self.reports.take();
         loop {
             if is_leader {
                 self.start_writes(&mut inflight);
@@ -236,6 +218,10 @@ impl Controller {
                 _ = shutdown.wait_for(|s| *s) => break,
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => self.finish(done),
                 _ = sleep_until_first(&self.retries), if !self.retries.is_empty() => self.requeue_due(),
+                r = next_report(&mut reports), if reports.is_some() => match r {
+                    Some(r) => self.take_report(r),
+                    None => reports = None,
+                },
                 _ = live_ticks.tick(), if live_every.is_some() => {
                     self.tick(Instant::now())?;
                     if let Some(d) = self.decisions.as_mut() {
@@ -250,7 +236,7 @@ impl Controller {
                     }
                     let now = *leader.borrow_and_update();
                     if now && !is_leader {
-                        tracing::info!(nodes = self.plans.len(), "became leader; writing every plan");
+                        tracing::info!(nodes = self.driver.book().len(), "became leader; writing every plan");
                         self.mark_all_dirty();
                     }
                     if !now && is_leader {
@@ -272,6 +258,9 @@ impl Controller {
                     }
                     if let Some(d) = self.decisions.as_mut() {
                         d.flush()?;
+                    }
+                    if let Some(applied) = &self.applied {
+                        applied.send_replace(self.summary.events);
                     }
                 }
             }
@@ -317,143 +306,90 @@ impl Controller {
     }
 
     fn handle(&mut self, event: &Event, arrived: Instant) -> Result<()> {
-        // Ticks on the events' clock come before the event that passes them.
-        while let Some(t) = self.ticks.as_mut().and_then(|g| g.next_due(event.ts)) {
-            self.event_clock.set(t);
-            self.tick(arrived)?;
+        if self.abort_before == Some(self.summary.events + 1) {
+            tracing::error!(
+                events = self.summary.events,
+                "fault injection: aborting before applying the next event"
+            );
+            // Longer than the consumer's auto-commit interval, so that every
+            // offset stored by now is committed before the process dies.
+            std::thread::sleep(FAULT_PAUSE);
+            std::process::abort();
         }
-        self.summary.events += 1;
-        let kind = event.body.type_name();
-        self.metrics.events.with_label_values(&[kind]).inc();
-        if matches!(self.time, TimeSource::EventTime) {
-            self.event_clock.set(event.ts);
-        }
-        self.scorecard.observe(event);
-        self.track(event, arrived, kind);
-        let seen = self.clock().now();
-        self.metrics
-            .watch_last_event
-            .with_label_values(&[source_kind(&event.body)])
-            .set(seen);
-
         let started = Instant::now();
-        let mut orders = std::mem::take(&mut self.orders);
-        let clock = self.time.clock(&self.event_clock);
-        self.policy.on_event(event, clock, &mut orders);
+        let mut act = Act {
+            summary: &mut self.summary,
+            metrics: &self.metrics,
+            decisions: &mut self.decisions,
+            scorecard: &mut self.scorecard,
+            uids: &mut self.uids,
+            dirty: &mut self.dirty,
+            queue: &mut self.queue,
+            writes: self.client.is_some(),
+            arrived,
+            kind: event.body.type_name(),
+        };
+        let awaiting = self.driver.book().awaiting_len();
+        self.driver.feed(event, &mut act)?;
+        if self.driver.book().awaiting_len() != awaiting {
+            self.set_awaiting_gauge();
+        }
         self.metrics
             .planner_decision
             .observe(started.elapsed().as_secs_f64());
-        self.emit(orders, arrived, kind)
-    }
-
-    /// Lets the policy act on the passing of time alone.
-    fn tick(&mut self, arrived: Instant) -> Result<()> {
-        let mut orders = std::mem::take(&mut self.orders);
-        let clock = self.time.clock(&self.event_clock);
-        self.policy.on_tick(clock, &mut orders);
-        self.emit(orders, arrived, "tick")
-    }
-
-    /// Counts, records and places the policy's new `orders`, and keeps the
-    /// emptied list for the next call.
-    fn emit(
-        &mut self,
-        mut orders: Vec<PullOrder>,
-        arrived: Instant,
-        kind: &'static str,
-    ) -> Result<()> {
-        let now = self.clock().now();
-        for order in orders.drain(..) {
-            self.summary.orders += 1;
-            self.metrics
-                .pull_orders
-                .with_label_values(&[order.reason.as_str()])
-                .inc();
-            if let Some(d) = self.decisions.as_mut() {
-                d.record(now, self.policy.name(), &order)?;
-            }
-            self.place(order, now, arrived, kind);
-        }
-        self.orders = orders;
         Ok(())
     }
 
-    /// Keeps the NodeClaim → node map and forgets what left.
-    fn track(&mut self, event: &Event, arrived: Instant, kind: &'static str) {
-        match &event.body {
-            Body::NodeClaim(c) if c.phase == ClaimPhase::Deleted => {
-                self.claim_node.remove(&c.node_claim);
-                self.claim_pending.remove(&c.node_claim);
-            }
-            Body::NodeClaim(c) => {
-                if let Some(node) = &c.node {
-                    self.claim_node.insert(c.node_claim.clone(), node.clone());
-                    let now = self.clock().now();
-                    for order in self.claim_pending.remove(&c.node_claim).unwrap_or_default() {
-                        self.place(order, now, arrived, kind);
-                    }
-                }
-            }
-            Body::Node(n) if n.phase == NodePhase::Deleted => {
-                self.plans.remove(&n.node);
-                self.dirty.remove(&n.node);
-                self.claim_node.retain(|_, node| node != &n.node);
-            }
-            _ => {}
-        }
+    /// Lets the policy act on the passing of time alone (a live timer).
+    fn tick(&mut self, arrived: Instant) -> Result<()> {
+        let mut act = Act {
+            summary: &mut self.summary,
+            metrics: &self.metrics,
+            decisions: &mut self.decisions,
+            scorecard: &mut self.scorecard,
+            uids: &mut self.uids,
+            dirty: &mut self.dirty,
+            queue: &mut self.queue,
+            writes: self.client.is_some(),
+            arrived,
+            kind: "tick",
+        };
+        self.driver.tick(&mut act)
     }
 
-    /// Folds one order into its node's plan, or parks it on its NodeClaim.
-    fn place(&mut self, order: PullOrder, now: f64, arrived: Instant, kind: &'static str) {
-        let node = match &order.target {
-            Target::Node(n) => n.clone(),
-            Target::NodeClaim(c) => match self.claim_node.get(c) {
-                Some(n) => n.clone(),
-                None => {
-                    let pending = self.claim_pending.entry(c.clone()).or_default();
-                    if pending.len() < self.opts.max_images_per_node {
-                        pending.push(order);
-                    } else {
-                        self.metrics
-                            .events_dropped
-                            .with_label_values(&["claim-orders-full"])
-                            .inc();
-                    }
-                    return;
-                }
-            },
-        };
-        self.scorecard.ordered(&node, &order);
-        let plan = self.plans.entry(node.clone()).or_default();
-        let changed = match plan.images.get_mut(&order.image) {
-            Some(w) if w.priority >= order.priority => false,
-            Some(w) => {
-                w.priority = order.priority;
-                w.reason = order.reason;
-                true
-            }
-            None => {
-                plan.images.insert(
-                    order.image,
-                    Wanted {
-                        priority: order.priority,
-                        reason: order.reason,
-                        ordered_at: now,
-                    },
-                );
-                true
-            }
-        };
-        if changed && self.client.is_some() && !self.dirty.contains_key(&node) {
-            self.dirty.insert(
-                node.clone(),
-                Dirty {
-                    since: arrived,
-                    kind,
-                },
-            );
-            self.queue.push_back(node);
+    /// A write found no Node yet: when a NodeClaim names its node before
+    /// the Node is visible (watch streams race, caches lag), the book keeps
+    /// the plan until the Node shows up (its watch event writes it), or the
+    /// claim or Node is deleted. Also retried on the write backoff, in case
+    /// the Node's event came before the failed GET. Bounded: past
+    /// [`MAX_AWAITING_NODE`] the plan is dropped and counted.
+    fn await_node(&mut self, node: String) {
+        if !self.driver.book_mut().await_node(&node) {
+            tracing::warn!(%node, "too many plans awaiting their node; dropping this one");
+            self.metrics
+                .events_dropped
+                .with_label_values(&["awaiting-node-full"])
+                .inc();
+            self.dirty.remove(&node);
+            return;
         }
+        tracing::debug!(%node, "node not visible yet; keeping its plan");
+        self.set_awaiting_gauge();
+        self.retry_later(node);
+    }
+
+    fn set_awaiting_gauge(&self) {
+        self.metrics
+            .plans_awaiting_node
+            .set(self.driver.book().awaiting_len() as i64);
+    }
+
+    /// Requeues `node` after a backoff (1 s doubling to 30 s).
+    fn retry_later(&mut self, node: String) {
+        let n = self.failures.entry(node.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let delay = Duration::from_secs(1u64 << (*n - 1).min(5)).min(RETRY_MAX);
+        self.retries.push(Reverse((Instant::now() + delay, node)));
     }
 
     /// On becoming leader: every plan is (re)written, and latency is counted
@@ -463,7 +399,7 @@ impl Controller {
             return;
         }
         let now = Instant::now();
-        let nodes: Vec<String> = self.plans.keys().cloned().collect();
+        let nodes: Vec<String> = self.driver.book().nodes().map(String::from).collect();
         for node in nodes {
             let fresh = Dirty {
                 since: now,
@@ -476,25 +412,8 @@ impl Controller {
     }
 
     /// The image list of `node`'s plan, highest priority first, capped.
-    fn images(&self, plan: &NodePlan) -> Vec<ImageOrder> {
-        let mut images: Vec<(&String, &Wanted)> = plan.images.iter().collect();
-        images.sort_by(|a, b| b.1.priority.cmp(&a.1.priority).then_with(|| a.0.cmp(b.0)));
-        images.truncate(self.opts.max_images_per_node);
-        images
-            .into_iter()
-            .map(|(image, w)| ImageOrder {
-                image: image.clone(),
-                priority: w.priority,
-                reason: w.reason.as_str().to_string(),
-                deadline: time(w.ordered_at + self.opts.deadline),
-                // What a pod is already waiting for (or certainly will be):
-                // a startup taint waits for these and nothing else.
-                critical: matches!(
-                    w.reason,
-                    Reason::Nominated | Reason::ScaleUp | Reason::Daemonset
-                ),
-            })
-            .collect()
+    fn images(&self, node: &str) -> Vec<ImageOrder> {
+        node_prefetch_images(self.driver.book(), node, self.opts.deadline)
     }
 
     fn start_writes(&mut self, inflight: &mut JoinSet<WriteResult>) {
@@ -514,11 +433,11 @@ impl Controller {
             let Some(dirty) = self.dirty.remove(&node) else {
                 continue;
             };
-            let Some(plan) = self.plans.get(&node) else {
+            if !self.driver.book().has(&node) {
                 continue;
-            };
-            let uid = plan.uid.clone();
-            let images = self.images(plan);
+            }
+            let uid = self.uids.get(&node).cloned();
+            let images = self.images(&node);
             self.writing.insert(node.clone());
             let metrics = self.metrics.clone();
             let client = client.clone();
@@ -542,7 +461,7 @@ impl Controller {
             let Some(Reverse((_, node))) = self.retries.pop() else {
                 break;
             };
-            if self.plans.contains_key(&node) && !self.dirty.contains_key(&node) {
+            if self.driver.book().has(&node) && !self.dirty.contains_key(&node) {
                 self.dirty.insert(
                     node.clone(),
                     Dirty {
@@ -564,23 +483,27 @@ impl Controller {
         match result {
             Ok(()) => {
                 self.failures.remove(&node);
+                if self.driver.book_mut().node_written(&node) {
+                    self.set_awaiting_gauge();
+                }
                 self.summary.writes += 1;
                 self.metrics
                     .nodeprefetch_writes
                     .with_label_values(&["ok"])
                     .inc();
-                if let Some(p) = self.plans.get_mut(&node) {
-                    p.uid = uid;
+                if let Some(uid) = uid
+                    && self.driver.book().has(&node)
+                {
+                    self.uids.insert(node, uid);
                 }
             }
             Err(WriteError::NodeGone) => {
-                tracing::debug!(%node, "node gone; dropping its plan");
                 self.metrics
                     .nodeprefetch_writes
-                    .with_label_values(&["node-gone"])
+                    .with_label_values(&["node-pending"])
                     .inc();
-                self.plans.remove(&node);
-                self.dirty.remove(&node);
+                self.uids.remove(&node);
+                self.await_node(node);
             }
             Err(WriteError::Api(e)) => {
                 tracing::warn!(%node, error = %e, "writing NodePrefetch failed; will retry");
@@ -589,15 +512,124 @@ impl Controller {
                     .nodeprefetch_writes
                     .with_label_values(&["error"])
                     .inc();
-                // Retry with backoff (1 s doubling to 30 s), so a refusing
-                // API server is not hammered; the plan is still what we want.
-                let n = self.failures.entry(node.clone()).or_insert(0);
-                *n = n.saturating_add(1);
-                let delay = Duration::from_secs(1u64 << (*n - 1).min(5)).min(RETRY_MAX);
-                self.retries.push(Reverse((Instant::now() + delay, node)));
+                // Retry with backoff, so a refusing API server is not
+                // hammered; the plan is still what we want.
+                self.retry_later(node);
             }
         }
     }
+}
+
+/// What the driver's decisions do in the controller: count, record, and
+/// mark the nodes whose plan changed for writing.
+struct Act<'a> {
+    summary: &'a mut Summary,
+    metrics: &'a Metrics,
+    decisions: &'a mut Option<DecisionLog>,
+    scorecard: &'a mut Scorecard,
+    uids: &'a mut HashMap<String, String>,
+    dirty: &'a mut HashMap<String, Dirty>,
+    queue: &'a mut VecDeque<String>,
+    /// Whether anything is written (a client and no dry run).
+    writes: bool,
+    arrived: Instant,
+    kind: &'static str,
+}
+
+impl Sink for Act<'_> {
+    type Error = Error;
+
+    fn ordered(&mut self, ts: f64, policy: &str, order: &PullOrder) -> Result<()> {
+        self.summary.orders += 1;
+        self.metrics
+            .pull_orders
+            .with_label_values(&[order.reason.as_str()])
+            .inc();
+        if let Some(d) = self.decisions.as_mut() {
+            d.record(ts, policy, order)?;
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: &Event, now: f64) {
+        self.summary.events += 1;
+        self.metrics.events.with_label_values(&[self.kind]).inc();
+        self.scorecard.observe(event);
+        self.metrics
+            .watch_last_event
+            .with_label_values(&[source_kind(&event.body)])
+            .set(now);
+    }
+
+    fn node_visible(&mut self, node: &str) {
+        // The plan kept for it can be written now.
+        self.mark_dirty(node);
+    }
+
+    fn forgotten(&mut self, node: &str) {
+        self.dirty.remove(node);
+        self.uids.remove(node);
+    }
+
+    fn placed(&mut self, order: &PullOrder, placed: &Placed, _now: f64) {
+        let node = match placed {
+            Placed::Parked => return,
+            Placed::ParkFull => {
+                self.metrics
+                    .events_dropped
+                    .with_label_values(&["claim-orders-full"])
+                    .inc();
+                return;
+            }
+            Placed::Unchanged { node } | Placed::Capped { node } => {
+                self.scorecard.ordered(node, order);
+                return;
+            }
+            Placed::Changed(c) => &c.node,
+        };
+        self.scorecard.ordered(node, order);
+        self.mark_dirty(node);
+    }
+}
+
+impl Act<'_> {
+    fn mark_dirty(&mut self, node: &str) {
+        if self.writes && !self.dirty.contains_key(node) {
+            self.dirty.insert(
+                node.to_string(),
+                Dirty {
+                    since: self.arrived,
+                    kind: self.kind,
+                },
+            );
+            self.queue.push_back(node.to_string());
+        }
+    }
+}
+
+/// The images of `node`'s NodePrefetch as `book` plans them: its
+/// `max_images_per_node` best, highest priority first, each due `deadline`
+/// seconds after its first order.
+pub fn node_prefetch_images(
+    book: &crate::plan::book::PlanBook,
+    node: &str,
+    deadline: f64,
+) -> Vec<ImageOrder> {
+    book.planned(node)
+        .into_iter()
+        .map(|(image, w)| ImageOrder {
+            image: image.to_string(),
+            priority: w.priority,
+            reason: w.reason.as_str().to_string(),
+            deadline: time(w.ordered_at + deadline),
+            // What a pod is already waiting for (or certainly will be):
+            // a startup taint waits for these and nothing else.
+            critical: matches!(
+                w.reason,
+                Reason::Nominated | Reason::ScaleUp | Reason::Daemonset
+            ),
+        })
+        .collect()
 }
 
 /// Looks the Node's uid up if unknown, then applies the node's object.
@@ -633,8 +665,32 @@ async fn write(
     }
 }
 
+/// How long the test-only abort fault waits before it aborts.
+const FAULT_PAUSE: Duration = Duration::from_millis(2500);
+
 /// Longest wait before retrying a failed write.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub use crate::plan::book::MAX_AWAITING_NODE;
+
+/// What one node's agent reports present: `(image, bytes)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefetchReport {
+    /// The node.
+    pub node: String,
+    /// Images present there, with their sizes.
+    pub present: Vec<(String, u64)>,
+}
+
+/// The next report, or never when there is no report source.
+async fn next_report(
+    reports: &mut Option<mpsc::Receiver<PrefetchReport>>,
+) -> Option<PrefetchReport> {
+    match reports {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Sleeps until the earliest pending retry.
 async fn sleep_until_first(retries: &BinaryHeap<Reverse<(Instant, String)>>) {
@@ -691,7 +747,10 @@ fn time(t: f64) -> Option<Time> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, SimClock};
     use crate::event::{Node, NodePhase};
+    use crate::policy::Target;
+    use std::sync::Arc;
 
     fn node_event() -> Event {
         Event::new(

@@ -27,12 +27,14 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The file is not in the format named.
-    #[error("{path}:{line}: {msg}")]
+    #[error("{}: {msg}", located(path, *.line, *.column))]
     Malformed {
         /// The file.
         path: String,
-        /// 1-based line (1 for binary files).
-        line: u64,
+        /// 1-based line, where the text has lines and the reader knows it.
+        line: Option<u64>,
+        /// 1-based column, where the parser can tell.
+        column: Option<u64>,
         /// What is wrong.
         msg: String,
     },
@@ -49,6 +51,15 @@ pub enum Error {
     /// Writing the events failed.
     #[error(transparent)]
     Event(#[from] crate::event::Error),
+}
+
+/// `path`, `path:LINE` or `path:LINE:COLUMN`, as much as is known.
+fn located(path: &str, line: Option<u64>, column: Option<u64>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!("{path}:{l}:{c}"),
+        (Some(l), None) => format!("{path}:{l}"),
+        _ => path.to_string(),
+    }
 }
 
 /// Result with this module's [`Error`].
@@ -133,11 +144,23 @@ struct Importer<'a> {
 }
 
 impl Importer<'_> {
-    fn malformed(&self, line: u64, msg: impl Into<String>) -> Error {
+    fn malformed(&self, line: Option<u64>, msg: impl Into<String>) -> Error {
         Error::Malformed {
             path: self.name.to_string(),
             line,
+            column: None,
             msg: msg.into(),
+        }
+    }
+
+    /// A serde_json error over the whole file, at its line and column.
+    fn malformed_json(&self, e: &serde_json::Error) -> Error {
+        let (pos, msg) = crate::position::json(e);
+        Error::Malformed {
+            path: self.name.to_string(),
+            line: pos.map(|p| p.line),
+            column: pos.map(|p| p.column),
+            msg,
         }
     }
 
@@ -189,11 +212,10 @@ impl Importer<'_> {
     fn simkube(&mut self, bytes: &[u8]) -> Result<()> {
         let is_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         let root: Value = if is_json {
-            serde_json::from_slice(bytes)
-                .map_err(|e| self.malformed(e.line() as u64, e.to_string()))?
+            serde_json::from_slice(bytes).map_err(|e| self.malformed_json(&e))?
         } else {
             rmp_serde::from_slice(bytes)
-                .map_err(|e| self.malformed(1, format!("not a SimKube msgpack trace: {e}")))?
+                .map_err(|e| self.malformed(None, format!("not a SimKube msgpack trace: {e}")))?
         };
         // `rmp_serde::to_vec` writes structs as arrays: [version, config, events, …].
         let (version, events) = match &root {
@@ -205,14 +227,14 @@ impl Importer<'_> {
             Some(1..=2) => {}
             Some(v) => {
                 return Err(self.malformed(
-                    1,
+                    None,
                     format!("SimKube trace version {v} is not supported (1 or 2)"),
                 ));
             }
-            None => return Err(self.malformed(1, "not a SimKube trace: no version")),
+            None => return Err(self.malformed(None, "not a SimKube trace: no version")),
         }
         let Some(Value::Array(events)) = events else {
-            return Err(self.malformed(1, "not a SimKube trace: no events list"));
+            return Err(self.malformed(None, "not a SimKube trace: no events list"));
         };
         // JSON line numbers of each event are not kept by serde_json::Value;
         // errors name the event index instead.
@@ -229,20 +251,21 @@ impl Importer<'_> {
                     let applied = a.pop();
                     (a.first().and_then(Value::as_f64), applied, deleted)
                 }
-                _ => return Err(self.malformed(1, at("not an event object"))),
+                _ => return Err(self.malformed(None, at("not an event object"))),
             };
-            let ts = ts.ok_or_else(|| self.malformed(1, at("no numeric ts")))?;
+            let ts = ts.ok_or_else(|| self.malformed(None, at("no numeric ts")))?;
             for (list, del) in [(applied, false), (deleted, true)] {
                 let list = match list {
                     Some(Value::Array(l)) => l,
                     None | Some(Value::Null) => Vec::new(),
-                    Some(_) => return Err(self.malformed(1, at("objects are not a list"))),
+                    Some(_) => return Err(self.malformed(None, at("objects are not a list"))),
                 };
                 for obj in list {
                     self.feed(Some(ts), obj, del, 1).map_err(|e| match e {
                         Error::Object { path, source, .. } => Error::Malformed {
                             path,
-                            line: 1,
+                            line: None,
+                            column: None,
                             msg: at(&source.to_string()),
                         },
                         other => other,
@@ -271,25 +294,25 @@ impl Importer<'_> {
                 .count();
             let line = line_at(start + skip);
             let Some(item) = stream.next() else { break };
-            let value = item.map_err(|e| self.malformed(e.line() as u64, e.to_string()))?;
+            let value = item.map_err(|e| self.malformed_json(&e))?;
             start = stream.byte_offset();
             any = true;
             self.watch_value(value, line)?;
         }
         if !any {
-            return Err(self.malformed(1, "no JSON values: the file is empty"));
+            return Err(self.malformed(None, "no JSON values: the file is empty"));
         }
         Ok(())
     }
 
     fn watch_value(&mut self, value: Value, line: u64) -> Result<()> {
         let Value::Object(mut m) = value else {
-            return Err(self.malformed(line, "expected a JSON object"));
+            return Err(self.malformed(Some(line), "expected a JSON object"));
         };
         if m.get("kind").and_then(Value::as_str) == Some("List") {
             let items = match m.remove("items") {
                 Some(Value::Array(items)) => items,
-                _ => return Err(self.malformed(line, "a List without items")),
+                _ => return Err(self.malformed(Some(line), "a List without items")),
             };
             for item in items {
                 self.feed(None, item, false, line)?;
@@ -302,13 +325,13 @@ impl Importer<'_> {
             (Some("DELETED"), Some(obj)) => self.feed(None, obj, true, line),
             (Some("BOOKMARK" | "ERROR"), _) => Ok(()),
             (Some(t), Some(_)) => {
-                Err(self.malformed(line, format!("unknown watch event type {t:?}")))
+                Err(self.malformed(Some(line), format!("unknown watch event type {t:?}")))
             }
             (_, None) if m.contains_key("apiVersion") => {
                 self.feed(None, Value::Object(m), false, line)
             }
             _ => Err(self.malformed(
-                line,
+                Some(line),
                 "neither a watch event ({type, object}) nor a Kubernetes object",
             )),
         }

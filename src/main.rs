@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pullahead::{event, forecast, replay};
+use pullahead::{event, replay};
 
 // Replay and the planner allocate many short strings per event; mimalloc
 // serves them markedly faster than glibc's malloc.
@@ -27,7 +27,7 @@ enum Command {
     /// them against each other.
     Replay(replay::cli::Args),
     /// Fit the predictive model on the first part of traces; score it on the rest.
-    Tune(forecast::tune::Args),
+    Tune(pullahead::tune::Args),
     /// Write a synthetic trace of any size (for benchmarks; `scenario` makes realistic ones).
     Synth(replay::cli::SynthArgs),
     /// Simulate a cluster under a load trace and write its events.
@@ -131,7 +131,8 @@ enum Source<'a> {
 }
 
 fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
-    let opts = args.options()?;
+    let mut opts = args.options()?;
+    opts.sim.bind_times = args.report.is_some();
     let mut decisions = match &args.decisions {
         Some(path) => Some(BufWriter::new(
             File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -145,6 +146,7 @@ fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
         Some(k) => vec![Source::Kafka(k)],
         None => args.files.iter().map(|f| Source::File(f)).collect(),
     };
+    let mut reports = Vec::new();
     for source in sources {
         let d = decisions.as_mut().map(|d| d as &mut dyn Write);
         let report = match source {
@@ -157,17 +159,31 @@ fn replay_cmd(args: &replay::cli::Args) -> anyhow::Result<()> {
         } else {
             write!(out, "{}", replay::report::table(&report))?;
         }
+        if args.report.is_some() {
+            reports.push(report);
+        }
     }
     if let Some(mut d) = decisions {
         d.flush().context("writing decisions")?;
     }
+    if let Some(path) = &args.report {
+        write_page(path, &replay::html::replay_page(&reports)?)?;
+    }
     Ok(())
 }
 
-fn tune_cmd(args: &forecast::tune::Args) -> anyhow::Result<()> {
+fn write_page(path: &std::path::Path, page: &str) -> anyhow::Result<()> {
+    std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))
+}
+
+fn tune_cmd(args: &pullahead::tune::Args) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     if args.cross_validate {
-        let cv = forecast::crossval::cross_validate(&args.options(command)?)?;
+        anyhow::ensure!(
+            args.report.is_none(),
+            "--report is not made with --cross-validate"
+        );
+        let cv = pullahead::crossval::cross_validate(&args.options(command)?)?;
         let text = serde_json::to_string_pretty(&cv.model)?;
         std::fs::write(&args.out, text + "\n")
             .with_context(|| format!("writing {}", args.out.display()))?;
@@ -177,7 +193,7 @@ fn tune_cmd(args: &forecast::tune::Args) -> anyhow::Result<()> {
             serde_json::to_writer(&mut out, &cv.folds)?;
             writeln!(out)?;
         } else {
-            write!(out, "{}", forecast::crossval::table(&cv.folds))?;
+            write!(out, "{}", pullahead::crossval::table(&cv.folds))?;
             writeln!(
                 out,
                 "model fitted on every file written to {}",
@@ -186,10 +202,13 @@ fn tune_cmd(args: &forecast::tune::Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let tuned = forecast::tune::tune(&args.options(command)?)?;
+    let tuned = pullahead::tune::tune(&args.options(command)?)?;
     let text = serde_json::to_string_pretty(&tuned.model)?;
     std::fs::write(&args.out, text + "\n")
         .with_context(|| format!("writing {}", args.out.display()))?;
+    if let Some(path) = &args.report {
+        write_page(path, &tuned.html_report(&args.out)?)?;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {

@@ -61,7 +61,7 @@ pub struct Metrics {
     pub events_dropped: IntCounterVec,
     /// Pull orders the planner emitted, by reason.
     pub pull_orders: IntCounterVec,
-    /// Pulls finished, by result (`ok`, `failed`, `cancelled`, `present`).
+    /// Pulls finished, by result (`ok`, `present`, `failed`).
     pub pulls: IntCounterVec,
     /// Bytes pulled by prefetches.
     pub pull_bytes: IntCounter,
@@ -90,8 +90,11 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Prefetch pulls running, by node (exported by the node agent).
     pub pulls_in_flight: IntGaugeVec,
-    /// `NodePrefetch` writes, by result (`ok`, `error`, `dry-run`).
+    /// `NodePrefetch` writes, by result (`ok`, `error`, `node-pending`).
     pub nodeprefetch_writes: IntCounterVec,
+    /// Plans kept for a node the API does not show yet (a NodeClaim
+    /// reported it before the Node object was visible).
+    pub plans_awaiting_node: IntGauge,
     /// Time from an event arriving to the `NodePrefetch` write it caused
     /// being sent.
     pub dispatch_latency: HistogramVec,
@@ -123,9 +126,12 @@ impl Metrics {
         r.register(Box::new(wasted_bytes.clone()))?;
         let forecast_brier_score = Gauge::new(
             "pullahead_forecast_brier_score",
-            "Brier score (mean squared error) of forecast probabilities against outcomes, over recent resolved orders; 0 is perfect, 0.25 is a coin flip.",
+            "Brier score (mean squared error) of forecast probabilities against outcomes, over recent resolved orders; 0 is perfect, 0.25 is a coin flip, NaN until an order with a probability has resolved.",
         )?;
         r.register(Box::new(forecast_brier_score.clone()))?;
+        // 0 would read as a perfect forecast: until an order with a
+        // probability resolves there is no score.
+        forecast_brier_score.set(f64::NAN);
         let watch_last_event = GaugeVec::new(
             Opts::new(
                 "pullahead_watch_last_event_timestamp_seconds",
@@ -160,6 +166,11 @@ impl Metrics {
             &["node"],
         )?;
         r.register(Box::new(pulls_in_flight.clone()))?;
+        let plans_awaiting_node = IntGauge::new(
+            "pullahead_plans_awaiting_node",
+            "Node plans kept until their Node object appears (a NodeClaim named it first).",
+        )?;
+        r.register(Box::new(plans_awaiting_node.clone()))?;
         let dispatch_latency = HistogramVec::new(
             HistogramOpts::new(
                 "pullahead_dispatch_latency_seconds",
@@ -233,6 +244,7 @@ impl Metrics {
                 &["result"],
             )?,
             dispatch_latency,
+            plans_awaiting_node,
             registry: r,
         })
     }
@@ -405,7 +417,7 @@ mod tests {
             "pullahead_pod_image_lookups_total{outcome=\"hit\"} 1",
             "pullahead_wasted_bytes_total 0",
             "# TYPE pullahead_planner_decision_seconds histogram",
-            "pullahead_forecast_brier_score 0",
+            "pullahead_forecast_brier_score NaN",
             "pullahead_watch_last_event_timestamp_seconds{kind=\"Node\"} 1",
             "pullahead_kafka_consumer_lag{partition=\"0\"} 3",
             "pullahead_kafka_errors_total 0",

@@ -592,10 +592,12 @@ impl Normalizer {
         // allocated, and nothing is hashed but its name.
         let interner = &mut self.interner;
         let mut fresh = None;
+        let mut images_changed = false;
         let st = match self.pods.get_mut(name.as_bytes()) {
             Some(st) => {
                 if !same_images(spec, &st.images) {
                     st.images = interner.pod_images(spec);
+                    images_changed = true;
                 }
                 if !same_workload(owner, st.workload.as_deref()) {
                     st.workload = owner.map(|(ns, w)| interner.intern_joined(ns, w));
@@ -636,6 +638,12 @@ impl Normalizer {
                     st.phase = PodPhase::Started;
                     out.push(at(ts, Self::pod_event(name, st, PodPhase::Started)));
                 }
+            }
+            // Watch streams race: a `Nominated` event can come before the
+            // pod it names, and was then passed on without images. Pass it
+            // on again now that they are known.
+            _ if images_changed && st.phase == PodPhase::Nominated => {
+                out.push(at(ts, Self::pod_event(name, st, PodPhase::Nominated)));
             }
             _ => {}
         }

@@ -1,88 +1,22 @@
-//! Registry look-ups through oci-client: tag to digest, the manifest for a
-//! node's platform (resolving image indexes), compressed size and layers as
-//! `image` events, imagePullSecrets credentials, a TTL cache and a
-//! per-registry concurrency limit.
+//! Registry credentials: dockerconfigjson secrets ([`DockerConfig`]),
+//! matched to an image's registry host and handed to the node's runtime
+//! through [`Credentials::cri_auth`]. Nothing here logs or prints a
+//! secret: the credential types hide them in `Debug`.
 //!
-//! Credentials come from dockerconfigjson secrets ([`DockerConfig`]); the
-//! same credentials are handed to the node's runtime through
-//! [`Credentials::cri_auth`]. Nothing here logs or prints a secret: the
-//! credential types hide them in `Debug`.
+//! Image sizes reach the planner as `image` events, from kubelet's `Pulled`
+//! events live and in recordings alike, so `replay` sees what `run` saw
+//! without asking a registry.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::OciManifest;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
-use tokio::sync::Semaphore;
 
 use crate::dispatch::cri::AuthConfig;
-use crate::event;
 
-/// Errors from registry look-ups and credential files.
+/// Errors from credential files.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The reference does not parse.
-    #[error("bad image reference {image:?}: {message}")]
-    BadReference {
-        /// The reference.
-        image: String,
-        /// Why.
-        message: String,
-    },
-    /// No such repository, tag or digest.
-    #[error("image {image} not found in its registry: {message}")]
-    NotFound {
-        /// The reference.
-        image: String,
-        /// The registry's words.
-        message: String,
-    },
-    /// The registry refused the credentials (or wanted some).
-    #[error("unauthorised for {image}: {message}")]
-    Unauthorized {
-        /// The reference.
-        image: String,
-        /// The registry's words.
-        message: String,
-    },
-    /// HTTP 429 or TOOMANYREQUESTS.
-    #[error("registry rate-limited the look-up of {image}: {message}")]
-    RateLimited {
-        /// The reference.
-        image: String,
-        /// The registry's words.
-        message: String,
-    },
-    /// The registry could not be reached.
-    #[error("registry unreachable for {image}: {message}")]
-    Unreachable {
-        /// The reference.
-        image: String,
-        /// The transport's words.
-        message: String,
-    },
-    /// The image has no manifest for the platform asked for.
-    #[error("image {image} has no manifest for {platform}")]
-    NoPlatform {
-        /// The reference.
-        image: String,
-        /// `os/arch`.
-        platform: String,
-    },
-    /// Anything else the registry said.
-    #[error("registry error for {image}: {message}")]
-    Other {
-        /// The reference.
-        image: String,
-        /// The error.
-        message: String,
-    },
     /// A dockerconfigjson secret is not valid.
     #[error("{source_name}: invalid dockerconfigjson: {message}")]
     BadDockerConfig {
@@ -96,10 +30,9 @@ pub enum Error {
 /// Result with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Installs the ring rustls provider once per process. kube and oci-client
-/// both link rustls; with more than one provider compiled in rustls cannot
-/// choose on its own, so every client builder calls this first. An already
-/// installed provider is fine.
+/// Installs the ring rustls provider once per process: with more than one
+/// provider compiled in, rustls cannot choose on its own, so every client
+/// builder calls this first. An already installed provider is fine.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -131,10 +64,6 @@ impl Credentials {
             password: self.password.clone(),
             ..AuthConfig::default()
         }
-    }
-
-    fn oci_auth(&self) -> RegistryAuth {
-        RegistryAuth::Basic(self.username.clone(), self.password.clone())
     }
 }
 
@@ -241,288 +170,6 @@ fn normalise_host(key: &str) -> String {
     }
 }
 
-// ---------------------------------------------------------------- resolver
-
-/// A node's platform, from its `kubernetes.io/os` and `kubernetes.io/arch` labels.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Platform {
-    /// e.g. `linux`.
-    pub os: String,
-    /// e.g. `amd64`, `arm64`.
-    pub arch: String,
-}
-
-impl Platform {
-    /// `linux/<arch>`.
-    pub fn linux(arch: &str) -> Self {
-        Self {
-            os: "linux".into(),
-            arch: arch.into(),
-        }
-    }
-
-    /// From node labels; missing labels default to linux/amd64.
-    pub fn from_labels(labels: &std::collections::BTreeMap<String, String>) -> Self {
-        Self {
-            os: labels
-                .get("kubernetes.io/os")
-                .cloned()
-                .unwrap_or_else(|| "linux".into()),
-            arch: labels
-                .get("kubernetes.io/arch")
-                .cloned()
-                .unwrap_or_else(|| "amd64".into()),
-        }
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.arch)
-    }
-}
-
-/// What a look-up found.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Resolved {
-    /// The reference asked about.
-    pub image: String,
-    /// Digest the tag points at (the index's, for a multi-arch image).
-    pub digest: String,
-    /// Digest of the platform's own manifest.
-    pub manifest_digest: String,
-    /// Platform resolved for.
-    pub platform: Platform,
-    /// Sum of the compressed layer sizes, in bytes.
-    pub bytes: u64,
-    /// Layers, in order.
-    pub layers: Vec<event::Layer>,
-}
-
-impl Resolved {
-    /// As an `image` event body.
-    pub fn to_event(&self) -> event::Image {
-        event::Image {
-            image: self.image.clone(),
-            bytes: self.bytes,
-            layers: Some(self.layers.clone()),
-        }
-    }
-}
-
-/// How the resolver connects.
-#[derive(Clone, Debug)]
-pub struct ResolverConfig {
-    /// Registries reached over plain HTTP (host:port).
-    pub insecure: Vec<String>,
-    /// How long a look-up is reused.
-    pub ttl: Duration,
-    /// Look-ups in flight per registry host.
-    pub per_registry: usize,
-}
-
-impl Default for ResolverConfig {
-    fn default() -> Self {
-        Self {
-            insecure: Vec::new(),
-            ttl: Duration::from_secs(300),
-            per_registry: 4,
-        }
-    }
-}
-
-type CacheKey = (String, Platform);
-
-/// Resolves references through oci-client with caching and limits.
-pub struct Resolver {
-    client: Client,
-    creds: DockerConfig,
-    cfg: ResolverConfig,
-    cache: Mutex<HashMap<CacheKey, (Instant, Resolved)>>,
-    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-impl Resolver {
-    /// A resolver using `creds` for the registries they name.
-    pub fn new(cfg: ResolverConfig, creds: DockerConfig) -> Self {
-        install_crypto_provider();
-        let protocol = if cfg.insecure.is_empty() {
-            ClientProtocol::Https
-        } else {
-            ClientProtocol::HttpsExcept(cfg.insecure.clone())
-        };
-        let client = Client::new(ClientConfig {
-            protocol,
-            // Index resolution is done here, for the node's platform, not the host's.
-            platform_resolver: None,
-            ..ClientConfig::default()
-        });
-        Self {
-            client,
-            creds,
-            cfg,
-            cache: Mutex::new(HashMap::new()),
-            limits: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The digest, size and layers of `image` for `platform`, from the
-    /// cache when a look-up younger than the TTL exists.
-    pub async fn resolve(&self, image: &str, platform: &Platform) -> Result<Resolved> {
-        let key = (image.to_string(), platform.clone());
-        if let Some((at, r)) = self.lock_cache().get(&key)
-            && at.elapsed() < self.cfg.ttl
-        {
-            return Ok(r.clone());
-        }
-        let reference: Reference =
-            image
-                .parse()
-                .map_err(|e: oci_client::ParseError| Error::BadReference {
-                    image: image.into(),
-                    message: e.to_string(),
-                })?;
-        let host = reference.resolve_registry().to_string();
-        let sem = self
-            .limits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(host)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.cfg.per_registry.max(1))))
-            .clone();
-        let _slot = sem.acquire_owned().await.map_err(|e| Error::Other {
-            image: image.into(),
-            message: e.to_string(),
-        })?;
-        let auth = self
-            .creds
-            .for_image(image)
-            .map(Credentials::oci_auth)
-            .unwrap_or(RegistryAuth::Anonymous);
-        let err = |e| classify(image, e);
-        let (manifest, digest) = self
-            .client
-            .pull_manifest(&reference, &auth)
-            .await
-            .map_err(err)?;
-        let (manifest, manifest_digest) = match manifest {
-            OciManifest::Image(m) => (m, digest.clone()),
-            OciManifest::ImageIndex(index) => {
-                let entry = index
-                    .manifests
-                    .iter()
-                    .find(|m| {
-                        m.platform.as_ref().is_some_and(|p| {
-                            p.os.to_string() == platform.os
-                                && p.architecture.to_string() == platform.arch
-                        })
-                    })
-                    .ok_or_else(|| Error::NoPlatform {
-                        image: image.into(),
-                        platform: platform.to_string(),
-                    })?;
-                let by_digest = reference.clone_with_digest(entry.digest.clone());
-                match self
-                    .client
-                    .pull_manifest(&by_digest, &auth)
-                    .await
-                    .map_err(err)?
-                {
-                    (OciManifest::Image(m), d) => (m, d),
-                    (OciManifest::ImageIndex(_), _) => {
-                        return Err(Error::Other {
-                            image: image.into(),
-                            message: "index entry points at another index".into(),
-                        });
-                    }
-                }
-            }
-        };
-        let layers: Vec<event::Layer> = manifest
-            .layers
-            .iter()
-            .map(|l| event::Layer {
-                digest: l.digest.clone(),
-                bytes: l.size.max(0) as u64,
-            })
-            .collect();
-        let resolved = Resolved {
-            image: image.to_string(),
-            digest,
-            manifest_digest,
-            platform: platform.clone(),
-            bytes: layers.iter().map(|l| l.bytes).sum(),
-            layers,
-        };
-        self.lock_cache()
-            .insert(key, (Instant::now(), resolved.clone()));
-        Ok(resolved)
-    }
-
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, (Instant, Resolved)>> {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn classify(image: &str, e: OciDistributionError) -> Error {
-    let image = image.to_string();
-    let message = e.to_string();
-    match &e {
-        OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound { image, message },
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => Error::Unauthorized { image, message },
-        OciDistributionError::ServerError { code: 429, .. } => {
-            Error::RateLimited { image, message }
-        }
-        OciDistributionError::ServerError {
-            code: 401 | 403, ..
-        } => Error::Unauthorized { image, message },
-        OciDistributionError::ServerError { code: 404, .. } => Error::NotFound { image, message },
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|x| &x.code).collect();
-            if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::BlobUnknown
-                )
-            }) {
-                Error::NotFound { image, message }
-            } else if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                Error::Unauthorized { image, message }
-            } else if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
-            {
-                Error::RateLimited { image, message }
-            } else {
-                Error::Other { image, message }
-            }
-        }
-        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
-            Error::Unreachable {
-                image,
-                message: format!("{message}: {}", source_chain(r)),
-            }
-        }
-        _ => Error::Other { image, message },
-    }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,12 +219,5 @@ mod tests {
             c.for_image("r.io/x").unwrap().cri_auth()
         );
         assert!(!dbg.contains("alice") && !dbg.contains("hunter2"), "{dbg}");
-    }
-
-    #[test]
-    fn platform_from_node_labels() {
-        let labels = [("kubernetes.io/arch".to_string(), "arm64".to_string())].into();
-        assert_eq!(Platform::from_labels(&labels), Platform::linux("arm64"));
-        assert_eq!(Platform::linux("amd64").to_string(), "linux/amd64");
     }
 }

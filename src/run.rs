@@ -14,27 +14,22 @@
 //! retrying forever: a controller that never becomes ready is harder to
 //! diagnose than one that exits.
 
-use std::path::Path;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::bus::Subscription;
 use crate::bus::kafka::{KafkaConfig, KafkaSubscription, LagProbe};
 use crate::bus::memory::InProcessBus;
+use crate::bus::{Pending, Subscription};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, PolicyName, RunArgs};
+use crate::config::{Config, PolicyArgs, RunArgs};
 use crate::controller::{Controller, Options, Summary, TimeSource};
 use crate::decisions::DecisionLog;
 use crate::event::{Event, EventReader};
-use crate::forecast::model::Model;
-use crate::forecast::planner::{Planner, PlannerConfig};
-use crate::forecast::rules::RulesPolicy;
 use crate::lease::{Elector, LeaseConfig};
 use crate::metrics::{Health, LeaseStatus, Metrics, Server};
-use crate::nominated::NominatedPolicy;
-use crate::policy::{NonePolicy, PopularPolicy, StaticPolicy};
 use crate::watch::Readiness;
 
 /// What can stop `pullahead run`.
@@ -72,11 +67,11 @@ pub enum Error {
     /// The decision file could not be opened.
     #[error(transparent)]
     Decisions(#[from] crate::decisions::Error),
+    /// The policy settings are unusable (a model or list file names itself).
+    #[error(transparent)]
+    Settings(#[from] crate::plan::settings::Error),
     // The messages below embed their cause, so it is not also a `source`
     // (that would print it twice in `{:#}` chains).
-    /// The `--model` file is unusable (its message names the file).
-    #[error("--policy predictive cannot use its --model: {0}")]
-    Model(crate::forecast::Error),
     /// The event bus between the watchers and the planner could not be made.
     #[error("creating the event bus: {0}")]
     Bus(crate::bus::Error),
@@ -159,15 +154,37 @@ async fn refresh_lag(probe: &LagProbe, config: &KafkaConfig, metrics: &Metrics) 
     }
 }
 
-/// Hands the topic's events to the controller until `stop`, storing each
-/// offset once its event is in the controller's queue; commits at the end
-/// so that a restart resumes right after the last event handed over.
+/// Acknowledges the pending deliveries among the first `applied` events
+/// handed over (`pending` holds each with its number, oldest first).
+fn ack_applied(
+    pending: &mut VecDeque<(u64, Pending)>,
+    applied: u64,
+    config: &KafkaConfig,
+    metrics: &Metrics,
+) {
+    let upto = pending.partition_point(|(n, _)| *n <= applied);
+    if upto == 0 {
+        return;
+    }
+    if let Err(e) = Pending::ack_all(pending.drain(..upto).map(|(_, p)| p)) {
+        metrics.kafka_errors.inc();
+        tracing::warn!(brokers = %config.brokers, topic = %config.topic, error = %e, "kafka: storing offsets failed");
+    }
+}
+
+/// Hands the topic's events to the controller until `stop`, and stores the
+/// offsets of those it has applied, as `applied` (the controller's count of
+/// events applied) passes them: an event lost between the queue and the
+/// planner, by a crash, is read again after a restart. The background
+/// auto-commit makes the stored offsets durable in batches; a last commit
+/// at the end makes a restart resume right after the last event applied.
 /// Receive errors are logged, counted and retried, never fatal: librdkafka
 /// reconnects by itself.
 async fn consume_kafka(
     mut sub: KafkaSubscription,
     config: KafkaConfig,
     tx: mpsc::Sender<Event>,
+    mut applied: watch::Receiver<u64>,
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -187,10 +204,26 @@ async fn consume_kafka(
             }
         })
     };
+    // Deliveries handed over and not yet applied, with their numbers. The
+    // controller's queue bounds them: at most its capacity, plus the batch
+    // it is applying.
+    let mut pending: VecDeque<(u64, Pending)> = VecDeque::new();
+    let mut handed = 0u64;
+    let mut applied_open = true;
     loop {
         let got = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
+            changed = applied.changed(), if applied_open => {
+                match changed {
+                    Ok(()) => {
+                        let n = *applied.borrow_and_update();
+                        ack_applied(&mut pending, n, &config, &metrics);
+                    }
+                    Err(_) => applied_open = false,
+                }
+                continue;
+            }
             got = sub.next() => got,
         };
         match got {
@@ -215,24 +248,41 @@ async fn consume_kafka(
                 }
             }
             Some(Ok(delivery)) => {
+                let (event, ack) = delivery.split();
                 // Unlike the watchers' bus, a topic keeps what is not read
                 // yet, so a full queue waits here instead of dropping.
                 let sent = tokio::select! {
                     biased;
                     _ = stop.wait_for(|s| *s) => break,
-                    sent = tx.send(delivery.event.clone()) => sent,
+                    sent = tx.send(event) => sent,
                 };
                 if sent.is_err() {
                     // The controller is gone; this event stays unacked and
                     // comes again after a restart.
                     break;
                 }
-                if let Err(e) = delivery.ack() {
-                    metrics.kafka_errors.inc();
-                    tracing::warn!(brokers = %config.brokers, topic = %config.topic, error = %e, "kafka: storing an offset failed");
-                }
+                handed += 1;
+                pending.push_back((handed, ack));
             }
         }
+    }
+    // Let the controller finish what it has: it drops its end of `applied`
+    // when it stops, and what it applied until then is acknowledged.
+    drop(tx);
+    let settle = async {
+        while applied_open {
+            if applied.changed().await.is_err() {
+                applied_open = false;
+            }
+            let n = *applied.borrow_and_update();
+            ack_applied(&mut pending, n, &config, &metrics);
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), settle)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the controller took over 10 s to stop; its last events will be read again");
     }
     let _ = lag_task.await;
     // The background auto-commit may be up to a second behind: make the
@@ -256,50 +306,38 @@ async fn consume_kafka(
 /// The result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The planner named in the configuration. `model` is the predictive
-/// planner's model file (`None`: the built-in one); a file that cannot be
-/// read or fails its checks is an error naming the file and the problem.
-pub fn policy(name: PolicyName, model: Option<&Path>) -> Result<Box<dyn crate::policy::Policy>> {
-    Ok(match name {
-        PolicyName::Nominated => Box::new(NominatedPolicy::new()),
-        PolicyName::Popular => Box::new(PopularPolicy::new(10)),
-        PolicyName::Static => Box::new(StaticPolicy::from_workloads()),
-        PolicyName::Rules => Box::new(RulesPolicy::new(crate::forecast::rules::DEFAULT_SHARE)),
-        PolicyName::None => Box::new(NonePolicy),
-        PolicyName::Predictive => {
-            let model = match model {
-                Some(path) => {
-                    let m = load_model(path)?;
-                    tracing::info!(model = %path.display(), "predictive planner: model loaded");
-                    m
-                }
-                None => match Model::from_json(crate::replay::DEFAULT_MODEL) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // The built-in model is checked by tests; should it
-                        // ever be bad, fall back to the always-safe nominated
-                        // policy rather than refuse to start.
-                        tracing::error!(error = %e, "built-in model unusable; using the nominated policy");
-                        return Ok(Box::new(NominatedPolicy::new()));
-                    }
-                },
-            };
-            Box::new(Planner::new(model, PlannerConfig::default()))
-        }
-    })
+/// The policy the configuration names, built by the one factory
+/// ([`crate::plan::settings::build`]) with its settings. A model or image
+/// list that cannot be read is an error naming the file.
+pub fn policy(cfg: &Config) -> Result<Box<dyn crate::policy::Policy>> {
+    let settings = cfg.settings.resolve(&PolicyArgs::default())?;
+    if let Some(path) = &settings.model_path {
+        tracing::info!(model = %path.display(), "predictive planner: model loaded");
+    }
+    Ok(crate::plan::settings::build(cfg.policy, &settings))
 }
 
-/// Reads and checks a `--model` file.
-pub fn load_model(path: &Path) -> Result<Model> {
-    Model::load(path).map_err(Error::Model)
+/// The environment variable of a test-only fault: `pullahead run` aborts
+/// on receiving that event (1-based), before applying it, as a crash
+/// between a consume and its apply would. Tests of at-least-once delivery
+/// set it; nothing else should.
+pub const FAULT_ABORT_ENV: &str = "PULLAHEAD_FAULT_ABORT_BEFORE_EVENT";
+
+fn fault_abort_before_event() -> Option<u64> {
+    let n = std::env::var(FAULT_ABORT_ENV).ok()?.parse().ok()?;
+    tracing::warn!(
+        event = n,
+        "{FAULT_ABORT_ENV} is set: run aborts on that event"
+    );
+    Some(n)
 }
 
 /// Connects to the cluster named by the environment (KUBECONFIG, then the
 /// in-cluster service account) and checks that it answers.
 pub async fn connect(timeout: Duration) -> Result<kube::Client> {
-    // kube brings rustls with ring, oci-client may bring aws-lc: with two
-    // providers compiled in, rustls cannot pick one, so pick it here before
-    // any client exists. An error means one is installed already.
+    // Should more than one rustls provider be compiled in, rustls cannot
+    // pick one: pick it here before any client exists. An error means one
+    // is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = kube::Config::infer()
         .await
@@ -360,9 +398,7 @@ pub async fn main(args: RunArgs) -> Result<()> {
     let cfg = Config::resolve(&args)?;
     // A bad model is a configuration error: refuse it before waiting on a
     // cluster, not after.
-    if let Some(path) = &cfg.model {
-        load_model(path)?;
-    }
+    policy(&cfg)?;
     let shutdown = shutdown_on_signals();
     // A dry run over a recording needs no cluster at all.
     let client = if cfg.dry_run && (cfg.events.is_some() || cfg.kafka.is_some()) {
@@ -392,7 +428,7 @@ pub async fn run_with(
     health: Arc<Health>,
 ) -> Result<Summary> {
     // First, so a bad model fails before anything is started.
-    let planner = policy(cfg.policy, cfg.model.as_deref())?;
+    let planner = policy(&cfg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // One internal stop signal: set by the outside shutdown, or by us when
     // the loop ends on its own (end of an event file).
@@ -450,7 +486,9 @@ pub async fn run_with(
 
     // The event source.
     let mut watchers = None;
+    let mut reports = None;
     let mut kafka_task = None;
+    let mut applied = None;
     let source_error: Arc<std::sync::Mutex<Option<crate::event::Error>>> = Arc::default();
     let (time, events) = match (events, &cfg.events) {
         (Some(rx), _) => (TimeSource::Live(clock.clone()), rx),
@@ -507,10 +545,13 @@ pub async fn run_with(
             let timeout = Duration::from_secs_f64(cfg.connect_timeout);
             let sub = connect_kafka(&kcfg, timeout, &metrics).await?;
             let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+            let (applied_tx, applied_rx) = watch::channel(0);
+            applied = Some(applied_tx);
             kafka_task = Some(tokio::spawn(consume_kafka(
                 sub,
                 kcfg,
                 tx,
+                applied_rx,
                 metrics.clone(),
                 stop.clone(),
             )));
@@ -545,6 +586,15 @@ pub async fn run_with(
                     }
                 });
             }
+            // What the agents report, for the waste and lead-time metrics.
+            let (report_tx, report_rx) = mpsc::channel(cfg.queue_capacity);
+            tokio::spawn(crate::dispatch::report::watch_reports(
+                client.clone(),
+                report_tx,
+                metrics.clone(),
+                stop.clone(),
+            ));
+            reports = Some(report_rx);
             let watch_clock = clock.clone();
             let mut watch_stop = stop.clone();
             // The task owns the bus: when it ends, the controller's queue
@@ -577,7 +627,7 @@ pub async fn run_with(
         .as_deref()
         .map(DecisionLog::open)
         .transpose()?;
-    let controller = Controller::new(
+    let mut controller = Controller::new(
         Options {
             dry_run: cfg.dry_run,
             max_images_per_node: cfg.max_images_per_node,
@@ -590,7 +640,14 @@ pub async fn run_with(
         metrics,
         client,
         decisions,
-    );
+    )
+    .abort_before_event(fault_abort_before_event());
+    if let Some(applied) = applied {
+        controller = controller.report_applied(applied);
+    }
+    if let Some(rx) = reports {
+        controller = controller.with_reports(rx);
+    }
     let result = controller.run(events, leader_rx, stop.clone()).await;
 
     // The loop ended (signal or end of input): stop the rest and give the

@@ -6,9 +6,13 @@
 //!   had to pull an image we had ordered onto that node (our pull had not
 //!   landed yet), `miss` when it pulled an image we never ordered there.
 //! - `pullahead_wasted_bytes_total` when a node leaves: ordered images that
-//!   no pod scheduled there used.
+//!   no pod scheduled there used. Sizes come from `image` events and, in a
+//!   live cluster (which has none), from the agents' `NodePrefetch` status
+//!   ([`Scorecard::reported`]).
+//! - `pullahead_prefetch_lead_time_seconds`: from an image first reported
+//!   present on a node to the first pod using it being bound there.
 //! - `pullahead_forecast_brier_score` over the last [`BRIER_WINDOW`] resolved
-//!   orders that carried a probability.
+//!   orders that carried a probability; NaN until one has resolved.
 //!
 //! Memory is bounded by the live nodes' plans plus one size per image.
 
@@ -30,6 +34,8 @@ struct NodeOutcome {
     /// Image → the forecast probability it was ordered with.
     ordered: HashMap<String, Option<f64>>,
     used: HashSet<String>,
+    /// Image → when it was first reported present, until a pod uses it.
+    landed: HashMap<String, f64>,
 }
 
 /// Folds events into outcome metrics.
@@ -64,6 +70,25 @@ impl Scorecard {
             .or_insert(order.probability);
     }
 
+    /// Takes what `node`'s agent reports present (image, bytes) at `now`:
+    /// the sizes for the waste, the landing times for the lead time.
+    pub fn reported(&mut self, node: &str, present: &[(String, u64)], now: f64) {
+        for (image, bytes) in present {
+            if self.sizes.len() < MAX_SIZES || self.sizes.contains_key(image) {
+                self.sizes.insert(image.clone(), *bytes);
+            }
+        }
+        // Only nodes we ordered onto: memory stays bounded by the plans.
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        for (image, _) in present {
+            if n.ordered.contains_key(image) && !n.used.contains(image) {
+                n.landed.entry(image.clone()).or_insert(now);
+            }
+        }
+    }
+
     /// Takes one event.
     pub fn observe(&mut self, event: &Event) {
         match &event.body {
@@ -72,6 +97,14 @@ impl Scorecard {
             }
             Body::Pod(p) if p.phase == PodPhase::Scheduled => {
                 if let Some(n) = p.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
+                    for image in &p.images {
+                        // A pod bound before the image landed has no lead.
+                        if let Some(at) = n.landed.remove(image) {
+                            self.metrics
+                                .prefetch_lead_time
+                                .observe((event.ts - at).max(0.0));
+                        }
+                    }
                     n.used.extend(p.images.iter().cloned());
                 }
             }
@@ -142,6 +175,65 @@ mod tests {
         }
     }
 
+    fn scheduled(ts: f64, node: &str, images: &[&str]) -> Event {
+        Event::new(
+            ts,
+            Pod {
+                pod: "ns/p".into(),
+                workload: None,
+                images: images.iter().map(|s| s.to_string()).collect(),
+                phase: PodPhase::Scheduled,
+                node: Some(node.into()),
+                node_claim: None,
+            },
+        )
+    }
+
+    fn deleted(ts: f64, node: &str) -> Event {
+        Event::new(
+            ts,
+            Node {
+                node: node.into(),
+                phase: NodePhase::Deleted,
+                pool: None,
+                labels: Default::default(),
+                taints: None,
+                images: None,
+            },
+        )
+    }
+
+    /// A live cluster has no `image` events: the sizes the agents report
+    /// make an unused prefetch count as waste, and landing times give the
+    /// lead time. The Brier score is NaN until a probability resolves.
+    #[test]
+    fn agent_reports_give_waste_and_lead_time() {
+        let m = Metrics::new().unwrap();
+        assert!(m.forecast_brier_score.get().is_nan());
+        let mut s = Scorecard::new(m.clone());
+        let nominated = |image: &str| PullOrder {
+            probability: None,
+            reason: Reason::Nominated,
+            ..order(image, 0.0)
+        };
+        s.ordered("n1", &nominated("used:1"));
+        s.ordered("n1", &nominated("unused:1"));
+        s.reported(
+            "n1",
+            &[("used:1".into(), 700), ("unused:1".into(), 300)],
+            10.0,
+        );
+        s.observe(&scheduled(14.5, "n1", &["used:1"]));
+        assert_eq!(m.prefetch_lead_time.get_sample_count(), 1);
+        assert!((m.prefetch_lead_time.get_sample_sum() - 4.5).abs() < 1e-9);
+        s.observe(&deleted(20.0, "n1"));
+        assert_eq!(m.wasted_bytes.get(), 300);
+        assert!(
+            m.forecast_brier_score.get().is_nan(),
+            "no order carried a probability"
+        );
+    }
+
     #[test]
     fn waste_brier_and_lookups_follow_outcomes() {
         let m = Metrics::new().unwrap();
@@ -204,6 +296,7 @@ mod tests {
         ));
         // b:1 was never used: 40 bytes wasted.
         assert_eq!(m.wasted_bytes.get(), 40);
+        assert!(m.forecast_brier_score.get().is_finite());
         // ((0.9-1)^2 + (0.2-0)^2) / 2 = 0.025
         assert!((m.forecast_brier_score.get() - 0.025).abs() < 1e-12);
     }

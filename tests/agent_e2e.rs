@@ -110,12 +110,12 @@ async fn agent_binary_pulls_its_nodeprefetch_reports_status_and_releases_the_tai
             "n1",
             "--parallel",
             "2",
-            "--attempts",
-            "1",
             "--status-interval",
             "1s",
-            "--release-taint",
+            "--startup-taint",
             "pullahead.io/prefetching",
+            "--metrics-addr",
+            "127.0.0.1:0",
             "--cri-socket",
         ])
         .arg(&ctrd.socket)
@@ -157,6 +157,12 @@ async fn agent_binary_pulls_its_nodeprefetch_reports_status_and_releases_the_tai
     let _ = agent.wait();
 
     assert_eq!(final_status["wanted"], json!(4));
+    // No write before the spec was read: not even the first says wanted 0.
+    for (m, p, body) in &seen {
+        if m == "PATCH" && p.contains("/status") {
+            assert_eq!(body["status"]["wanted"], json!(4), "{body}");
+        }
+    }
     let missing_status = final_status["images"]
         .as_array()
         .unwrap()

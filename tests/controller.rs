@@ -11,11 +11,12 @@ use std::time::Duration;
 use common::fake_api::{FakeApi, lease_json, micro_now};
 use pullahead::config::{Config, RunArgs};
 use pullahead::controller::Summary;
-use pullahead::event::{ClaimPhase, Event, NodeClaim, Pod, PodPhase};
+use pullahead::event::{ClaimPhase, Event, Node, NodeClaim, NodePhase, Pod, PodPhase};
 use pullahead::metrics::{Health, Metrics};
 use tokio::sync::{mpsc, watch};
 
 const LEASE: &str = "pullahead-controller";
+const NODE: &str = "ip-10-0-12-34.ec2.internal";
 
 fn config(dry_run: bool, decisions: Option<std::path::PathBuf>) -> Config {
     Config::resolve(&RunArgs {
@@ -384,10 +385,26 @@ async fn dry_run_records_decisions_and_makes_no_write_calls() {
     }
 }
 
+fn node_event(node: &str, phase: NodePhase) -> Event {
+    Event::new(
+        101.0,
+        Node {
+            node: node.into(),
+            phase,
+            pool: Some("default".into()),
+            labels: Default::default(),
+            taints: None,
+            images: None,
+        },
+    )
+}
+
+/// Claim before Node: the NodeClaim names its node before the API shows
+/// the Node. The plan is kept (not dropped) and written once the Node
+/// appears.
 #[tokio::test]
-async fn a_plan_for_a_vanished_node_is_dropped_without_writing() {
+async fn a_plan_whose_node_is_not_visible_yet_is_kept_until_it_appears() {
     let api = FakeApi::new();
-    // No Node object: the claim's node vanished before the write.
     let run = start(&api, config(false, None));
     wait_until("the Lease", Duration::from_secs(5), || {
         api.lease_holder(LEASE).is_some()
@@ -396,14 +413,67 @@ async fn a_plan_for_a_vanished_node_is_dropped_without_writing() {
     for e in scale_up_events() {
         run.events.send(e).await.unwrap();
     }
-    wait_until("the node lookup", Duration::from_secs(5), || {
+    wait_until("the failed node lookup", Duration::from_secs(5), || {
         run.metrics
             .nodeprefetch_writes
-            .with_label_values(&["node-gone"])
+            .with_label_values(&["node-pending"])
             .get()
-            == 1
+            >= 1
     })
     .await;
+    assert!(api.prefetch_writes().is_empty());
+    assert_eq!(run.metrics.plans_awaiting_node.get(), 1);
+    // The Node becomes visible, and its watch event arrives.
+    api.add_node(NODE, "9b2f6c1e-58d3-4b8a-a1f0-3c5e7d9f1a2b");
+    run.events
+        .send(node_event(NODE, NodePhase::Registered))
+        .await
+        .unwrap();
+    wait_until("the write", Duration::from_secs(5), || {
+        !api.prefetch_writes().is_empty()
+    })
+    .await;
+    let writes = api.prefetch_writes();
+    assert_eq!(images_of(&writes[0]).len(), 3, "nothing was lost");
+    assert_eq!(run.metrics.plans_awaiting_node.get(), 0);
+    run.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A kept plan goes when its claim is deleted before the Node ever showed.
+#[tokio::test]
+async fn a_kept_plan_is_dropped_when_its_claim_is_deleted() {
+    let api = FakeApi::new();
+    let run = start(&api, config(false, None));
+    wait_until("the Lease", Duration::from_secs(5), || {
+        api.lease_holder(LEASE).is_some()
+    })
+    .await;
+    for e in scale_up_events() {
+        run.events.send(e).await.unwrap();
+    }
+    wait_until("the kept plan", Duration::from_secs(5), || {
+        run.metrics.plans_awaiting_node.get() == 1
+    })
+    .await;
+    run.events
+        .send(claim("default-x7k2p", ClaimPhase::Deleted, None))
+        .await
+        .unwrap();
+    wait_until("the plan dropped", Duration::from_secs(5), || {
+        run.metrics.plans_awaiting_node.get() == 0
+    })
+    .await;
+    // The Node showing up later writes nothing: the plan is gone.
+    api.add_node(NODE, "9b2f6c1e-58d3-4b8a-a1f0-3c5e7d9f1a2b");
+    run.events
+        .send(node_event(NODE, NodePhase::Registered))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(api.prefetch_writes().is_empty());
     run.stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), run.task)

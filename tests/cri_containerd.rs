@@ -17,7 +17,8 @@ use support::{Containerd, Registry, SlowProxy};
 fn opts(parallel: usize) -> Options {
     Options {
         parallel,
-        max_attempts: 3,
+        max_attempts: Some(3),
+        retry_for: Duration::from_secs(600),
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_millis(400),
         runtime_wait: Duration::from_millis(30_000),

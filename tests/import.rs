@@ -237,7 +237,7 @@ fn kube_watch_list_and_bare_objects() {
 
 #[test]
 fn kube_watch_bad_files_name_the_line() {
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 6] = [
         (
             "{\"type\": \"ADDED\",\n \"object\": {\"apiVersion\": \"v1\",\n \"kind\": \"Pod\" \n",
             "w.json:4:",
@@ -251,13 +251,19 @@ fn kube_watch_bad_files_name_the_line() {
             "w.json:3:",
         ),
         ("[1, 2]", "w.json:1:"),
-        ("   ", "w.json:1:"),
+        ("   ", "w.json: no JSON values"),
+        // Bad JSON: its line and column in the file, and what was expected.
+        (
+            "{\"type\": \"BOOKMARK\", \"object\": {}}\n{\"type\": x}",
+            "w.json:2:10: expected value",
+        ),
     ];
     for (text, prefix) in cases {
         let err = convert(Format::KubeWatch, text.as_bytes(), "w.json")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with(prefix), "{text:?}: {err}");
+        assert!(!err.contains(" at line "), "the position once: {err}");
     }
     // A nameless Node is the normaliser's error, with the object's line.
     let err = convert(

@@ -228,6 +228,35 @@ fn nominated_event_to_nodeclaim_and_node() {
     assert!(apply(&mut n, 4.0, late).is_empty());
 }
 
+/// Watch streams race: the `Nominated` event can come before the pod it
+/// names. The nomination carries no images then; once the pod is seen it
+/// is passed on again with them, so its images are still ordered.
+#[test]
+fn a_nomination_before_its_pod_is_passed_on_again_with_the_images() {
+    let mut n = Normalizer::new();
+    let ev = kube_event(
+        "web-7c9f8d6b5-x2k4p.17be0a1f",
+        "Nominated",
+        "Pod should schedule on: nodeclaim/default-8wq2n",
+        pod_ref(),
+        1,
+    );
+    let evs = apply(&mut n, 1.0, ev);
+    let Body::Pod(p) = &evs[0].body else { panic!() };
+    assert!(p.images.is_empty());
+    let evs = apply(&mut n, 2.0, pod(None, false));
+    assert_eq!(
+        pod_phases(&evs),
+        vec![(PodPhase::Nominated, None, Some("default-8wq2n".into()))]
+    );
+    let Body::Pod(p) = &evs[0].body else { panic!() };
+    assert_eq!(p.images.len(), 3, "{:?}", p.images);
+    assert!(
+        apply(&mut n, 3.0, pod(None, false)).is_empty(),
+        "an unchanged pod is silent"
+    );
+}
+
 fn scale_ups(evs: &[Event]) -> Vec<(String, u32, u32, Option<Vec<String>>)> {
     evs.iter()
         .filter_map(|e| match &e.body {

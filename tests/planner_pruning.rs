@@ -5,34 +5,37 @@
 //! probabilities: this replays every bundled trace and a generated one
 //! through both and compares.
 
-use pullahead::clock::SimClock;
 use pullahead::event::{Event, EventReader};
+use pullahead::forecast::model::DEFAULT_MODEL;
 use pullahead::forecast::model::Model;
 use pullahead::forecast::planner::{Planner, PlannerConfig};
-use pullahead::policy::{Policy, PullOrder};
-use pullahead::replay::DEFAULT_MODEL;
+use pullahead::plan::{Driver, Sink, TimeSource};
+use pullahead::policy::PullOrder;
 
 mod traces;
 
-/// Every order `planner` makes over `events`, with ticks on the planner's
-/// grid between events, as a replay drives it.
-fn orders(mut planner: Planner, events: &[Event]) -> Vec<(u64, PullOrder)> {
-    let clock = SimClock::new(0.0);
-    let step = planner.tick_interval().unwrap();
-    let mut next_tick = events.first().map_or(0.0, |e| e.ts);
-    let mut out = Vec::new();
-    let mut all = Vec::new();
-    for e in events {
-        while next_tick <= e.ts {
-            clock.set(next_tick);
-            planner.on_tick(&clock, &mut out);
-            next_tick += step;
-        }
-        clock.set(e.ts);
-        planner.on_event(e, &clock, &mut out);
-        all.extend(out.drain(..).map(|o| (e.ts.to_bits(), o)));
+/// Every order a driver passes on, with its time.
+#[derive(Default)]
+struct Collect(Vec<(u64, PullOrder)>);
+
+impl Sink for Collect {
+    type Error = std::convert::Infallible;
+
+    fn ordered(&mut self, ts: f64, _: &str, order: &PullOrder) -> Result<(), Self::Error> {
+        self.0.push((ts.to_bits(), order.clone()));
+        Ok(())
     }
-    all
+}
+
+/// Every order `planner` makes over `events`, driven as `replay` and
+/// `run --events` drive it: ticks on the same grid, between events.
+fn orders(planner: Planner, events: &[Event]) -> Vec<(u64, PullOrder)> {
+    let mut driver = Driver::new(Box::new(planner), TimeSource::EventTime, usize::MAX);
+    let mut out = Collect::default();
+    for e in events {
+        let Ok(()) = driver.feed(e, &mut out);
+    }
+    out.0
 }
 
 /// Checks both planners agree over `events` under `model`; returns how

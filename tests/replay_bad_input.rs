@@ -32,7 +32,7 @@ fn expect(contents: &[u8], needle: &str) {
 fn truncated_line() {
     expect(
         format!("{GOOD}\n{{\"ts\":2,\"type\":\"po").as_bytes(),
-        "bad.jsonl:2: malformed event",
+        "bad.jsonl:2:18: malformed event: EOF while parsing a string",
     );
 }
 
@@ -40,7 +40,7 @@ fn truncated_line() {
 fn wrong_field_type() {
     expect(
         format!("{GOOD}\n{{\"ts\":2,\"type\":\"pull\",\"node\":\"n\",\"image\":\"i\",\"cached\":\"yes\"}}\n").as_bytes(),
-        "bad.jsonl:2: malformed event: invalid type",
+        "bad.jsonl:2:59: malformed event: invalid type: string \"yes\", expected a boolean",
     );
 }
 
@@ -113,7 +113,7 @@ fn the_first_bad_line_is_named_even_when_a_later_binding_is_bad_too() {
     let binding = r#"{"ts":3,"type":"pod","pod":"a/p","images":7,"phase":"scheduled","node":"n"}"#;
     expect(
         format!("{GOOD}\n{workload}\n{binding}\n").as_bytes(),
-        "bad.jsonl:2: malformed event",
+        "bad.jsonl:2:73: malformed event",
     );
     // And time going backwards between two lines the scan skips comes
     // before a bad binding later on.

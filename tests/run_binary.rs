@@ -300,7 +300,7 @@ fn a_bad_model_is_refused_at_start_naming_file_and_problem() {
             wrong_version.to_string(),
             "unsupported model version 2",
         ),
-        ("nan.json", nan, "expected value at line 1"),
+        ("nan.json", nan, "nan.json:1:"),
         (
             "missing.json",
             missing.to_string(),

@@ -264,3 +264,149 @@ fn events_and_a_topic_exclude_each_other() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("give one event source"), "{err}");
 }
+
+/// A GET of `path` on 127.0.0.1:`port`; `None` while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `pullahead run` on the topic, as a child process.
+fn run_child(
+    brokers: &str,
+    decisions: &Path,
+    port: u16,
+    abort_at: Option<u64>,
+) -> std::process::Child {
+    let mut c = Command::new(BIN);
+    c.args([
+        "run",
+        "--dry-run",
+        "--kafka-topic",
+        "events",
+        "--kafka-group",
+        "kill-test",
+    ])
+    .args(["--kafka-brokers", brokers])
+    .arg("--decisions")
+    .arg(decisions)
+    .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+    .env_remove("PULLAHEAD_CONFIG")
+    .env_remove("KUBECONFIG")
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    match abort_at {
+        Some(n) => c.env(pullahead::run::FAULT_ABORT_ENV, n.to_string()),
+        None => c.env_remove(pullahead::run::FAULT_ABORT_ENV),
+    };
+    c.spawn().unwrap()
+}
+
+/// At least once, for real: a `run` process dies (SIGABRT) with events
+/// taken from the topic but not applied, after Kafka's auto-commit had its
+/// chance; the restarted process applies every event the first did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_between_consume_and_apply_loses_no_event() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = data(TRACE);
+    let events = file_events(&path);
+    let total = events.len() as u64;
+    let abort_at = total / 2;
+
+    // What a dry run over the file decides.
+    let from_file = dir.path().join("file.jsonl");
+    let cfg = Config::resolve(&RunArgs {
+        events: Some(path.clone()),
+        ..base_args(&from_file)
+    })
+    .unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    run_with(
+        cfg,
+        None,
+        None,
+        shutdown,
+        Metrics::new().unwrap(),
+        Health::new(),
+    )
+    .await
+    .unwrap();
+    let want = decisions(&from_file);
+    assert!(!want.is_empty());
+
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("events", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let bus = KafkaBus::new(KafkaConfig::new(brokers.clone(), "events")).unwrap();
+    bus.publish_all(&events).await.unwrap();
+
+    // The first run takes the topic's events and dies before applying one.
+    let first = dir.path().join("first.jsonl");
+    let mut child = run_child(&brokers, &first, free_port(), Some(abort_at));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("the faulty run did not abort within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.signal(), Some(6), "killed by SIGABRT: {status:?}");
+
+    // The restart applies at least everything from the event it died on.
+    let second = dir.path().join("second.jsonl");
+    let port = free_port();
+    let mut child = run_child(&brokers, &second, port, None);
+    let need = total - (abort_at - 1);
+    let start = Instant::now();
+    let handled = loop {
+        let text = http_get(port, "/metrics").unwrap_or_default();
+        let n = events_handled(&text);
+        if n >= need && text.contains("pullahead_kafka_consumer_lag{partition=\"0\"} 0") {
+            break n;
+        }
+        if start.elapsed() > Duration::from_secs(40) {
+            child.kill().unwrap();
+            panic!("the restart handled {n} events, not the {need} left:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no exit on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(handled <= total, "read past the topic: {handled}");
+    // The restart's decisions are the file's, from where it resumed to the end.
+    let got = decisions(&second);
+    assert!(!got.is_empty(), "the restart decided nothing");
+    assert_eq!(got[..], want[want.len() - got.len()..]);
+}

@@ -23,10 +23,13 @@ fn tune_writes_a_loadable_model_and_scores_the_held_back_part() {
     w.flush().unwrap();
     drop(w);
     let model = dir.path().join("m.json");
+    let page = dir.path().join("tune.html");
     let out = Command::new(env!("CARGO_BIN_EXE_pullahead"))
         .args(["tune", "--json", "--train-fraction", "0.6", "--out"])
         .arg(&model)
         .arg(&trace)
+        .arg("--report")
+        .arg(&page)
         .output()
         .unwrap();
     assert!(
@@ -34,6 +37,12 @@ fn tune_writes_a_loadable_model_and_scores_the_held_back_part() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The page: the threshold search, then the held-back part's charts.
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("Threshold search on the training part"));
+    assert!(html.contains("<td>chosen</td>"));
+    assert!(html.contains("held back: after t="));
+    assert_eq!(html.matches("<svg").count(), 4, "one trace, four charts");
     let m = Model::load(&model).unwrap();
     assert!(m.provenance.rows > 0);
     assert!(m.provenance.command.contains("tune"));
@@ -174,4 +183,27 @@ fn a_bad_model_file_is_refused_by_replay() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("missing feature \"scale_up\""), "{stderr}");
     assert!(stderr.contains("bad.json"), "{stderr}");
+}
+
+#[test]
+fn a_model_file_that_is_not_json_names_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("broken.json");
+    std::fs::write(&model, "{\"version\": 1,\n  \"features\": [nominated]\n}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pullahead"))
+        .args(["replay", "--policy", "predictive", "--model"])
+        .arg(&model)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/replay-data/ca-small.jsonl"
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("broken.json:2:17: expected ident"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" at line "), "the position once: {stderr}");
 }

@@ -20,6 +20,7 @@
 //! - **Configuration.** Any librdkafka property can be passed as
 //!   `-X key=value`; it overrides the defaults set here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -514,6 +515,23 @@ impl std::fmt::Debug for Ack {
 }
 
 impl Ack {
+    /// Stores, for each partition, the offset after the furthest of `acks`.
+    pub(super) fn store_all(acks: impl Iterator<Item = Ack>) -> Result<()> {
+        let mut furthest: HashMap<i32, Ack> = HashMap::new();
+        for a in acks {
+            match furthest.get(&a.partition) {
+                Some(f) if f.offset >= a.offset => {}
+                _ => {
+                    furthest.insert(a.partition, a);
+                }
+            }
+        }
+        for a in furthest.into_values() {
+            a.store()?;
+        }
+        Ok(())
+    }
+
     pub(super) fn store(self) -> Result<()> {
         // librdkafka stores offset + 1: the next message to read.
         self.consumer

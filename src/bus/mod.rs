@@ -124,6 +124,25 @@ impl Delivery {
             None => Ok(()),
         }
     }
+
+    /// The event, and the acknowledgement to give once it is applied.
+    pub fn split(self) -> (Event, Pending) {
+        (self.event, Pending(self.ack))
+    }
+}
+
+/// The acknowledgement of a delivery whose event was handed on: kept until
+/// the event has been applied, then given with [`Pending::ack_all`].
+#[derive(Debug)]
+pub struct Pending(Option<kafka::Ack>);
+
+impl Pending {
+    /// Acknowledges every one of `pending` at once: on Kafka, one store of
+    /// the furthest offset of each partition, so that acknowledging costs
+    /// a call a batch rather than one an event.
+    pub fn ack_all(pending: impl IntoIterator<Item = Pending>) -> Result<()> {
+        kafka::Ack::store_all(pending.into_iter().filter_map(|p| p.0))
+    }
 }
 
 /// The entity an event belongs to, used as the Kafka key so that each

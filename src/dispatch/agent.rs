@@ -3,8 +3,12 @@
 //! It watches its own `NodePrefetch` (named after the node), turns the spec
 //! into [`Order`]s for the [`Puller`], publishes progress to the status
 //! subresource at most once per `--status-interval` (2 s), and can remove a
-//! startup taint once every critical image is present or `--release-after`
-//! has passed.
+//! startup taint once every critical image is present or has finally failed,
+//! or `--release-after` has passed ([`crate::dispatch::taint`]). It serves
+//! `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`. On SIGTERM it
+//! stops taking orders, writes its last status (pulls cut short are reported
+//! pending, to be resumed) and exits 0; a restarted agent finds the images
+//! already pulled present in the runtime and does not pull them again.
 //!
 //! Registry credentials come from dockerconfigjson: files mounted into the
 //! agent's pod (`--docker-config`) and the `imagePullSecrets` of the agent's
@@ -19,17 +23,20 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::clock::SystemClock;
-use crate::dispatch::crd::{ImageOrder, ImageStatus, NodePrefetch, NodePrefetchStatus, PullState};
+use crate::dispatch::crd::{ImageOrder, ImageStatus, NodePrefetch, NodePrefetchStatus};
 use crate::dispatch::cri::{self, CriClient, ImageService};
 use crate::dispatch::puller::{Board, Options, Order, Puller};
+use crate::metrics::{Health, LeaseStatus, Metrics, Server};
 use crate::registry::{self, DockerConfig};
+
+pub use crate::dispatch::taint::{critical_ready, release_taint, taint_releaser};
 
 /// Errors from the agent.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +66,9 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// The metrics server could not start.
+    #[error(transparent)]
+    Metrics(crate::metrics::Error),
     /// A flag value is not valid.
     #[error("invalid --{flag} {value:?}: {message}")]
     Flag {
@@ -74,7 +84,7 @@ pub enum Error {
 /// Result with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn kube_err(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let context = context.into();
     move |source| Error::Kube { context, source }
 }
@@ -83,7 +93,7 @@ fn kube_err(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// This node's name (from the downward API `spec.nodeName`).
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, env = "PULLAHEAD_NODE_NAME")]
     pub node: String,
     /// containerd's CRI socket, mounted from the host.
     #[arg(
@@ -95,10 +105,10 @@ pub struct Args {
     /// Pulls running at once.
     #[arg(long, env = "PULLAHEAD_PARALLEL", default_value_t = 4)]
     pub parallel: usize,
-    /// A startup taint key to remove from the node once every critical image is present.
-    #[arg(long, env = "PULLAHEAD_RELEASE_TAINT")]
-    pub release_taint: Option<String>,
-    /// Remove --release-taint after this long even if critical images are missing (e.g. `90s`, `5m`).
+    /// A startup taint key to remove from the node once every critical image is present or has finally failed.
+    #[arg(long, env = "PULLAHEAD_STARTUP_TAINT")]
+    pub startup_taint: Option<String>,
+    /// Remove --startup-taint after this long even if critical images are still pulling (e.g. `90s`, `5m`).
     #[arg(long, env = "PULLAHEAD_RELEASE_AFTER")]
     pub release_after: Option<String>,
     /// Least time between two status writes for this node (e.g. `2s`).
@@ -117,9 +127,17 @@ pub struct Args {
     /// The agent pod's namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "pullahead")]
     pub pod_namespace: String,
-    /// Attempts per image for retryable failures.
-    #[arg(long, env = "PULLAHEAD_ATTEMPTS", default_value_t = 5)]
-    pub attempts: u32,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, env = "PULLAHEAD_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Longest wait between two attempts of a failing pull (the backoff
+    /// doubles from 0.5 s up to this). Failing pulls are retried until the
+    /// order's deadline.
+    #[arg(long, env = "PULLAHEAD_RETRY_BACKOFF_MAX", default_value = "10s")]
+    pub retry_backoff_max: String,
+    /// How long a failing pull of an order without a deadline is retried.
+    #[arg(long, env = "PULLAHEAD_RETRY_FOR", default_value = "10m")]
+    pub retry_for: String,
 }
 
 /// Parses a duration flag such as `2s`, `90s`, `5m` or `PT1M`.
@@ -165,16 +183,9 @@ pub fn status_for(spec: &[ImageOrder], board: &Board) -> NodePrefetchStatus {
             })
         })
         .collect();
-    NodePrefetchStatus::from_images(images)
-}
-
-/// Whether every critical image in the spec is present.
-pub fn critical_ready(spec: &[ImageOrder], board: &Board) -> bool {
-    spec.iter().filter(|i| i.critical).all(|i| {
-        board
-            .get(&i.image)
-            .is_some_and(|s| s.state == PullState::Present)
-    })
+    let mut status = NodePrefetchStatus::from_images(images);
+    status.startup_taint = board.startup_taint();
+    status
 }
 
 /// Publishes a node's status, at most once per `interval`, and only when it
@@ -204,6 +215,9 @@ impl StatusWriter {
 
     /// Runs until `spec` closes: waits for a change, waits out the interval
     /// since the last write (collecting more changes meanwhile), writes once.
+    /// Nothing is written before the spec has been read and the puller has
+    /// taken up each of its images: an empty spec is written only once
+    /// something was (the controller emptied it).
     pub async fn run(self, board: Arc<Board>, mut spec: watch::Receiver<Vec<ImageOrder>>) {
         let mut changes = board.subscribe();
         let mut last_write: Option<Instant> = None;
@@ -216,8 +230,16 @@ impl StatusWriter {
             if let Some(t) = last_write {
                 tokio::time::sleep_until(t + self.interval).await;
             }
-            let status = status_for(&spec.borrow(), &board);
-            if last.as_ref() == Some(&status) {
+            let (status, known) = {
+                let spec = spec.borrow();
+                let known = spec.iter().all(|i| board.get(&i.image).is_some());
+                (status_for(&spec, &board), known)
+            };
+            // The first write waits until the puller has looked at every
+            // image: a restarted agent must not report present images as
+            // pending for the moment it takes to find them.
+            if last.as_ref() == Some(&status) || (last.is_none() && (status.wanted == 0 || !known))
+            {
                 continue;
             }
             last_write = Some(Instant::now());
@@ -245,35 +267,6 @@ impl StatusWriter {
             )))?;
         Ok(())
     }
-}
-
-/// Removes every taint with `key` from `node`. Returns whether one was
-/// removed. Uses replace with the read resourceVersion, so a concurrent
-/// change to the node makes it re-read rather than overwrite.
-pub async fn release_taint(nodes: &Api<Node>, node: &str, key: &str) -> Result<bool> {
-    for _ in 0..5 {
-        let mut n = nodes
-            .get(node)
-            .await
-            .map_err(kube_err(format!("get node {node}")))?;
-        let Some(taints) = n.spec.as_mut().and_then(|s| s.taints.as_mut()) else {
-            return Ok(false);
-        };
-        let before = taints.len();
-        taints.retain(|t| t.key != key);
-        if taints.len() == before {
-            return Ok(false);
-        }
-        match nodes.replace(node, &PostParams::default(), &n).await {
-            Ok(_) => {
-                tracing::info!(node, taint = key, "released startup taint");
-                return Ok(true);
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(kube_err(format!("update node {node}"))(e)),
-        }
-    }
-    Err(Error::Conflict(format!("node {node}")))
 }
 
 /// Credentials from the `imagePullSecrets` of a pod and of its
@@ -349,12 +342,19 @@ pub struct Agent<C: ImageService> {
 }
 
 impl<C: ImageService> Agent<C> {
-    /// An agent pulling through `cri`.
-    pub fn new(node: impl Into<String>, cri: Arc<C>, opts: Options, creds: DockerConfig) -> Self {
+    /// An agent pulling through `cri`, counting its pulls in `metrics`.
+    pub fn new(
+        node: impl Into<String>,
+        cri: Arc<C>,
+        opts: Options,
+        creds: DockerConfig,
+        metrics: Metrics,
+    ) -> Self {
         let (spec_tx, _) = watch::channel(Vec::new());
+        let node = node.into();
         Self {
-            node: node.into(),
-            puller: Puller::new(cri, Arc::new(SystemClock), opts),
+            puller: Puller::new(cri, Arc::new(SystemClock), opts).with_metrics(metrics, &node),
+            node,
             creds,
             spec_tx,
             submitted: HashSet::new(),
@@ -377,13 +377,15 @@ impl<C: ImageService> Agent<C> {
     pub fn apply(&mut self, images: Vec<ImageOrder>) -> Option<tokio::task::JoinHandle<()>> {
         let wanted: HashSet<String> = images.iter().map(|i| i.image.clone()).collect();
         self.submitted.retain(|i| wanted.contains(i));
-        self.puller.board().retain(&wanted);
         let fresh: Vec<ImageOrder> = images
             .iter()
             .filter(|i| !self.submitted.contains(&i.image))
             .cloned()
             .collect();
+        // The spec first: a status written in between must not pair the
+        // new board with the old spec.
         self.spec_tx.send_replace(images);
+        self.puller.board().retain(&wanted);
         if fresh.is_empty() {
             return None;
         }
@@ -397,7 +399,8 @@ impl<C: ImageService> Agent<C> {
     }
 }
 
-/// Runs the agent until the watch ends or the process is stopped.
+/// Runs the agent until SIGTERM (or Ctrl-C): then writes the last status
+/// and returns, so the process exits 0.
 pub async fn run(args: Args) -> Result<()> {
     let interval = parse_duration("status-interval", &args.status_interval)?;
     let release_after = args
@@ -405,33 +408,31 @@ pub async fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(|v| parse_duration("release-after", v))
         .transpose()?;
+    let opts = Options {
+        parallel: args.parallel,
+        max_attempts: None,
+        retry_for: parse_duration("retry-for", &args.retry_for)?,
+        backoff_max: parse_duration("retry-backoff-max", &args.retry_backoff_max)?,
+        ..Options::default()
+    };
+    let mut shutdown = crate::run::shutdown_on_signals();
+    let metrics = Metrics::new().map_err(Error::Metrics)?;
+    let health = Health::new();
+    // No Lease: ready once the spec has been read.
+    health.set_lease(LeaseStatus::Disabled);
+    let server = serve_metrics(args.metrics_addr, &metrics, &health, &shutdown).await?;
     let cri = Arc::new(CriClient::new(&args.cri_socket)?);
     registry::install_crypto_provider();
     let client = Client::try_default().await.map_err(kube_err(
         "build client from kubeconfig or in-cluster config",
     ))?;
-    let mut creds = DockerConfig::default();
-    for p in &args.docker_config {
-        let bytes = std::fs::read(p).map_err(|source| Error::Io {
-            path: p.clone(),
-            source,
-        })?;
-        creds.merge(DockerConfig::parse(&bytes, &p.display().to_string())?);
-    }
-    if let Some(pod) = &args.pod_name {
-        creds.merge(pull_secrets_of_pod(client.clone(), &args.pod_namespace, pod).await?);
-    }
+    let creds = credentials(&client, &args).await?;
     tracing::info!(node = %args.node, registries = ?creds.hosts(), "agent starting");
-    let opts = Options {
-        parallel: args.parallel,
-        max_attempts: args.attempts.max(1),
-        ..Options::default()
-    };
-    let mut agent = Agent::new(args.node.clone(), cri, opts, creds);
+    let mut agent = Agent::new(args.node.clone(), cri, opts, creds, metrics);
     let api: Api<NodePrefetch> = Api::all(client.clone());
     let writer = StatusWriter::new(api.clone(), args.node.clone(), interval);
-    tokio::spawn(writer.run(agent.board(), agent.spec()));
-    if let Some(key) = args.release_taint.clone() {
+    let writer_task = tokio::spawn(writer.run(agent.board(), agent.spec()));
+    if let Some(key) = args.startup_taint.clone() {
         let nodes: Api<Node> = Api::all(client.clone());
         tokio::spawn(taint_releaser(
             nodes,
@@ -443,8 +444,14 @@ pub async fn run(args: Args) -> Result<()> {
         ));
     }
     let cfg = watcher::Config::default().fields(&format!("metadata.name={}", args.node));
-    let mut events = watcher(api, cfg).default_backoff().boxed();
-    while let Some(ev) = events.next().await {
+    let mut events = watcher(api.clone(), cfg).default_backoff().boxed();
+    loop {
+        let ev = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            ev = events.next() => ev,
+        };
+        let Some(ev) = ev else { break };
         match ev {
             Ok(watcher::Event::Apply(npf) | watcher::Event::InitApply(npf)) => {
                 agent.apply(npf.spec.images);
@@ -452,58 +459,77 @@ pub async fn run(args: Args) -> Result<()> {
             Ok(watcher::Event::Delete(_)) => {
                 agent.apply(Vec::new());
             }
-            Ok(_) => {}
+            Ok(watcher::Event::InitDone) => health.set_synced(),
+            Ok(watcher::Event::Init) => {}
             Err(e) => tracing::warn!(error = %e, "NodePrefetch watch error; retrying"),
         }
     }
+    writer_task.abort();
+    final_status(&api, &args.node, &agent).await;
+    // Stopped already on a signal; a watch that ended on its own must not
+    // leave the process serving forever.
+    server.abort();
+    let _ = server.await;
     Ok(())
 }
 
-/// Waits until the critical images are present or `after` has passed, then
-/// removes the taint.
-pub async fn taint_releaser(
-    nodes: Api<Node>,
-    node: String,
-    key: String,
-    after: Option<Duration>,
-    board: Arc<Board>,
-    mut spec: watch::Receiver<Vec<ImageOrder>>,
-) {
-    let deadline = after.map(|d| Instant::now() + d);
-    let mut changes = board.subscribe();
-    loop {
-        // An empty spec has no critical image yet: wait for the controller.
-        let ready = {
-            let s = spec.borrow();
-            s.iter().any(|i| i.critical) && critical_ready(&s, &board)
+/// Binds the metrics server and serves it until `shutdown`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: &Metrics,
+    health: &Arc<Health>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let server = Server::bind(addr, metrics.clone(), health.clone())
+        .await
+        .map_err(Error::Metrics)?;
+    tracing::info!(addr = ?server.local_addr(), "serving /metrics /healthz /readyz");
+    let mut stop = shutdown.clone();
+    Ok(tokio::spawn(async move {
+        let done = async move {
+            let _ = stop.wait_for(|s| *s).await;
         };
-        let expired = deadline.is_some_and(|d| Instant::now() >= d);
-        if ready || expired {
-            let why = if ready {
-                "critical images present"
-            } else {
-                "release-after elapsed"
-            };
-            match release_taint(&nodes, &node, &key).await {
-                Ok(_) => {
-                    tracing::info!(node, taint = %key, why, "startup taint released");
-                    return;
-                }
-                Err(e) => tracing::warn!(node, error = %e, "cannot release taint; retrying"),
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            continue;
+        if let Err(e) = server.serve(done).await {
+            tracing::warn!(error = %e, "metrics server");
         }
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = spec.changed() => {}
-            _ = sleep => {}
-        }
+    }))
+}
+
+/// Registry credentials from the `--docker-config` files and the agent
+/// pod's imagePullSecrets.
+async fn credentials(client: &Client, args: &Args) -> Result<DockerConfig> {
+    let mut creds = DockerConfig::default();
+    for p in &args.docker_config {
+        let bytes = std::fs::read(p).map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })?;
+        creds.merge(DockerConfig::parse(&bytes, &p.display().to_string())?);
+    }
+    if let Some(pod) = &args.pod_name {
+        creds.merge(pull_secrets_of_pod(client.clone(), &args.pod_namespace, pod).await?);
+    }
+    Ok(creds)
+}
+
+/// The status at shutdown: pulls cut short are pending again (the next
+/// agent resumes them), written at once, bounded so a dead API server
+/// cannot hold the exit past the pod's grace period.
+async fn final_status<C: ImageService>(api: &Api<NodePrefetch>, node: &str, agent: &Agent<C>) {
+    let board = agent.board();
+    board.interrupt("agent stopped; the next agent resumes this pull");
+    let spec = agent.spec();
+    let status = status_for(&spec.borrow(), &board);
+    if status.wanted == 0 {
+        return;
+    }
+    let writer = StatusWriter::new(api.clone(), node, Duration::ZERO);
+    match tokio::time::timeout(FINAL_WRITE_TIMEOUT, writer.write(&status)).await {
+        Ok(Ok(())) => tracing::info!(node, "final status written; stopping"),
+        Ok(Err(e)) => tracing::warn!(node, error = %e, "final status write failed"),
+        Err(_) => tracing::warn!(node, "final status write timed out"),
     }
 }
+
+/// Bound on the last status write (the chart gives the pod 15 s).
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -116,6 +116,21 @@ pub struct NodePrefetchStatus {
     /// Images in state `pulling`.
     #[serde(default)]
     pub pulling: u32,
+    /// The startup taint, when the agent is set to release one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_taint: Option<StartupTaintStatus>,
+}
+
+/// Where the node's startup taint stands, and why.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartupTaintStatus {
+    /// The taint's key.
+    pub key: String,
+    /// Whether the agent has removed it.
+    pub released: bool,
+    /// Why it was released, or what it waits for.
+    pub reason: String,
 }
 
 impl NodePrefetchStatus {
@@ -128,6 +143,7 @@ impl NodePrefetchStatus {
             failed: count(PullState::Failed),
             pulling: count(PullState::Pulling),
             images,
+            startup_taint: None,
         }
     }
 }

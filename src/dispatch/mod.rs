@@ -5,13 +5,15 @@
 //! - [`cri`]: a hand-written CRI `runtime.v1.ImageService` client over
 //!   containerd's Unix socket (no protoc needed to build).
 //! - [`agent`]: the node agent's pull loop and its API side.
-//! - [`pod`]: the fallback for clusters without the agent, a short-lived
-//!   pinned pod per (node, batch of images).
 //! - [`pull`]: the one-shot `pullahead pull` command.
+//! - [`report`]: the agents' status read back, for the controller's
+//!   outcome metrics.
+//! - [`taint`]: when and why the agent removes the node's startup taint.
 
 pub mod agent;
 pub mod crd;
 pub mod cri;
-pub mod pod;
 pub mod pull;
 pub mod puller;
+pub mod report;
+pub mod taint;

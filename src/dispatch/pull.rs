@@ -111,7 +111,7 @@ pub async fn run(args: Args, out: &mut dyn Write) -> Result<Vec<Outcome>> {
     let cri = Arc::new(CriClient::new(&args.cri_socket)?);
     let opts = Options {
         parallel: args.parallel,
-        max_attempts: args.attempts.max(1),
+        max_attempts: Some(args.attempts.max(1)),
         ..Options::default()
     };
     let puller = Puller::new(cri, Arc::new(SystemClock), opts);

@@ -5,9 +5,11 @@
 //! Orders are started highest priority first through one FIFO semaphore of
 //! `parallel` slots. An image the runtime already holds is reported present
 //! without a pull. Retryable failures (runtime restarting, registry down or
-//! rate-limiting) back off exponentially with jitter, giving up their slot
-//! while they wait. An order whose deadline has passed is dropped, before a
-//! pull or between retries.
+//! rate-limiting) back off exponentially with jitter, capped, giving up
+//! their slot while they wait, and keep retrying until the order's deadline
+//! (or [`Options::retry_for`] when it has none): a registry outage of any
+//! length ends with the images pulled if the deadline allows. An order whose
+//! deadline has passed is dropped, before a pull or between retries.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,8 +20,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
-use crate::dispatch::crd::{ImageStatus, PullState};
+use crate::dispatch::crd::{ImageStatus, PullState, StartupTaintStatus};
 use crate::dispatch::cri::{self, AuthConfig, ImageService};
+use crate::metrics::Metrics;
 
 /// One image to pull.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -51,8 +54,12 @@ impl Order {
 pub struct Options {
     /// Pulls running at once.
     pub parallel: usize,
-    /// Attempts per image, the first included.
-    pub max_attempts: u32,
+    /// Attempts per image, the first included; `None` retries retryable
+    /// failures until the deadline (the agent), `Some` gives up after that
+    /// many (a one-shot `pullahead pull`).
+    pub max_attempts: Option<u32>,
+    /// How long an order without a deadline keeps retrying.
+    pub retry_for: Duration,
     /// Backoff before the second attempt; doubles each time.
     pub backoff_base: Duration,
     /// Backoff ceiling.
@@ -66,9 +73,10 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             parallel: 4,
-            max_attempts: 5,
+            max_attempts: None,
+            retry_for: Duration::from_secs(600),
             backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(10),
             runtime_wait: Duration::from_secs(120),
         }
     }
@@ -98,6 +106,7 @@ pub struct Outcome {
 #[derive(Debug)]
 pub struct Board {
     images: Mutex<BTreeMap<String, ImageStatus>>,
+    startup_taint: Mutex<Option<StartupTaintStatus>>,
     // A version counter: every reader has its own receiver, so the status
     // writer and the taint releaser both see every change.
     version: watch::Sender<u64>,
@@ -107,6 +116,7 @@ impl Default for Board {
     fn default() -> Self {
         Self {
             images: Mutex::new(BTreeMap::new()),
+            startup_taint: Mutex::new(None),
             version: watch::channel(0).0,
         }
     }
@@ -135,6 +145,35 @@ impl Board {
         self.set_dirty();
     }
 
+    /// Records where the startup taint stands, for the status.
+    pub fn set_startup_taint(&self, t: StartupTaintStatus) {
+        *self
+            .startup_taint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(t);
+        self.set_dirty();
+    }
+
+    /// Where the startup taint stands, if the agent manages one.
+    pub fn startup_taint(&self) -> Option<StartupTaintStatus> {
+        self.startup_taint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// On shutdown: images still pulling or waiting are reported pending
+    /// with `note`, so the last status does not claim pulls that stopped.
+    pub fn interrupt(&self, note: &str) {
+        for s in self.lock().values_mut() {
+            if matches!(s.state, PullState::Pulling | PullState::Pending) {
+                s.state = PullState::Pending;
+                s.message = Some(note.to_string());
+            }
+        }
+        self.set_dirty();
+    }
+
     /// Marks the board changed without changing it (e.g. to retry a write).
     pub fn set_dirty(&self) {
         self.version.send_modify(|v| *v += 1);
@@ -151,6 +190,35 @@ impl Board {
     }
 }
 
+/// Where a puller reports its pulls (the node agent's `/metrics`).
+#[derive(Clone, Debug)]
+struct PullMetrics {
+    metrics: Metrics,
+    node: String,
+}
+
+impl PullMetrics {
+    fn in_flight(&self, delta: i64) {
+        self.metrics
+            .pulls_in_flight
+            .with_label_values(&[&self.node])
+            .add(delta);
+    }
+
+    fn finished(&self, o: &Outcome) {
+        let result = match (o.state, o.already_present) {
+            (PullState::Present, true) => "present",
+            (PullState::Present, false) => "ok",
+            _ => "failed",
+        };
+        self.metrics.pulls.with_label_values(&[result]).inc();
+        if result == "ok" {
+            self.metrics.pull_bytes.inc_by(o.bytes.unwrap_or(0));
+            self.metrics.pull_duration.observe(o.seconds);
+        }
+    }
+}
+
 /// Runs orders against one runtime with a shared concurrency limit.
 pub struct Puller<C, K> {
     cri: Arc<C>,
@@ -158,6 +226,7 @@ pub struct Puller<C, K> {
     slots: Arc<Semaphore>,
     opts: Options,
     board: Arc<Board>,
+    metrics: Option<Arc<PullMetrics>>,
 }
 
 impl<C, K> Clone for Puller<C, K> {
@@ -168,8 +237,17 @@ impl<C, K> Clone for Puller<C, K> {
             slots: self.slots.clone(),
             opts: self.opts.clone(),
             board: self.board.clone(),
+            metrics: self.metrics.clone(),
         }
     }
+}
+
+/// Why a failed attempt is or is not tried again.
+enum Retry {
+    /// Wait this long, then try again.
+    After(Duration),
+    /// Give up with this message.
+    GiveUp(String),
 }
 
 impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
@@ -182,7 +260,19 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
             slots: Arc::new(Semaphore::new(parallel)),
             opts,
             board: Arc::new(Board::default()),
+            metrics: None,
         }
+    }
+
+    /// Reports pulls into `metrics`: `pullahead_pulls_total`,
+    /// `pullahead_pull_bytes_total`, `pullahead_pull_duration_seconds` and
+    /// `pullahead_pulls_in_flight{node}`.
+    pub fn with_metrics(mut self, metrics: Metrics, node: &str) -> Self {
+        self.metrics = Some(Arc::new(PullMetrics {
+            metrics,
+            node: node.to_string(),
+        }));
+        self
     }
 
     /// The progress board this puller writes.
@@ -195,12 +285,23 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
     /// order they were started.
     pub async fn run(&self, orders: Vec<Order>) -> Vec<Outcome> {
         let orders = prioritise(orders);
-        for o in &orders {
+        // What the runtime holds already is reported present before
+        // anything is pending: a restarted agent must not report its
+        // node's images as missing again, even for a moment.
+        let mut out: Vec<(usize, Outcome)> = Vec::new();
+        let mut to_pull = Vec::new();
+        for (idx, o) in orders.into_iter().enumerate() {
+            match self.already_present(&o).await {
+                Some(done) => out.push((idx, done)),
+                None => to_pull.push((idx, o)),
+            }
+        }
+        for (_, o) in &to_pull {
             self.board
                 .set(status(&o.image, PullState::Pending, None, None, None));
         }
         let mut tasks = JoinSet::new();
-        for (idx, order) in orders.into_iter().enumerate() {
+        for (idx, order) in to_pull {
             // Taking the slot here, in priority order, on a FIFO semaphore is
             // what makes higher priorities start first.
             let Ok(permit) = self.slots.clone().acquire_owned().await else {
@@ -209,7 +310,6 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
             let me = self.clone();
             tasks.spawn(async move { (idx, me.pull_one(order, Some(permit)).await) });
         }
-        let mut out: Vec<(usize, Outcome)> = Vec::new();
         while let Some(r) = tasks.join_next().await {
             match r {
                 Ok(o) => out.push(o),
@@ -218,6 +318,31 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
         }
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, o)| o).collect()
+    }
+
+    /// The outcome of an order whose image the runtime holds already.
+    async fn already_present(&self, order: &Order) -> Option<Outcome> {
+        let img = self.cri.image_status(&order.image).await.ok()??;
+        let o = Outcome {
+            image: order.image.clone(),
+            state: PullState::Present,
+            bytes: Some(img.size),
+            seconds: 0.0,
+            error: None,
+            attempts: 0,
+            already_present: true,
+        };
+        self.board.set(status(
+            &o.image,
+            PullState::Present,
+            o.bytes,
+            Some(0.0),
+            None,
+        ));
+        if let Some(m) = &self.metrics {
+            m.finished(&o);
+        }
+        Some(o)
     }
 
     async fn pull_one(
@@ -231,7 +356,7 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
             let seconds = started.elapsed().as_secs_f64();
             self.board
                 .set(status(&image, state, bytes, Some(seconds), error.clone()));
-            Outcome {
+            let o = Outcome {
                 image: image.clone(),
                 state,
                 bytes,
@@ -239,7 +364,11 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
                 error,
                 attempts,
                 already_present,
+            };
+            if let Some(m) = &self.metrics {
+                m.finished(&o);
             }
+            o
         };
         if self.expired(&order) {
             return finish(
@@ -274,7 +403,14 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
             self.board
                 .set(status(&order.image, PullState::Pulling, None, None, None));
             tracing::debug!(image = %order.image, attempt = calls, "pulling");
-            let e = match self.cri.pull_image(&order.image, order.auth.clone()).await {
+            if let Some(m) = &self.metrics {
+                m.in_flight(1);
+            }
+            let pulled = self.cri.pull_image(&order.image, order.auth.clone()).await;
+            if let Some(m) = &self.metrics {
+                m.in_flight(-1);
+            }
+            let e = match pulled {
                 Ok(_) => {
                     let bytes = match self.cri.image_status(&order.image).await {
                         Ok(Some(img)) => Some(img.size),
@@ -296,18 +432,13 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
                 runtime_down_since = None;
                 spent += 1;
             }
-            let retry = runtime_down || (e.is_retryable() && spent < self.opts.max_attempts);
-            if !retry {
-                tracing::warn!(image = %order.image, attempts = calls, error = %e, "pull failed");
-                return finish(
-                    PullState::Failed,
-                    None,
-                    Some(message(&e, calls)),
-                    calls,
-                    false,
-                );
-            }
-            let wait = self.backoff(spent.max(1));
+            let wait = match self.retry(&order, &e, runtime_down, spent, calls, started) {
+                Retry::After(wait) => wait,
+                Retry::GiveUp(msg) => {
+                    tracing::warn!(image = %order.image, attempts = calls, error = %e, "pull failed");
+                    return finish(PullState::Failed, None, Some(msg), calls, false);
+                }
+            };
             tracing::info!(image = %order.image, attempt = calls, error = %e, wait_ms = wait.as_millis() as u64, "pull failed, retrying");
             let note = Some(e.to_string());
             self.board
@@ -318,6 +449,41 @@ impl<C: ImageService, K: Clock + 'static> Puller<C, K> {
                 return finish(PullState::Failed, None, msg, calls, false);
             }
         }
+    }
+
+    /// Whether (and after how long) a failed attempt is tried again: a
+    /// retryable error is, until the attempts (when capped) or the time
+    /// (the deadline, else `retry_for`) run out. The wait never overshoots
+    /// the deadline, so an order that cannot make it fails on time.
+    fn retry(
+        &self,
+        order: &Order,
+        e: &cri::Error,
+        runtime_down: bool,
+        spent: u32,
+        calls: u32,
+        started: Instant,
+    ) -> Retry {
+        if !runtime_down && !e.is_retryable() {
+            return Retry::GiveUp(message(e, calls));
+        }
+        if !runtime_down && self.opts.max_attempts.is_some_and(|m| spent >= m) {
+            return Retry::GiveUp(message(e, calls));
+        }
+        let wait = self.backoff(spent.max(1));
+        let left = match order.deadline {
+            Some(d) => d - self.clock.now(),
+            None => (self.opts.retry_for.saturating_sub(started.elapsed())).as_secs_f64(),
+        };
+        if left <= 0.0 {
+            let why = if order.deadline.is_some() {
+                "deadline passed while retrying"
+            } else {
+                "gave up retrying"
+            };
+            return Retry::GiveUp(format!("{why}: {}", message(e, calls)));
+        }
+        Retry::After(wait.min(Duration::from_secs_f64(left)))
     }
 
     fn expired(&self, order: &Order) -> bool {
@@ -447,7 +613,8 @@ mod tests {
     fn opts(parallel: usize) -> Options {
         Options {
             parallel,
-            max_attempts: 3,
+            max_attempts: Some(3),
+            retry_for: Duration::from_secs(600),
             backoff_base: Duration::from_millis(5),
             backoff_max: Duration::from_millis(20),
             runtime_wait: Duration::from_millis(200),
@@ -584,6 +751,94 @@ mod tests {
             PullState::Present
         );
         assert_eq!(*rt.started.lock().unwrap(), vec!["ok".to_string()]);
+    }
+
+    /// Without an attempt cap, a registry that stays down for many
+    /// attempts still ends with the image pulled, as long as the deadline
+    /// allows; a deadline (or `retry_for` without one) ends the retries.
+    #[tokio::test]
+    async fn retries_run_until_the_deadline_not_a_fixed_count() {
+        let rt = Arc::new(FakeRuntime::default());
+        rt.transient_failures
+            .lock()
+            .unwrap()
+            .insert("outage".into(), 20);
+        rt.transient_failures
+            .lock()
+            .unwrap()
+            .insert("forever".into(), u32::MAX);
+        rt.transient_failures
+            .lock()
+            .unwrap()
+            .insert("no-deadline".into(), u32::MAX);
+        let clock = Arc::new(crate::clock::SystemClock);
+        let now = clock.now();
+        let opts = Options {
+            max_attempts: None,
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(4),
+            retry_for: Duration::from_millis(150),
+            ..opts(4)
+        };
+        let p = Puller::new(rt.clone(), clock, opts);
+        let out = p
+            .run(vec![
+                Order {
+                    deadline: Some(now + 60.0),
+                    ..order("outage", 1)
+                },
+                Order {
+                    deadline: Some(now + 0.2),
+                    ..order("forever", 1)
+                },
+                order("no-deadline", 1),
+            ])
+            .await;
+        let by: HashMap<_, _> = out.iter().map(|o| (o.image.as_str(), o)).collect();
+        assert_eq!(by["outage"].state, PullState::Present);
+        assert_eq!(by["outage"].attempts, 21);
+        assert_eq!(by["forever"].state, PullState::Failed);
+        assert!(
+            by["forever"]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("deadline passed"),
+            "{:?}",
+            by["forever"].error
+        );
+        assert!(by["forever"].seconds < 2.0, "{}", by["forever"].seconds);
+        assert_eq!(by["no-deadline"].state, PullState::Failed);
+        assert!(
+            by["no-deadline"]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("gave up retrying"),
+            "{:?}",
+            by["no-deadline"].error
+        );
+    }
+
+    /// The metrics the agent serves follow the outcomes.
+    #[tokio::test]
+    async fn pulls_are_counted_in_the_metrics() {
+        let rt = Arc::new(FakeRuntime {
+            missing: ["gone".to_string()].into(),
+            ..Default::default()
+        });
+        rt.present.lock().unwrap().insert("have".into());
+        let m = Metrics::new().unwrap();
+        let p =
+            Puller::new(rt, Arc::new(SimClock::new(0.0)), opts(4)).with_metrics(m.clone(), "n1");
+        p.run(vec![order("have", 1), order("new", 1), order("gone", 1)])
+            .await;
+        assert_eq!(m.pulls.with_label_values(&["ok"]).get(), 1);
+        assert_eq!(m.pulls.with_label_values(&["present"]).get(), 1);
+        assert_eq!(m.pulls.with_label_values(&["failed"]).get(), 1);
+        assert_eq!(m.pull_bytes.get(), 42);
+        assert_eq!(m.pull_duration.get_sample_count(), 1);
+        assert_eq!(m.pulls_in_flight.with_label_values(&["n1"]).get(), 0);
     }
 
     #[test]

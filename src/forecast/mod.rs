@@ -1,14 +1,14 @@
-//! The forecaster: the `predictive` policy, its model, the HPA trend, the
-//! `rules` policy it is judged against, and `pullahead tune` (with its
-//! cross-validation).
+//! The forecaster: the `predictive` policy, its model (with the built-in
+//! [`model::DEFAULT_MODEL`]), the HPA trend, and the `rules` policy it is
+//! judged against. `pullahead tune` fits the model by replaying traces, and
+//! `pullahead tune --cross-validate` judges it; they live in [`crate::tune`]
+//! and [`crate::crossval`], so that the forecaster does not depend on the
+//! simulator.
 
-pub mod crossval;
 pub mod model;
 pub mod planner;
 pub mod rules;
 pub mod trend;
-pub mod tune;
-
 /// Errors from the forecaster.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -94,6 +94,10 @@ pub struct Model {
     ordered: Features,
 }
 
+/// The committed default model (models/default.json), built in so that
+/// the binary works from any directory.
+pub const DEFAULT_MODEL: &str = include_str!("../../models/default.json");
+
 impl Model {
     /// A model with these weights (in [`FEATURES`] order).
     pub fn new(weights: Features, bias: f64, horizon_seconds: f64, threshold: f64) -> Self {
@@ -116,9 +120,20 @@ impl Model {
             msg,
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let mut m: Model = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut m: Model = serde_json::from_str(&text).map_err(|e| {
+            let (pos, msg) = crate::position::json(&e);
+            Error::Model {
+                path: crate::position::place(&path.display().to_string(), pos),
+                msg,
+            }
+        })?;
         m.check().map_err(bad)?;
         Ok(m)
+    }
+
+    /// The committed default model, [`DEFAULT_MODEL`].
+    pub fn builtin() -> std::result::Result<Self, String> {
+        Self::from_json(DEFAULT_MODEL)
     }
 
     /// Parses and checks a model from JSON text.

@@ -1052,7 +1052,7 @@ mod tests {
 
     /// Each event's orders, from a planner fed `lines` without ticks.
     fn orders_by_event(lines: &str) -> Vec<(f64, Vec<PullOrder>)> {
-        let model = Model::from_json(crate::replay::DEFAULT_MODEL).unwrap();
+        let model = Model::from_json(crate::forecast::model::DEFAULT_MODEL).unwrap();
         let mut planner = Planner::new(model, PlannerConfig::default());
         let clock = SimClock::new(0.0);
         let mut all = Vec::new();

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::sim::SimConfig;
 use super::{KafkaSource, Options};
 use crate::bus::kafka::KafkaArgs;
+use crate::plan::PolicyArgs;
 
 /// Replays event files, or a Kafka topic, through each policy and scores them.
 #[derive(Clone, Debug, clap::Args)]
@@ -38,11 +39,12 @@ pub struct Args {
     )]
     pub kafka_timeout: Duration,
     /// Policies to compare, comma-separated: none, static, popular,
-    /// predictive, oracle.
+    /// nominated, rules, predictive (each as `run --policy` builds it),
+    /// oracle.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "none,static,popular,predictive,oracle",
+        default_value = "none,static,popular,nominated,predictive,oracle",
         env = "PULLAHEAD_POLICY"
     )]
     pub policy: Vec<String>,
@@ -52,50 +54,26 @@ pub struct Args {
     /// Write every pull order of every policy to this file, as JSON lines.
     #[arg(long, value_name = "OUT.jsonl")]
     pub decisions: Option<PathBuf>,
+    /// Also write the figures as one self-contained HTML page with charts
+    /// (inline SVG; it fetches nothing).
+    #[arg(long, value_name = "OUT.html")]
+    pub report: Option<PathBuf>,
     /// The data-plane model and policy settings.
     #[command(flatten)]
     pub sim: SimArgs,
 }
 
-/// Settings of the simulated data plane and of the policies, shared by
-/// `replay` and `tune`.
+/// Settings of the simulated data plane, and the policy settings `run`
+/// has too; shared by `replay` and `tune`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SimArgs {
-    /// Bandwidth of each node, in megabits per second.
-    #[arg(long, default_value_t = 1000.0, env = "PULLAHEAD_BANDWIDTH_MBPS")]
-    pub bandwidth_mbps: f64,
-    /// Fixed latency every pull pays before its bytes flow, in milliseconds.
-    #[arg(long, default_value_t = 500.0, env = "PULLAHEAD_PULL_LATENCY_MS")]
-    pub pull_latency_ms: f64,
     /// Prefetch pulls that may run at once on one node (kubelet's own pulls
     /// stay serial).
     #[arg(long, default_value_t = 4, env = "PULLAHEAD_MAX_PARALLEL_PULLS")]
     pub max_parallel_pulls: usize,
-    /// Size assumed for an image that no `image` event describes, in bytes.
-    #[arg(
-        long,
-        default_value_t = 200_000_000,
-        env = "PULLAHEAD_DEFAULT_IMAGE_BYTES"
-    )]
-    pub default_image_bytes: u64,
-    /// The `static` policy's list: one image a line. Default: every image of
-    /// every workload seen so far.
-    #[arg(long, value_name = "FILE")]
-    pub static_images: Option<PathBuf>,
-    /// How many of the pool's most demanded images `popular` pulls.
-    #[arg(long, default_value_t = 10)]
-    pub popular_k: usize,
-    /// Model for the `predictive` policy (default: the built-in
-    /// models/default.json).
-    #[arg(long, value_name = "FILE", env = "PULLAHEAD_MODEL")]
-    pub model: Option<PathBuf>,
-    /// Most gigabytes (10^9 bytes) `predictive` plans onto one node.
-    #[arg(long, default_value_t = 20.0, env = "PULLAHEAD_NODE_BUDGET_GB")]
-    pub node_budget_gb: f64,
-    /// The share (0 to 1) of a pool's past new nodes that must have needed
-    /// an image within the hour for `rules` to pull it onto the next one.
-    #[arg(long, default_value_t = crate::forecast::rules::DEFAULT_SHARE)]
-    pub rules_share: f64,
+    /// The policy settings, as for `run`.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 impl Args {
@@ -146,61 +124,19 @@ pub fn parse_time(s: &str) -> Result<f64, String> {
 impl SimArgs {
     /// Replay options with these settings and `policies`.
     pub fn options(&self, policies: Vec<String>) -> super::Result<Options> {
-        let bad = |msg: String| super::Error::InvalidOption(msg);
-        if !(self.bandwidth_mbps.is_finite() && self.bandwidth_mbps > 0.0) {
-            return Err(bad(format!(
-                "--bandwidth-mbps must be above zero, not {}",
-                self.bandwidth_mbps
-            )));
-        }
-        if !(self.pull_latency_ms.is_finite() && self.pull_latency_ms >= 0.0) {
-            return Err(bad(format!(
-                "--pull-latency-ms must be zero or more, not {}",
-                self.pull_latency_ms
-            )));
-        }
-        if !(self.node_budget_gb.is_finite() && self.node_budget_gb >= 0.0) {
-            return Err(bad(format!(
-                "--node-budget-gb must be zero or more, not {}",
-                self.node_budget_gb
-            )));
-        }
-        if !(self.rules_share.is_finite() && (0.0..=1.0).contains(&self.rules_share)) {
-            return Err(bad(format!(
-                "--rules-share must be from 0 to 1, not {}",
-                self.rules_share
-            )));
-        }
         if self.max_parallel_pulls == 0 {
-            return Err(bad("--max-parallel-pulls must be at least 1".into()));
+            return Err(super::Error::InvalidOption(
+                "--max-parallel-pulls must be at least 1".into(),
+            ));
         }
+        let settings = self.policy.resolve(&PolicyArgs::default())?;
+        let sim = SimConfig {
+            max_parallel_pulls: self.max_parallel_pulls,
+            ..SimConfig::default()
+        };
         Ok(Options {
-            sim: SimConfig {
-                bandwidth_bytes_per_second: self.bandwidth_mbps * 1e6 / 8.0,
-                pull_latency_seconds: self.pull_latency_ms / 1000.0,
-                max_parallel_pulls: self.max_parallel_pulls,
-                ..SimConfig::default()
-            },
-            default_image_bytes: self.default_image_bytes,
-            policies,
-            static_images: self
-                .static_images
-                .as_deref()
-                .map(super::read_static_list)
-                .transpose()?,
-            popular_k: self.popular_k,
             progress: true,
-            model: self
-                .model
-                .as_deref()
-                .map(crate::forecast::model::Model::load)
-                .transpose()
-                .map_err(|e| super::Error::Policy {
-                    policy: "predictive".into(),
-                    msg: e.to_string(),
-                })?,
-            node_budget_bytes: (self.node_budget_gb * 1e9) as u64,
-            rules_share: self.rules_share,
+            ..Options::with_settings(sim, policies, settings)
         })
     }
 }

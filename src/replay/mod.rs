@@ -8,22 +8,21 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod html;
 pub mod oracle;
 pub mod report;
 pub mod sim;
 pub mod synth;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::bus::kafka::{self, KafkaConfig};
-use crate::clock::{SimClock, TickGrid};
 use crate::event::{self, Event, EventReader};
-use crate::forecast::model::Model;
-use crate::forecast::planner::{Planner, PlannerConfig};
-use crate::forecast::rules::RulesPolicy;
-use crate::policy::{NonePolicy, Policy, PopularPolicy, PullOrder, StaticPolicy};
+use crate::plan::book::Placed;
+use crate::plan::{self, Driver, PolicyName, PolicySettings, Sink, TimeSource};
+use crate::policy::{Policy, PullOrder};
 use catalog::Catalog;
 use oracle::{Foresight, OraclePolicy};
 pub use report::{PolicyReport, Report};
@@ -38,6 +37,9 @@ pub enum Error {
     /// A policy name nobody knows.
     #[error("unknown policy {0:?}; known policies: {KNOWN_POLICIES}")]
     UnknownPolicy(String),
+    /// The policy settings are unusable.
+    #[error(transparent)]
+    Settings(#[from] plan::settings::Error),
     /// A policy could not be built.
     #[error("policy {policy}: {msg}")]
     Policy {
@@ -64,125 +66,90 @@ pub enum Error {
         /// because Kafka errors would make every replay `Result` large.
         error: Box<crate::bus::Error>,
     },
-    /// The static image list could not be read.
-    #[error("{path}: {source}")]
-    StaticList {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
 }
 
 /// Result with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The policies `replay` can build by name.
-pub const KNOWN_POLICIES: &str = "none, static, popular, rules, predictive, oracle";
+pub const KNOWN_POLICIES: &str = "none, static, popular, nominated, rules, predictive, oracle";
 
 /// How to replay.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The data-plane model.
+    /// The data-plane model. Its bandwidth and pull latency are the
+    /// policy settings' ([`Options::with_settings`]).
     pub sim: SimConfig,
-    /// Size of an image no `image` event describes.
-    pub default_image_bytes: u64,
     /// Policies to report, by name, in report order.
     pub policies: Vec<String>,
-    /// The `static` policy's list; `None` means every workload image seen.
-    pub static_images: Option<Vec<String>>,
-    /// How many images `popular` pulls.
-    pub popular_k: usize,
+    /// The settings every policy is built with, as `run` builds it.
+    pub settings: PolicySettings,
     /// Print progress to stderr when a replay runs longer than a second.
     pub progress: bool,
-    /// The `predictive` policy's model; `None` is the built-in
-    /// `models/default.json`.
-    pub model: Option<Model>,
-    /// Most bytes `predictive` plans onto one node.
-    pub node_budget_bytes: u64,
-    /// The share of a pool's past new nodes that `rules` needs to have
-    /// needed an image.
-    pub rules_share: f64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            sim: SimConfig::default(),
-            default_image_bytes: 200_000_000,
-            policies: ["none", "static", "popular", "predictive", "oracle"]
-                .map(String::from)
-                .to_vec(),
-            static_images: None,
-            popular_k: 10,
-            progress: false,
-            model: None,
-            node_budget_bytes: 20_000_000_000,
-            rules_share: crate::forecast::rules::DEFAULT_SHARE,
-        }
+        Self::with_settings(
+            SimConfig::default(),
+            [
+                "none",
+                "static",
+                "popular",
+                "nominated",
+                "predictive",
+                "oracle",
+            ]
+            .map(String::from)
+            .to_vec(),
+            PolicySettings::default(),
+        )
     }
 }
 
-/// Reads a `--static-images` file: one image a line; `#` starts a comment.
-pub fn read_static_list(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::StaticList {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect())
+impl Options {
+    /// Options replaying `policies` built with `settings`; the simulated
+    /// pulls take `sim`'s parallelism and window, and the bandwidth and
+    /// latency the policies assume.
+    pub fn with_settings(sim: SimConfig, policies: Vec<String>, settings: PolicySettings) -> Self {
+        Self {
+            sim: SimConfig {
+                bandwidth_bytes_per_second: settings.planner.bandwidth_bytes_per_second,
+                pull_latency_seconds: settings.planner.pull_latency_seconds,
+                ..sim
+            },
+            policies,
+            settings,
+            progress: false,
+        }
+    }
+
+    /// Size of an image no `image` event describes.
+    pub fn default_image_bytes(&self) -> u64 {
+        self.settings.planner.default_image_bytes
+    }
 }
 
-/// Builds a policy by name. `foresight` is taken by the oracle.
+/// Builds a policy by name: one `run` offers ([`plan::settings::build`]),
+/// or the `oracle`, which takes `foresight`.
 pub fn build_policy(
     name: &str,
     opts: &Options,
     foresight: &mut Option<Foresight>,
 ) -> Result<Box<dyn Policy>> {
-    Ok(match name {
-        "none" => Box::new(NonePolicy),
-        "static" => Box::new(match &opts.static_images {
-            Some(list) => StaticPolicy::fixed(list.clone()),
-            None => StaticPolicy::from_workloads(),
-        }),
-        "popular" => Box::new(PopularPolicy::new(opts.popular_k)),
-        "rules" => Box::new(RulesPolicy::new(opts.rules_share)),
-        "predictive" => {
-            let model = match &opts.model {
-                Some(m) => m.clone(),
-                None => Model::from_json(DEFAULT_MODEL).map_err(|msg| Error::Policy {
-                    policy: name.into(),
-                    msg: format!("built-in models/default.json: {msg}"),
-                })?,
-            };
-            Box::new(Planner::new(
-                model,
-                PlannerConfig {
-                    node_budget_bytes: opts.node_budget_bytes,
-                    bandwidth_bytes_per_second: opts.sim.bandwidth_bytes_per_second,
-                    pull_latency_seconds: opts.sim.pull_latency_seconds,
-                    default_image_bytes: opts.default_image_bytes,
-                    ..PlannerConfig::default()
-                },
-            ))
-        }
-        "oracle" => Box::new(OraclePolicy::new(foresight.take().ok_or_else(|| {
-            Error::Policy {
+    if name == "oracle" {
+        return Ok(Box::new(OraclePolicy::new(foresight.take().ok_or_else(
+            || Error::Policy {
                 policy: name.into(),
                 msg: "needs the whole trace in advance".into(),
-            }
-        })?)),
-        other => return Err(Error::UnknownPolicy(other.into())),
-    })
+            },
+        )?)));
+    }
+    match PolicyName::parse(name) {
+        Some(p) => Ok(plan::settings::build(p, &opts.settings)),
+        None => Err(Error::UnknownPolicy(name.into())),
+    }
 }
-
-/// The committed default model, built in so that the binary works from any
-/// directory.
-pub const DEFAULT_MODEL: &str = include_str!("../../models/default.json");
 
 /// Where decisions go: JSON lines of every order of every policy.
 pub type Decisions<'a> = Option<&'a mut dyn Write>;
@@ -260,9 +227,8 @@ pub fn replay_events(
 }
 
 struct Lane {
-    policy: Box<dyn Policy>,
+    driver: Driver,
     sim: Sim,
-    ticks: Option<TickGrid>,
     shown: bool,
 }
 
@@ -317,6 +283,28 @@ pub fn replay_policies(
     Ok(replayer.finish())
 }
 
+/// Replays `events` with the policy `name` alone (not the oracle), and
+/// returns the images each live simulated node has prefetched, is pulling
+/// or has queued when they end ([`Sim::prefetches`]): what the simulated
+/// agents were told to pull, to set beside the NodePrefetch objects `run`
+/// writes from the same events.
+pub fn simulated_prefetches(
+    events: impl IntoIterator<Item = event::Result<Event>>,
+    name: &str,
+    opts: &Options,
+) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
+    let policy = build_policy(name, opts, &mut None)?;
+    let mut replayer = Replayer::new(name, vec![(policy, true)], opts, None);
+    for event in events {
+        replayer.feed(&event?)?;
+    }
+    Ok(replayer
+        .lanes
+        .first()
+        .map(|lane| lane.sim.prefetches(&replayer.names, &replayer.catalog))
+        .unwrap_or_default())
+}
+
 /// One streaming replay: events go in one at a time, the report comes out
 /// at the end.
 struct Replayer<'l, 'd> {
@@ -324,13 +312,11 @@ struct Replayer<'l, 'd> {
     lanes: Vec<Lane>,
     progress: bool,
     decisions: Decisions<'d>,
-    clock: SimClock,
     catalog: Catalog,
     /// Names interned for every lane, and the current event's ids: resolved
     /// once an event, not once a lane.
     names: Names,
     keys: Keys,
-    orders: Vec<PullOrder>,
     count: u64,
     first_ts: Option<f64>,
     last_ts: f64,
@@ -348,8 +334,11 @@ impl<'l, 'd> Replayer<'l, 'd> {
         let lanes = policies
             .into_iter()
             .map(|(policy, shown)| Lane {
-                ticks: TickGrid::new(policy.tick_interval()),
-                policy,
+                driver: Driver::new(
+                    policy,
+                    TimeSource::EventTime,
+                    opts.settings.max_images_per_node,
+                ),
                 sim: Sim::new(opts.sim),
                 shown,
             })
@@ -360,11 +349,9 @@ impl<'l, 'd> Replayer<'l, 'd> {
             lanes,
             progress: opts.progress,
             decisions,
-            clock: SimClock::new(0.0),
-            catalog: Catalog::new(opts.default_image_bytes),
+            catalog: Catalog::new(opts.default_image_bytes()),
             names: Names::default(),
             keys: Keys::default(),
-            orders: Vec::new(),
             count: 0,
             first_ts: None,
             last_ts: 0.0,
@@ -391,23 +378,16 @@ impl<'l, 'd> Replayer<'l, 'd> {
             self.catalog.learn(image);
         }
         self.keys.resolve(event, &mut self.names, &mut self.catalog);
-        let clock = &self.clock;
-        let mut out = Out {
-            orders: &mut self.orders,
-            catalog: &mut self.catalog,
-            names: &mut self.names,
-            decisions: &mut self.decisions,
-        };
         for lane in &mut self.lanes {
-            while let Some(tick) = lane.ticks.as_mut().and_then(|g| g.next_due(event.ts)) {
-                clock.set(tick);
-                lane.policy.on_tick(clock, out.orders);
-                out.deliver(lane, tick)?;
-            }
-            clock.set(event.ts);
-            lane.sim.on_event(event, &self.keys, out.catalog);
-            lane.policy.on_event(event, clock, out.orders);
-            out.deliver(lane, event.ts)?;
+            let mut out = Out {
+                sim: &mut lane.sim,
+                shown: lane.shown,
+                keys: &self.keys,
+                catalog: &mut self.catalog,
+                names: &mut self.names,
+                decisions: &mut self.decisions,
+            };
+            lane.driver.feed(event, &mut out)?;
         }
         Ok(())
     }
@@ -424,40 +404,65 @@ impl<'l, 'd> Replayer<'l, 'd> {
         }
         let mut outcomes = Vec::new();
         for lane in self.lanes {
-            let name = lane.policy.name().to_string();
+            let name = lane.driver.policy_name().to_string();
             outcomes.push((name, lane.shown, lane.sim.finish(&mut self.catalog)));
         }
         report::build(
             self.label,
             self.count,
-            self.last_ts - self.first_ts.unwrap_or(self.last_ts),
+            (
+                self.first_ts.unwrap_or(self.last_ts),
+                self.last_ts - self.first_ts.unwrap_or(self.last_ts),
+            ),
             self.catalog.defaulted_images(),
             outcomes,
         )
     }
 }
 
-/// What a lane's orders go to, borrowed apart from the lanes.
+/// What a lane's driver acts on: its simulator, and the decisions file.
 struct Out<'a, 'd> {
-    orders: &'a mut Vec<PullOrder>,
+    sim: &'a mut Sim,
+    shown: bool,
+    keys: &'a Keys,
     catalog: &'a mut Catalog,
     names: &'a mut Names,
     decisions: &'a mut Decisions<'d>,
 }
 
-impl Out<'_, '_> {
-    /// Hands a lane's new orders to its simulator, and to the decisions
-    /// file.
-    fn deliver(&mut self, lane: &mut Lane, ts: f64) -> Result<()> {
-        for order in self.orders.drain(..) {
-            if lane.shown
-                && let Some(out) = self.decisions.as_deref_mut()
-            {
-                crate::decisions::write_line(out, ts, lane.policy.name(), &order)
-                    .map_err(|e| Error::Decisions(e.into()))?;
-            }
-            lane.sim.order(&order, ts, self.names, self.catalog);
+impl Sink for Out<'_, '_> {
+    type Error = Error;
+
+    fn ordered(&mut self, ts: f64, policy: &str, order: &PullOrder) -> Result<()> {
+        self.sim.count_order(ts);
+        if self.shown
+            && let Some(out) = self.decisions.as_deref_mut()
+        {
+            crate::decisions::write_line(out, ts, policy, order)
+                .map_err(|e| Error::Decisions(e.into()))?;
         }
         Ok(())
+    }
+
+    fn event(&mut self, event: &Event, _now: f64) {
+        self.sim.on_event(event, self.keys, self.catalog);
+    }
+
+    /// The simulated node prefetches what the book plans onto it, as the
+    /// node agent pulls what its NodePrefetch lists.
+    fn placed(&mut self, _order: &PullOrder, placed: &Placed, now: f64) {
+        match placed {
+            Placed::Changed(c) => {
+                self.sim
+                    .plan(&c.node, &c.image, c.priority, now, self.names, self.catalog);
+                if let Some(evicted) = &c.evicted {
+                    self.sim
+                        .unplan(&c.node, evicted, now, self.names, self.catalog);
+                }
+            }
+            Placed::Parked => {}
+            Placed::Unchanged { .. } => self.sim.skipped(false),
+            Placed::Capped { .. } | Placed::ParkFull => self.sim.skipped(true),
+        }
     }
 }

@@ -60,6 +60,22 @@ pub struct PolicyReport {
     pub orders_duplicate: u64,
     /// Orders for nodes that never came or had gone.
     pub orders_dropped: u64,
+    /// Orders kept out of a node's plan by `--max-images-per-node`, or
+    /// pushed out of it by better ones before their pull started.
+    pub orders_capped: u64,
+    /// Each pod's wait, for charts; not part of the JSON report.
+    #[serde(skip)]
+    pub detail: WaitDetail,
+}
+
+/// Every scored pod's pull wait: what the HTML report draws.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WaitDetail {
+    /// The waits in seconds, sorted.
+    pub sorted: Vec<f64>,
+    /// (time the pod was bound, seconds it waited), in the simulator's
+    /// order; empty unless the simulator kept bind times.
+    pub by_bind: Vec<(f64, f64)>,
 }
 
 /// The scores of one replay.
@@ -71,6 +87,9 @@ pub struct Report {
     pub events: u64,
     /// Seconds from the first event to the last.
     pub span_seconds: f64,
+    /// The first event's time; charts count from it.
+    #[serde(skip)]
+    pub first_ts: f64,
     /// Images pulled without a known size (they used `--default-image-bytes`).
     pub default_sized_images: u64,
     /// One entry per policy, in the order asked for.
@@ -113,30 +132,34 @@ fn sorted(v: Vec<f64>) -> Vec<f64> {
 pub fn build(
     file: &str,
     events: u64,
-    span_seconds: f64,
+    (first_ts, span_seconds): (f64, f64),
     default_sized_images: u64,
     outcomes: Vec<(String, bool, Outcome)>,
 ) -> Report {
     // Sorted before summing, so that equal sets of waits give equal totals.
-    let outcomes: Vec<(String, bool, Outcome)> = outcomes
+    let outcomes = outcomes
         .into_iter()
         .map(|(n, shown, mut o)| {
+            let by_bind = std::mem::take(&mut o.wait_binds)
+                .into_iter()
+                .zip(o.waits.iter().copied())
+                .collect::<Vec<_>>();
             o.waits = sorted(std::mem::take(&mut o.waits));
-            (n, shown, o)
+            (n, shown, o, by_bind)
         })
-        .collect();
+        .collect::<Vec<_>>();
     let total_wait = |name: &str| {
         outcomes
             .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, _, o)| o.waits.iter().sum::<f64>())
+            .find(|(n, _, _, _)| n == name)
+            .map(|(_, _, o, _)| o.waits.iter().sum::<f64>())
     };
     let w_none = total_wait("none");
     let w_oracle = total_wait("oracle");
     let policies = outcomes
         .into_iter()
-        .filter(|(_, shown, _)| *shown)
-        .map(|(policy, _, o)| {
+        .filter(|(_, shown, _, _)| *shown)
+        .map(|(policy, _, o, by_bind)| {
             let waits = o.waits;
             // `+ 0.0` turns the empty sum's -0.0 into 0.0 for the report.
             let total: f64 = waits.iter().sum::<f64>() + 0.0;
@@ -168,6 +191,11 @@ pub fn build(
                 orders: o.orders,
                 orders_duplicate: o.orders_duplicate,
                 orders_dropped: o.orders_dropped,
+                orders_capped: o.orders_capped,
+                detail: WaitDetail {
+                    sorted: waits,
+                    by_bind,
+                },
             }
         })
         .collect();
@@ -175,6 +203,7 @@ pub fn build(
         file: file.to_string(),
         events,
         span_seconds,
+        first_ts,
         default_sized_images,
         policies,
     }

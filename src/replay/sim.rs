@@ -33,6 +33,9 @@ pub struct SimConfig {
     /// Only pods bound and prefetches ordered from this time on are scored;
     /// earlier events only warm the cluster up (held-back evaluation).
     pub score_from: f64,
+    /// Keep each scored pod's bind time beside its wait, for the charts of
+    /// `--report` (8 bytes a pod; off otherwise).
+    pub bind_times: bool,
 }
 
 impl Default for SimConfig {
@@ -42,6 +45,7 @@ impl Default for SimConfig {
             pull_latency_seconds: 0.5,
             max_parallel_pulls: 4,
             score_from: f64::NEG_INFINITY,
+            bind_times: false,
         }
     }
 }
@@ -60,6 +64,9 @@ pub struct Outcome {
     pub pods: u64,
     /// Seconds each pod waited for its images after binding.
     pub waits: Vec<f64>,
+    /// When each pod of `waits` was bound, in the same order; empty unless
+    /// [`SimConfig::bind_times`].
+    pub wait_binds: Vec<f64>,
     /// (pod, image) needs whose image was present at binding.
     pub hits: u64,
     /// Needs whose image was being prefetched at binding.
@@ -82,6 +89,10 @@ pub struct Outcome {
     /// Orders for a node that never appeared or had gone, or past the hold
     /// limit.
     pub orders_dropped: u64,
+    /// Orders the plan book kept out of a node's plan (its cap was full of
+    /// better images, or its NodeClaim had the cap parked), and planned
+    /// images a better one pushed out before their pull started.
+    pub orders_capped: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -551,6 +562,101 @@ impl Sim {
         }
     }
 
+    /// Counts one order a policy made at `t`; the plan book decides what of
+    /// it reaches the node ([`Sim::plan`], [`Sim::unplan`], [`Sim::skipped`]).
+    pub fn count_order(&mut self, t: f64) {
+        if t >= self.cfg.score_from {
+            self.out.orders += 1;
+        }
+    }
+
+    /// Counts an order the plan book did not pass on: the node had the image
+    /// at that priority already, or (`capped`) better images filled its plan.
+    pub fn skipped(&mut self, capped: bool) {
+        if capped {
+            self.out.orders_capped += 1;
+        } else {
+            self.out.orders_duplicate += 1;
+        }
+    }
+
+    /// Queues a prefetch of `image` on `node` at `priority` (again, at a
+    /// higher priority, if it is still queued); held until the node exists.
+    pub fn plan(
+        &mut self,
+        node: &str,
+        image: &str,
+        priority: u32,
+        t: f64,
+        names: &mut Names,
+        catalog: &mut Catalog,
+    ) {
+        let image = catalog.intern(image);
+        let node = names.ordered_node(node);
+        match peek(&self.node_slot, node) {
+            NONE => self.hold(false, node, (image, priority)),
+            idx => self.enqueue_prefetch(idx as usize, (image, priority), t, catalog),
+        }
+    }
+
+    /// Takes `image` out of `node`'s plan: a prefetch not started yet is
+    /// cancelled, as the agent drops an image its NodePrefetch no longer
+    /// lists; one started runs on.
+    pub fn unplan(
+        &mut self,
+        node: &str,
+        image: &str,
+        t: f64,
+        names: &mut Names,
+        catalog: &mut Catalog,
+    ) {
+        let image = catalog.intern(image);
+        let node = names.ordered_node(node);
+        let idx = peek(&self.node_slot, node);
+        if idx == NONE {
+            if let Some(held) = self.held_for_node.get_mut(&node)
+                && let Some(at) = held.iter().position(|&(id, _)| id == image)
+            {
+                held.remove(at);
+                self.held -= 1;
+                self.out.orders_capped += 1;
+            }
+            return;
+        }
+        let idx = idx as usize;
+        self.advance(idx, t, catalog);
+        let n = &mut self.nodes[idx];
+        if n.images.get(&image).map(|e| e.state) == Some(ImgState::PrefetchQueued) {
+            // Queued only: nothing moved, so no waste to take back; its
+            // queue entry finds no entry and lapses.
+            n.images.remove(&image);
+            self.out.orders_capped += 1;
+        }
+    }
+
+    /// The images each live node has prefetched, is pulling or has queued
+    /// for prefetch, by node name: what its simulated agent was told to pull.
+    pub fn prefetches(
+        &self,
+        names: &Names,
+        catalog: &Catalog,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut out = std::collections::BTreeMap::new();
+        for (id, &idx) in self.node_slot.iter().enumerate() {
+            if idx == NONE || !self.alive[idx as usize] {
+                continue;
+            }
+            let images = self.nodes[idx as usize]
+                .images
+                .iter()
+                .filter(|(_, e)| e.prefetched)
+                .map(|(&i, _)| catalog.name(i).to_string())
+                .collect();
+            out.insert(names.nodes.name(id as u32).to_string(), images);
+        }
+        out
+    }
+
     /// Runs every node until its queues are empty, settles the waste, and
     /// returns the measurements.
     pub fn finish(mut self, catalog: &mut Catalog) -> Outcome {
@@ -735,6 +841,9 @@ impl Sim {
             pod.open = false;
             if pod.scored {
                 self.out.waits.push(t - pod.bind);
+                if self.cfg.bind_times {
+                    self.out.wait_binds.push(pod.bind);
+                }
             }
         }
     }
@@ -842,8 +951,16 @@ impl Sim {
         self.advance(idx, t, catalog);
         let (id, priority) = order;
         let node = &mut self.nodes[idx];
-        if node.images.contains_key(&id) {
-            self.out.orders_duplicate += 1;
+        if let Some(e) = node.images.get(&id) {
+            if e.state == ImgState::PrefetchQueued {
+                // A higher priority from the plan book: queued again at it;
+                // the entry at the old one finds the pull started and lapses.
+                self.seq += 1;
+                node.prefetch_queue.push((priority, Reverse(self.seq), id));
+                self.start_pulls(idx, catalog);
+            } else {
+                self.out.orders_duplicate += 1;
+            }
             return;
         }
         node.images.insert(
@@ -1008,6 +1125,9 @@ impl Sim {
                         pod.open = false;
                         if pod.scored {
                             self.out.waits.push(now - pod.bind);
+                            if self.cfg.bind_times {
+                                self.out.wait_binds.push(pod.bind);
+                            }
                         }
                     } else if pod.deleted {
                         pod.deleted = false;

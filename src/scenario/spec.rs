@@ -368,9 +368,12 @@ impl Spec {
 
     /// Parses spec text; `name` is used in errors.
     pub fn parse(text: &str, name: &str) -> Result<Self> {
-        serde_yaml_ng::from_str(text).map_err(|e| Error::Spec {
-            path: name.to_string(),
-            msg: e.to_string(),
+        serde_yaml_ng::from_str(text).map_err(|e| {
+            let (pos, msg) = crate::position::yaml(&e);
+            Error::Spec {
+                path: crate::position::place(name, pos),
+                msg,
+            }
         })
     }
 
@@ -574,11 +577,13 @@ impl Spec {
                 path: name.clone(),
                 source,
             })?;
-            let entries: Vec<CatalogueEntry> =
-                serde_json::from_str(&text).map_err(|e| Error::Catalogue {
-                    path: name.clone(),
-                    msg: e.to_string(),
-                })?;
+            let entries: Vec<CatalogueEntry> = serde_json::from_str(&text).map_err(|e| {
+                let (pos, msg) = crate::position::json(&e);
+                Error::Catalogue {
+                    path: crate::position::place(&name, pos),
+                    msg,
+                }
+            })?;
             for e in entries {
                 let Some(size) = e.size.filter(|s| s.is_finite() && *s >= 0.0) else {
                     continue;

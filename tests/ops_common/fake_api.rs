@@ -5,6 +5,11 @@
 //! by state rather than by a fixed script, because the election and the
 //! controller interleave their calls), and over real HTTP for a real
 //! `kube::Client` built from a kubeconfig.
+//!
+//! [`FakeApi::stateful`] makes one that answers every resource from a
+//! generic [`Store`] instead (list, live watch, get, create, update, patch,
+//! delete), for the deployed-chain tests; its HTTP server can be stopped
+//! and started again on the same port, as an API server that restarts.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -15,6 +20,8 @@ use std::time::{Duration, Instant};
 use http::{Method, Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
+
+use super::store::{Reply, Store};
 
 /// One write call (POST, PUT, PATCH, DELETE) the fake received.
 #[derive(Clone, Debug)]
@@ -40,7 +47,23 @@ pub struct FakeApi {
     pub fail_writes: Mutex<u32>,
     /// Completed NodePrefetch writes (set after the delay).
     pub writes_done: Mutex<u64>,
+    /// When set, every request is answered from this store.
+    pub store: Option<Store>,
     rv: Mutex<u64>,
+}
+
+/// A running HTTP front of the fake; [`HttpServer::stop`] drops the
+/// listener and every open connection (watch streams end mid-stream).
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl HttpServer {
+    /// Stops serving, as an API server that goes away.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 /// A Node as the API server returns it (trimmed `kubectl get node -o json`).
@@ -111,6 +134,63 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
 impl FakeApi {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A fake that answers every resource from a generic [`Store`].
+    pub fn stateful() -> Arc<Self> {
+        Arc::new(Self {
+            store: Some(Store::default()),
+            ..Self::default()
+        })
+    }
+
+    /// The store of a [`FakeApi::stateful`] fake.
+    pub fn store(&self) -> &Store {
+        self.store.as_ref().expect("a stateful FakeApi")
+    }
+
+    /// Answers one request, from the store when there is one.
+    pub async fn reply(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Reply {
+        let Some(store) = &self.store else {
+            let (code, json) = self.handle(method, path, query, body).await;
+            return match json {
+                // A finite watch of the scripted fake.
+                Value::Array(_) => Reply::Json(code, json),
+                other => Reply::Json(code, other),
+            };
+        };
+        self.requests
+            .lock()
+            .unwrap()
+            .push(format!("{method} {path}?{query}"));
+        let parsed: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => {
+                    let (c, v) = status(400, "BadRequest", &format!("bad json: {e}"));
+                    return Reply::Json(c, v);
+                }
+            }
+        };
+        if *method != Method::GET {
+            self.writes.lock().unwrap().push(Write {
+                method: method.to_string(),
+                path: path.to_string(),
+                query: query.to_string(),
+                body: parsed.clone(),
+                at: Instant::now(),
+            });
+        }
+        store.handle(method.as_str(), path, query, content_type, &parsed)
     }
 
     pub fn add_node(&self, name: &str, uid: &str) {
@@ -357,17 +437,47 @@ impl FakeApi {
 
     /// Serves this fake over plain HTTP on a free loopback port.
     pub async fn serve_http(self: &Arc<Self>) -> SocketAddr {
-        use http_body_util::{BodyExt, Full};
-        use hyper::body::{Bytes, Incoming};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = self.serve_http_at("127.0.0.1:0".parse().unwrap()).await;
+        let addr = server.addr;
+        // Runs for the rest of the test.
+        std::mem::forget(server);
+        addr
+    }
+
+    /// Serves this fake over plain HTTP on `addr` until stopped; call it
+    /// again with the same address to bring the API server back.
+    pub async fn serve_http_at(self: &Arc<Self>, addr: SocketAddr) -> HttpServer {
+        use http_body_util::{BodyExt, Full, StreamBody};
+        use hyper::body::{Bytes, Frame, Incoming};
+        type Out = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+        // The port may still be held for a moment by the previous server.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let api = self.clone();
         tokio::spawn(async move {
+            let mut stop_accept = stop.clone();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
+                let stream = tokio::select! {
+                    _ = stop_accept.wait_for(|s| *s) => return,
+                    r = listener.accept() => match r {
+                        Ok((s, _)) => s,
+                        Err(_) => return,
+                    },
                 };
                 let api = api.clone();
+                let mut stop_conn = stop.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let api = api.clone();
@@ -378,30 +488,62 @@ impl FakeApi {
                                 .await
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
-                            let (code, json) = api
-                                .handle(
+                            let content_type = parts
+                                .headers
+                                .get(http::header::CONTENT_TYPE)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let reply = api
+                                .reply(
                                     &parts.method,
                                     parts.uri.path(),
                                     parts.uri.query().unwrap_or(""),
+                                    &content_type,
                                     &bytes,
                                 )
                                 .await;
+                            let (code, body): (u16, Out) = match reply {
+                                Reply::Json(code, json) => {
+                                    (code, Full::new(Bytes::from(wire(&json))).boxed())
+                                }
+                                Reply::Watch(rx) => {
+                                    let lines = futures::stream::unfold(rx, |mut rx| async move {
+                                        let ev = rx.recv().await?;
+                                        let line = serde_json::to_string(&ev).unwrap() + "\n";
+                                        Some((
+                                            Ok::<_, std::convert::Infallible>(Frame::data(
+                                                Bytes::from(line),
+                                            )),
+                                            rx,
+                                        ))
+                                    });
+                                    (200, StreamBody::new(lines).boxed())
+                                }
+                            };
                             Ok::<_, std::convert::Infallible>(
                                 Response::builder()
                                     .status(code)
                                     .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(wire(&json))))
+                                    .body(body)
                                     .unwrap(),
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        // Dropping the connection closes it, watches too.
+                        _ = stop_conn.wait_for(|s| *s) => {}
+                    }
                 });
             }
         });
-        addr
+        HttpServer {
+            addr,
+            stop: stop_tx,
+        }
     }
 }
 

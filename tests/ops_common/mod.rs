@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

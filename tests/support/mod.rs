@@ -67,6 +67,13 @@ fn wait_until(what: &str, log: &Path, timeout: Duration, mut ok: impl FnMut() ->
     }
 }
 
+/// Whether this process's `/` is a mount point (not so in a chroot).
+fn root_is_mount_point() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some("/")))
+        .unwrap_or(true)
+}
+
 fn stop(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         // SIGTERM by PID first so the daemon can clean up, then make sure.
@@ -186,6 +193,11 @@ impl Registry {
     /// Stops the registry (its data stays).
     pub fn stop(&mut self) {
         stop(&mut self.child);
+    }
+
+    /// Starts a stopped registry again, on the same address and data.
+    pub fn resume(&mut self) {
+        self.run();
     }
 
     fn basic(&self) -> Option<String> {
@@ -422,7 +434,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs","io.containerd.snapshott
             .append(true)
             .open(&self.log)
             .expect("containerd log");
-        let child = Command::new(bin)
+        let mut cmd = if root_is_mount_point() {
+            Command::new(bin)
+        } else {
+            // Inside a chroot, `/` is not a mount point, and runc (behind
+            // `ctr run`) cannot make it a slave mount ("mount /, flags:
+            // 0x84000: invalid argument"). containerd then gets its own
+            // mount namespace whose root is a bind mount of this one: the
+            // same files and sockets, at the same paths. The bind goes
+            // inside a private tmpfs so that it never propagates back here,
+            // where removing the temp dir would walk into it.
+            let jail = self.dir.path().join("jail");
+            std::fs::create_dir_all(&jail).expect("jail dir");
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "unchanged", "sh", "-c"])
+                .arg(concat!(
+                    r#"mount -t tmpfs jail "$0" && mount --make-private "$0" && "#,
+                    r#"mkdir "$0/r" && mount --rbind / "$0/r" && cd "$0/r" && exec chroot . "$@""#
+                ))
+                .arg(&jail)
+                .arg(bin);
+            c
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())

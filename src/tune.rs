@@ -13,15 +13,15 @@
 //! 5. Replay each whole trace, scoring only what happens after the split.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ndarray::{Array1, Array2};
 
-use super::model::{Features, Model, N_FEATURES, Provenance, fit_logistic};
-use super::planner::{Candidate, Planner, PlannerConfig};
 use crate::clock::Clock;
 use crate::event::{self, Body, Event, EventReader, NodePhase, PodPhase};
+use crate::forecast::model::{Features, Model, N_FEATURES, Provenance, fit_logistic};
+use crate::forecast::planner::{Candidate, Planner, PlannerConfig};
 use crate::policy::{Policy, PullOrder};
 use crate::replay::{self, Report, oracle::Foresight};
 
@@ -65,6 +65,47 @@ pub struct Tuned {
     pub held_back: Vec<Report>,
 }
 
+impl Tuned {
+    /// `tune --report`: the threshold search, then each trace's held-back
+    /// part, as one HTML page; `model` is where the model was written.
+    pub fn html_report(&self, model: &Path) -> crate::replay::html::Result<String> {
+        let thresholds = crate::replay::html::Table {
+            caption: "Threshold search on the training part".into(),
+            header: ["threshold", "capture", "waste share", ""]
+                .map(String::from)
+                .to_vec(),
+            rows: self
+                .thresholds
+                .iter()
+                .map(|t| {
+                    let chosen = if t.threshold == self.model.threshold {
+                        "chosen"
+                    } else {
+                        ""
+                    };
+                    vec![
+                        format!("{:.2}", t.threshold),
+                        format!("{:.3}", t.capture),
+                        format!("{:.3}", t.waste_share),
+                        chosen.to_string(),
+                    ]
+                })
+                .collect(),
+        };
+        let intro = format!(
+            "The model written to {} was fitted on the first part of each trace. Below, every \
+             policy is scored on the part held back: only pods bound after the split count.",
+            model.display()
+        );
+        crate::replay::html::page(
+            "pullahead tune: held-back comparison",
+            &intro,
+            &[thresholds],
+            &self.held_back,
+        )
+    }
+}
+
 /// The planner, with its candidates sent to a shared list.
 struct Collector {
     planner: Planner,
@@ -97,10 +138,10 @@ impl Policy for Collector {
 
 /// A trace in memory, with the time that splits its training part from
 /// the part held back.
-pub(super) struct Trace {
-    pub(super) label: String,
-    pub(super) events: Vec<Event>,
-    pub(super) split: f64,
+pub(crate) struct Trace {
+    pub(crate) label: String,
+    pub(crate) events: Vec<Event>,
+    pub(crate) split: f64,
 }
 
 impl Trace {
@@ -158,17 +199,11 @@ fn needed(b: &Bindings, c: Candidate, horizon: f64) -> bool {
 }
 
 fn planner_config(opts: &replay::Options) -> PlannerConfig {
-    PlannerConfig {
-        node_budget_bytes: opts.node_budget_bytes,
-        bandwidth_bytes_per_second: opts.sim.bandwidth_bytes_per_second,
-        pull_latency_seconds: opts.sim.pull_latency_seconds,
-        default_image_bytes: opts.default_image_bytes,
-        ..PlannerConfig::default()
-    }
+    opts.settings.planner
 }
 
 /// Reads each file of `opts`; an empty file is left out.
-pub(super) fn load(opts: &TuneOptions) -> replay::Result<Vec<Trace>> {
+pub(crate) fn load(opts: &TuneOptions) -> replay::Result<Vec<Trace>> {
     let mut traces = Vec::new();
     for path in &opts.files {
         let events: Vec<Event> = EventReader::open(path)?.collect::<event::Result<_>>()?;
@@ -221,6 +256,8 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
     for t in &traces {
         let mut ro = opts.replay.clone();
         ro.sim.score_from = t.split;
+        // For `--report`'s chart over time; held-back parts are small.
+        ro.sim.bind_times = true;
         let mut r = score(
             &t.label,
             &t.events,
@@ -240,12 +277,11 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
 
 /// Steps 1–4: fits a model on the training parts of `traces` and picks its
 /// threshold on them.
-pub(super) fn fit(
+pub(crate) fn fit(
     traces: &[&Trace],
     opts: &TuneOptions,
 ) -> replay::Result<(Model, Vec<ThresholdScore>)> {
-    let start = Model::from_json(replay::DEFAULT_MODEL).map_err(replay::Error::InvalidOption)?;
-    let mut start = start;
+    let mut start = Model::builtin().map_err(replay::Error::InvalidOption)?;
     start.horizon_seconds = opts.horizon_seconds;
     let cfg = planner_config(&opts.replay);
 
@@ -344,7 +380,7 @@ fn total(r: &Report, policy: &str) -> f64 {
 }
 
 /// Replays `events` with `model` as the predictive policy.
-pub(super) fn score(
+pub(crate) fn score(
     label: &str,
     events: &[Event],
     model: &Model,
@@ -352,7 +388,7 @@ pub(super) fn score(
     policies: &[&str],
 ) -> replay::Result<Report> {
     let mut ro = opts.clone();
-    ro.model = Some(model.clone());
+    ro.settings.model = model.clone();
     ro.policies = policies.iter().map(|s| s.to_string()).collect();
     ro.progress = false;
     // `none` and `oracle` are reported too, so that capture can be read off.
@@ -398,6 +434,10 @@ pub struct Args {
     /// Print the held-back figures as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also write the threshold search and the held-back comparison as one
+    /// self-contained HTML page with charts (inline SVG; it fetches nothing).
+    #[arg(long, value_name = "OUT.html")]
+    pub report: Option<PathBuf>,
     /// Leave-one-out over whole files instead of a time split: for each
     /// file, fit on all the others and score it (predictive, rules, static,
     /// popular). The model written is then fitted on every file. Needs at

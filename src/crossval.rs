@@ -8,9 +8,9 @@
 
 use serde::Serialize;
 
-use super::model::Model;
-use super::tune::{self, Trace, TuneOptions};
+use crate::forecast::model::Model;
 use crate::replay::{self, PolicyReport};
+use crate::tune::{self, Trace, TuneOptions};
 
 /// The policies a fold scores, in report order.
 pub const POLICIES: [&str; 4] = ["predictive", "rules", "static", "popular"];
