@@ -8,8 +8,8 @@
 //!    after the decision need the image? (Training data may look ahead; the
 //!    planner never does.)
 //! 3. Fit logistic regression.
-//! 4. Pick the threshold with the best oracle capture on the training part
-//!    whose waste stays within the bound.
+//! 4. Pick the threshold with the best oracle capture on the training parts
+//!    whose waste stays within the bound, both averaged over the traces.
 //! 5. Replay each whole trace, scoring only what happens after the split.
 
 use std::collections::HashMap;
@@ -47,9 +47,11 @@ pub struct TuneOptions {
 pub struct ThresholdScore {
     /// The threshold.
     pub threshold: f64,
-    /// Oracle capture over all training parts.
+    /// Oracle capture, capped at 1, averaged over the training parts where
+    /// the oracle saves anything.
     pub capture: f64,
-    /// Wasted over prefetched bytes.
+    /// Wasted over prefetched bytes, averaged over the training parts that
+    /// prefetch anything.
     pub waste_share: f64,
 }
 
@@ -337,28 +339,27 @@ pub(crate) fn fit(
         0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
     ] {
         let model = Model::new(weights, bias, opts.horizon_seconds, th);
-        let (mut saved, mut possible, mut wasted, mut prefetched) = (0.0, 0.0, 0.0, 0.0);
+        // Each trace counts once, whatever its size: pooled seconds and
+        // bytes let the one or two biggest clusters pick the threshold for
+        // all, and cross-validation shows that carries over worse.
+        let (mut captures, mut wastes) = (Vec::new(), Vec::new());
         for t in traces {
             let train: Vec<Event> = t.train().collect::<event::Result<_>>()?;
             let r = score(&t.label, &train, &model, &opts.replay, &["predictive"])?;
             let (none, pred, oracle) = (total(&r, "none"), &r.policies[0], total(&r, "oracle"));
-            saved += none - pred.pull_wait_seconds.total;
-            possible += none - oracle;
-            wasted += pred.wasted_bytes as f64;
-            prefetched += pred.prefetched_bytes as f64;
+            if none - oracle > 0.0 {
+                // Above 1 only where the oracle's pulls crowd each other;
+                // capped so that such a trace does not outweigh the rest.
+                captures.push(((none - pred.pull_wait_seconds.total) / (none - oracle)).min(1.0));
+            }
+            if pred.prefetched_bytes > 0 {
+                wastes.push(pred.wasted_bytes as f64 / pred.prefetched_bytes as f64);
+            }
         }
         thresholds.push(ThresholdScore {
             threshold: th,
-            capture: if possible > 0.0 {
-                saved / possible
-            } else {
-                0.0
-            },
-            waste_share: if prefetched > 0.0 {
-                wasted / prefetched
-            } else {
-                0.0
-            },
+            capture: mean(&captures),
+            waste_share: mean(&wastes),
         });
     }
     let best = choose_threshold(&thresholds, opts.max_waste_share);
@@ -370,6 +371,15 @@ pub(crate) fn fit(
         positive_share,
     };
     Ok((model, thresholds))
+}
+
+/// The mean of `v`, 0 when it is empty.
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
 }
 
 fn total(r: &Report, policy: &str) -> f64 {
