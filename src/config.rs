@@ -162,6 +162,7 @@ struct FileConfig {
     image_gc_high_percent: Option<f64>,
     disk_margin_percent: Option<f64>,
     image_size_factor: Option<f64>,
+    rules_share: Option<f64>,
     write_concurrency: Option<usize>,
     deadline: Option<f64>,
     shutdown_timeout: Option<f64>,
@@ -296,6 +297,7 @@ impl Config {
                     .or(f.image_gc_high_percent),
                 disk_margin_percent: args.settings.disk_margin_percent.or(f.disk_margin_percent),
                 image_size_factor: args.settings.image_size_factor.or(f.image_size_factor),
+                rules_share: args.settings.rules_share.or(f.rules_share),
             },
             metrics_addr: args
                 .metrics_addr

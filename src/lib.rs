@@ -10,6 +10,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod crossval;
 pub mod decisions;
 pub mod dispatch;
 pub mod event;

@@ -178,6 +178,30 @@ fn write_page(path: &std::path::Path, page: &str) -> anyhow::Result<()> {
 
 fn tune_cmd(args: &pullahead::tune::Args) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if args.cross_validate {
+        anyhow::ensure!(
+            args.report.is_none(),
+            "--report is not made with --cross-validate"
+        );
+        let cv = pullahead::crossval::cross_validate(&args.options(command)?)?;
+        let text = serde_json::to_string_pretty(&cv.model)?;
+        std::fs::write(&args.out, text + "\n")
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        if args.json {
+            serde_json::to_writer(&mut out, &cv.folds)?;
+            writeln!(out)?;
+        } else {
+            write!(out, "{}", pullahead::crossval::table(&cv.folds))?;
+            writeln!(
+                out,
+                "model fitted on every file written to {}",
+                args.out.display()
+            )?;
+        }
+        return Ok(());
+    }
     let tuned = pullahead::tune::tune(&args.options(command)?)?;
     let text = serde_json::to_string_pretty(&tuned.model)?;
     std::fs::write(&args.out, text + "\n")

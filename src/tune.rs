@@ -8,8 +8,8 @@
 //!    after the decision need the image? (Training data may look ahead; the
 //!    planner never does.)
 //! 3. Fit logistic regression.
-//! 4. Pick the threshold with the best oracle capture on the training part
-//!    whose waste stays within the bound.
+//! 4. Pick the threshold with the best oracle capture on the training parts
+//!    whose waste stays within the bound, both averaged over the traces.
 //! 5. Replay each whole trace, scoring only what happens after the split.
 
 use std::collections::HashMap;
@@ -47,9 +47,11 @@ pub struct TuneOptions {
 pub struct ThresholdScore {
     /// The threshold.
     pub threshold: f64,
-    /// Oracle capture over all training parts.
+    /// Oracle capture, capped at 1, averaged over the training parts where
+    /// the oracle saves anything.
     pub capture: f64,
-    /// Wasted over prefetched bytes.
+    /// Wasted over prefetched bytes, averaged over the training parts that
+    /// prefetch anything.
     pub waste_share: f64,
 }
 
@@ -136,10 +138,12 @@ impl Policy for Collector {
     }
 }
 
-struct Trace {
-    label: String,
-    events: Vec<Event>,
-    split: f64,
+/// A trace in memory, with the time that splits its training part from
+/// the part held back.
+pub(crate) struct Trace {
+    pub(crate) label: String,
+    pub(crate) events: Vec<Event>,
+    pub(crate) split: f64,
 }
 
 impl Trace {
@@ -200,7 +204,8 @@ fn planner_config(opts: &replay::Options) -> PlannerConfig {
     opts.settings.planner
 }
 
-fn load(opts: &TuneOptions) -> replay::Result<Vec<Trace>> {
+/// Reads each file of `opts`; an empty file is left out.
+pub(crate) fn load(opts: &TuneOptions) -> replay::Result<Vec<Trace>> {
     let mut traces = Vec::new();
     for path in &opts.files {
         let events: Vec<Event> = EventReader::open(path)?.collect::<event::Result<_>>()?;
@@ -245,13 +250,46 @@ fn choose_threshold(scores: &[ThresholdScore], max_waste: f64) -> f64 {
 /// Runs the whole tuning procedure.
 pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
     let traces = load(opts)?;
+    let all: Vec<&Trace> = traces.iter().collect();
+    let (model, thresholds) = fit(&all, opts)?;
+
+    // 5: held-back scores.
+    let mut held_back = Vec::new();
+    for t in &traces {
+        let mut ro = opts.replay.clone();
+        ro.sim.score_from = t.split;
+        // For `--report`'s chart over time; held-back parts are small.
+        ro.sim.bind_times = true;
+        let mut r = score(
+            &t.label,
+            &t.events,
+            &model,
+            &ro,
+            &["none", "static", "popular", "predictive", "oracle"],
+        )?;
+        r.file = format!("{} (held back: after t={:.0})", t.label, t.split);
+        held_back.push(r);
+    }
+    Ok(Tuned {
+        model,
+        thresholds,
+        held_back,
+    })
+}
+
+/// Steps 1–4: fits a model on the training parts of `traces` and picks its
+/// threshold on them.
+pub(crate) fn fit(
+    traces: &[&Trace],
+    opts: &TuneOptions,
+) -> replay::Result<(Model, Vec<ThresholdScore>)> {
     let mut start = Model::builtin().map_err(replay::Error::InvalidOption)?;
     start.horizon_seconds = opts.horizon_seconds;
     let cfg = planner_config(&opts.replay);
 
     // 1–2: candidates and labels from the training parts.
     let mut rows: Vec<(Features, f64)> = Vec::new();
-    for t in &traces {
+    for t in traces {
         let sink = Arc::new(Mutex::new(Vec::new()));
         let collector = Collector {
             planner: Planner::new(start.clone(), cfg).collecting(),
@@ -301,61 +339,47 @@ pub fn tune(opts: &TuneOptions) -> replay::Result<Tuned> {
         0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
     ] {
         let model = Model::new(weights, bias, opts.horizon_seconds, th);
-        let (mut saved, mut possible, mut wasted, mut prefetched) = (0.0, 0.0, 0.0, 0.0);
-        for t in &traces {
+        // Each trace counts once, whatever its size: pooled seconds and
+        // bytes let the one or two biggest clusters pick the threshold for
+        // all, and cross-validation shows that carries over worse.
+        let (mut captures, mut wastes) = (Vec::new(), Vec::new());
+        for t in traces {
             let train: Vec<Event> = t.train().collect::<event::Result<_>>()?;
             let r = score(&t.label, &train, &model, &opts.replay, &["predictive"])?;
             let (none, pred, oracle) = (total(&r, "none"), &r.policies[0], total(&r, "oracle"));
-            saved += none - pred.pull_wait_seconds.total;
-            possible += none - oracle;
-            wasted += pred.wasted_bytes as f64;
-            prefetched += pred.prefetched_bytes as f64;
+            if none - oracle > 0.0 {
+                // Above 1 only where the oracle's pulls crowd each other;
+                // capped so that such a trace does not outweigh the rest.
+                captures.push(((none - pred.pull_wait_seconds.total) / (none - oracle)).min(1.0));
+            }
+            if pred.prefetched_bytes > 0 {
+                wastes.push(pred.wasted_bytes as f64 / pred.prefetched_bytes as f64);
+            }
         }
         thresholds.push(ThresholdScore {
             threshold: th,
-            capture: if possible > 0.0 {
-                saved / possible
-            } else {
-                0.0
-            },
-            waste_share: if prefetched > 0.0 {
-                wasted / prefetched
-            } else {
-                0.0
-            },
+            capture: mean(&captures),
+            waste_share: mean(&wastes),
         });
     }
     let best = choose_threshold(&thresholds, opts.max_waste_share);
     let mut model = Model::new(weights, bias, opts.horizon_seconds, best);
     model.provenance = Provenance {
         command: opts.command.clone(),
-        data: opts.files.iter().map(|p| p.display().to_string()).collect(),
+        data: traces.iter().map(|t| t.label.clone()).collect(),
         rows: rows.len() as u64,
         positive_share,
     };
+    Ok((model, thresholds))
+}
 
-    // 5: held-back scores.
-    let mut held_back = Vec::new();
-    for t in &traces {
-        let mut ro = opts.replay.clone();
-        ro.sim.score_from = t.split;
-        // For `--report`'s chart over time; held-back parts are small.
-        ro.sim.bind_times = true;
-        let mut r = score(
-            &t.label,
-            &t.events,
-            &model,
-            &ro,
-            &["none", "static", "popular", "predictive", "oracle"],
-        )?;
-        r.file = format!("{} (held back: after t={:.0})", t.label, t.split);
-        held_back.push(r);
+/// The mean of `v`, 0 when it is empty.
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
     }
-    Ok(Tuned {
-        model,
-        thresholds,
-        held_back,
-    })
 }
 
 fn total(r: &Report, policy: &str) -> f64 {
@@ -366,7 +390,7 @@ fn total(r: &Report, policy: &str) -> f64 {
 }
 
 /// Replays `events` with `model` as the predictive policy.
-fn score(
+pub(crate) fn score(
     label: &str,
     events: &[Event],
     model: &Model,
@@ -424,6 +448,12 @@ pub struct Args {
     /// self-contained HTML page with charts (inline SVG; it fetches nothing).
     #[arg(long, value_name = "OUT.html")]
     pub report: Option<PathBuf>,
+    /// Leave-one-out over whole files instead of a time split: for each
+    /// file, fit on all the others and score it (predictive, rules, static,
+    /// popular). The model written is then fitted on every file. Needs at
+    /// least two files.
+    #[arg(long)]
+    pub cross_validate: bool,
     /// The data-plane model and baselines, as for `replay`.
     #[command(flatten)]
     pub replay: crate::replay::cli::SimArgs,

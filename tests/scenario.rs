@@ -191,6 +191,69 @@ fn scheduler_spreads_or_packs_by_pool_setting() {
     }
 }
 
+/// A pool of several node sizes: each new node is one its first pod fits,
+/// labelled with its instance type, and it holds as many pods as its size
+/// allows.
+#[test]
+fn a_pool_of_several_sizes_launches_nodes_its_pods_fit() {
+    let sizes = "    other_node_sizes:\n      - {cpu_millis: 2000, memory_mib: 100000}\n      - {cpu_millis: 4000, memory_mib: 100000}\n";
+    let spec = format!(
+        "pools:\n{}hpa_controller: {{scale_down_stabilization_seconds: 0}}\nworkloads:\n{}",
+        pool("karpenter", 1000, 1, sizes),
+        hpa_workload(400, 100, 1.0, 1, 40)
+    );
+    // 1 pod, then 40 for long enough that many nodes come up.
+    let rates: Vec<u32> = std::iter::once(0)
+        .chain(std::iter::repeat_n(4000, 20))
+        .collect();
+    let (summary, evs, _) = run(&spec, &rates, 0.3, 9);
+    assert_eq!(summary.unplaceable_pods, 0);
+    let mut per_type: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for e in &evs {
+        if let Body::Node(n) = &e.body
+            && n.phase == NodePhase::Registered
+        {
+            let t = n.labels.get("node.kubernetes.io/instance-type").cloned();
+            per_type
+                .entry(t.expect("instance-type label"))
+                .or_default()
+                .push(n.node.clone());
+        }
+    }
+    let types: Vec<&str> = per_type.keys().map(String::as_str).collect();
+    assert_eq!(
+        types,
+        ["1000m-100000Mi", "2000m-100000Mi", "4000m-100000Mi"],
+        "the warm node is the first size; the seed draws the others"
+    );
+    // Pods of 400m: two on a 1000m node, five on 2000m, ten on 4000m.
+    let binds = bound_nodes(&evs);
+    for (t, most) in [
+        ("1000m-100000Mi", 2),
+        ("2000m-100000Mi", 5),
+        ("4000m-100000Mi", 10),
+    ] {
+        for node in &per_type[t] {
+            let n = binds.iter().filter(|b| *b == node).count();
+            assert!(n <= most, "{node} ({t}) holds {n} pods");
+        }
+        let fullest = per_type[t]
+            .iter()
+            .map(|node| binds.iter().filter(|b| *b == node).count())
+            .max();
+        assert_eq!(fullest, Some(most), "{t}: some node fills up");
+    }
+    // One size alone: no label, as before.
+    let plain = format!(
+        "pools:\n{}workloads:\n{}",
+        pool("karpenter", 1000, 1, ""),
+        hpa_workload(400, 100, 1.0, 1, 4)
+    );
+    let (_, evs, _) = run(&plain, &[0, 400], 0.05, 9);
+    assert!(evs.iter().all(|e| !matches!(&e.body, Body::Node(n)
+        if n.labels.contains_key("node.kubernetes.io/instance-type"))));
+}
+
 /// min 1 replica of 400m on one 1000m node; at t=60 the load asks for 5.
 fn growth_spec(autoscaler: &str) -> String {
     format!(
@@ -445,6 +508,19 @@ fn bad_specs_name_the_field() {
             ),
             "workloads[0].load.column",
             "no column \"requests\"",
+        ),
+        (
+            format!(
+                "pools:\n{}workloads:\n{wl}",
+                pool(
+                    "karpenter",
+                    1000,
+                    1,
+                    "    other_node_sizes: [{cpu_millis: 0, memory_mib: 10}]\n"
+                )
+            ),
+            "pools[0].other_node_sizes[0].cpu_millis",
+            "must be positive",
         ),
         (format!("workloads:\n{wl}"), "pools", "at least one pool"),
         (

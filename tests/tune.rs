@@ -80,6 +80,87 @@ fn tune_writes_a_loadable_model_and_scores_the_held_back_part() {
     );
 }
 
+/// Writes a synthetic trace of `events` events with `seed`.
+fn synth_trace(dir: &std::path::Path, seed: u64, events: u64) -> std::path::PathBuf {
+    let path = dir.join(format!("s{seed}.jsonl"));
+    let mut w = EventWriter::create(&path, &Header::new(0.0, "test")).unwrap();
+    let cfg = synth::SynthConfig {
+        seed,
+        events,
+        pools: 2,
+        workloads: 20,
+        images: 30,
+    };
+    synth::generate(cfg, &mut w).unwrap();
+    w.flush().unwrap();
+    path
+}
+
+#[test]
+fn cross_validation_scores_each_file_left_out_and_writes_the_model_fitted_on_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        synth_trace(dir.path(), 11, 5_000),
+        synth_trace(dir.path(), 12, 5_000),
+    ];
+    let model = dir.path().join("cv.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_pullahead"))
+        .args(["tune", "--cross-validate", "--json", "--out"])
+        .arg(&model)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let folds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let folds = folds.as_array().unwrap();
+    assert_eq!(folds.len(), 2);
+    for (fold, file) in folds.iter().zip(&files) {
+        assert_eq!(fold["file"], file.display().to_string());
+        let names: Vec<&str> = fold["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["policy"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["predictive", "rules", "static", "popular"]);
+        for p in fold["policies"].as_array().unwrap() {
+            let share = p["waste_share"].as_f64().unwrap_or(0.0);
+            assert!((0.0..=1.0).contains(&share), "{p}");
+        }
+    }
+    // The model is fitted on both files and says it came from cross-validation.
+    let m = Model::load(&model).unwrap();
+    assert_eq!(m.provenance.data.len(), 2);
+    assert!(m.provenance.command.contains("--cross-validate"));
+    // The table: a header, a rule and one row per file.
+    let out = Command::new(env!("CARGO_BIN_EXE_pullahead"))
+        .args(["tune", "--cross-validate", "--out"])
+        .arg(&model)
+        .args(&files)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("| file left out |"), "{text}");
+    assert!(
+        text.contains("| s11.jsonl |") && text.contains("| s12.jsonl |"),
+        "{text}"
+    );
+    // One file cannot be cross-validated.
+    let out = Command::new(env!("CARGO_BIN_EXE_pullahead"))
+        .args(["tune", "--cross-validate", "--out"])
+        .arg(&model)
+        .arg(&files[0])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least two"), "{err}");
+}
+
 #[test]
 fn a_bad_model_file_is_refused_by_replay() {
     let dir = tempfile::tempdir().unwrap();

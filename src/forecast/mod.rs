@@ -1,11 +1,14 @@
 //! The forecaster: the `predictive` policy, its model (with the built-in
-//! [`model::DEFAULT_MODEL`]), the HPA trend and the CapacityBuffer book.
-//! `pullahead tune` fits the model by replaying traces; it lives in
-//! [`crate::tune`], so that the forecaster does not depend on the simulator.
+//! [`model::DEFAULT_MODEL`]), the HPA trend, the CapacityBuffer book, and
+//! the `rules` policy it is judged against. `pullahead tune` fits the model
+//! by replaying traces, and `pullahead tune --cross-validate` judges it; they
+//! live in [`crate::tune`] and [`crate::crossval`], so that the forecaster
+//! does not depend on the simulator.
 
 pub mod buffer;
 pub mod model;
 pub mod planner;
+pub mod rules;
 pub mod trend;
 
 /// Errors from the forecaster.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::forecast::model::Model;
 use crate::forecast::planner::{Planner, PlannerConfig};
+use crate::forecast::rules::{DEFAULT_SHARE, RulesPolicy};
 use crate::nominated::NominatedPolicy;
 use crate::policy::{NonePolicy, Policy, PopularPolicy, StaticPolicy};
 
@@ -52,6 +53,10 @@ pub enum PolicyName {
     /// Every image of every workload seen (or the `--static-images` list),
     /// on every new node.
     Static,
+    /// The simple rule the forecaster is judged against: nominated and
+    /// scale-up pods' images, the DaemonSets that fit, and images that
+    /// `--rules-share` of the pool's past new nodes needed.
+    Rules,
     /// The forecaster with the built-in model (models/default.json) or the
     /// one given by `--model`: nominated pods, scale-ups, DaemonSets, pending
     /// pods, HPAs and history.
@@ -62,10 +67,11 @@ pub enum PolicyName {
 
 impl PolicyName {
     /// Every name, in the order `--help` lists them.
-    pub const ALL: [PolicyName; 5] = [
+    pub const ALL: [PolicyName; 6] = [
         PolicyName::Nominated,
         PolicyName::Popular,
         PolicyName::Static,
+        PolicyName::Rules,
         PolicyName::Predictive,
         PolicyName::None,
     ];
@@ -76,6 +82,7 @@ impl PolicyName {
             PolicyName::Nominated => "nominated",
             PolicyName::Popular => "popular",
             PolicyName::Static => "static",
+            PolicyName::Rules => "rules",
             PolicyName::Predictive => "predictive",
             PolicyName::None => "none",
         }
@@ -159,6 +166,11 @@ pub struct PolicyArgs {
     /// content store plus the unpacked snapshot). [default: 2]
     #[arg(long, env = "PULLAHEAD_IMAGE_SIZE_FACTOR", value_name = "FACTOR")]
     pub image_size_factor: Option<f64>,
+    /// The share (0 to 1) of a pool's past new nodes that must have needed
+    /// an image within the hour for `rules` to pull it onto the next one.
+    /// [default: 0.7]
+    #[arg(long, env = "PULLAHEAD_RULES_SHARE", value_name = "SHARE")]
+    pub rules_share: Option<f64>,
 }
 
 /// The resolved policy settings.
@@ -176,6 +188,9 @@ pub struct PolicySettings {
     pub planner: PlannerConfig,
     /// Most images planned onto one node.
     pub max_images_per_node: usize,
+    /// The share of a pool's past new nodes `rules` needs to have needed
+    /// an image.
+    pub rules_share: f64,
 }
 
 impl Default for PolicySettings {
@@ -191,6 +206,7 @@ impl Default for PolicySettings {
                 model: Model::new(Default::default(), 0.0, 3600.0, 0.5),
                 planner: PlannerConfig::default(),
                 max_images_per_node: DEFAULT_MAX_IMAGES_PER_NODE,
+                rules_share: DEFAULT_SHARE,
             })
     }
 }
@@ -270,6 +286,15 @@ impl PolicyArgs {
             1.0,
             false,
         )?;
+        let rules_share = self
+            .rules_share
+            .or(file.rules_share)
+            .unwrap_or(DEFAULT_SHARE);
+        if !(rules_share.is_finite() && (0.0..=1.0).contains(&rules_share)) {
+            return Err(Error::Invalid(format!(
+                "--rules-share must be from 0 to 1, not {rules_share}"
+            )));
+        }
         let static_images = self
             .static_images
             .as_ref()
@@ -299,6 +324,7 @@ impl PolicyArgs {
                 ..PlannerConfig::default()
             },
             max_images_per_node,
+            rules_share,
         })
     }
 }
@@ -327,6 +353,7 @@ pub fn build(name: PolicyName, settings: &PolicySettings) -> Box<dyn Policy> {
             Some(list) => StaticPolicy::fixed(list.clone()),
             None => StaticPolicy::from_workloads(),
         }),
+        PolicyName::Rules => Box::new(RulesPolicy::new(settings.rules_share)),
         PolicyName::None => Box::new(NonePolicy),
         PolicyName::Predictive => Box::new(Planner::new(settings.model.clone(), settings.planner)),
     }

@@ -39,7 +39,8 @@ pub struct Args {
     )]
     pub kafka_timeout: Duration,
     /// Policies to compare, comma-separated: none, static, popular,
-    /// nominated, predictive (each as `run --policy` builds it), oracle.
+    /// nominated, rules, predictive (each as `run --policy` builds it),
+    /// oracle.
     #[arg(
         long,
         value_delimiter = ',',

@@ -72,7 +72,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The policies `replay` can build by name.
-pub const KNOWN_POLICIES: &str = "none, static, popular, nominated, predictive, oracle";
+pub const KNOWN_POLICIES: &str = "none, static, popular, nominated, rules, predictive, oracle";
 
 /// How to replay.
 #[derive(Clone, Debug)]

@@ -36,6 +36,12 @@ pub struct PoolCfg {
     pub cpu: i64,
     /// Allocatable memory per node (MiB), DaemonSet requests excluded.
     pub mem: i64,
+    /// The `node.kubernetes.io/instance-type` label of the `cpu`/`mem`
+    /// size, set on nodes of a pool with `other_sizes`.
+    pub instance_type: String,
+    /// The pool's further node sizes, (CPU, memory) as `cpu` and `mem`,
+    /// each with its instance-type label.
+    pub other_sizes: Vec<(i64, i64, String)>,
     /// Node labels.
     pub labels: BTreeMap<String, String>,
     /// Node taints.
@@ -140,6 +146,10 @@ struct SimNode {
     state: NodeState,
     free_cpu: i64,
     free_mem: i64,
+    /// Allocatable (CPU, memory), DaemonSet requests excluded.
+    size: (i64, i64),
+    /// The instance-type label, in a pool of several node sizes.
+    instance_type: Option<String>,
     /// Pods nominated to (Karpenter) or expected on (CA) this node.
     reserved: Vec<PodId>,
     ds_pods: Vec<PodId>,
@@ -330,7 +340,7 @@ impl Sim {
                 .replicas
                 .saturating_sub(self.buffer_room(b, None));
             while short > 0 && self.pool_nodes[p].len() < self.pools[p].max_nodes {
-                let id = self.new_node(p);
+                let id = self.new_node(p, Some((cpu, mem)));
                 self.schedule_boot(id);
                 self.summary.buffer_nodes += 1;
                 short = short.saturating_sub(per_node);
@@ -449,7 +459,7 @@ impl Sim {
                 .max(self.pools[p].min_nodes)
                 .min(self.pools[p].max_nodes);
             for _ in 0..n {
-                let id = self.new_node(p);
+                let id = self.new_node(p, None);
                 self.launch(id);
                 self.register(id);
                 self.ready(id);
@@ -618,6 +628,9 @@ impl Sim {
                 .or_insert_with(|| pool.name.clone());
         }
         labels.insert("kubernetes.io/hostname".into(), n.name.clone());
+        if let Some(t) = &n.instance_type {
+            labels.insert("node.kubernetes.io/instance-type".into(), t.clone());
+        }
         labels
     }
 
@@ -651,8 +664,11 @@ impl Sim {
         }
     }
 
-    /// A node (and, for Karpenter, its claim) that is about to exist.
-    fn new_node(&mut self, p: usize) -> NodeId {
+    /// A node (and, for Karpenter, its claim) that is about to exist. In a
+    /// pool of several sizes it is one drawn among those `need` fits on
+    /// (warm nodes, with no pod to fit, are the pool's first size).
+    fn new_node(&mut self, p: usize, need: Option<(i64, i64)>) -> NodeId {
+        let (size, instance_type) = self.node_size(p, need);
         let karpenter = self.pools[p].provisioner == Provisioner::Karpenter;
         let pool_name = self.pools[p].name.clone();
         let name = if karpenter {
@@ -674,8 +690,10 @@ impl Sim {
             claim,
             pool: p,
             state: NodeState::Launching,
-            free_cpu: self.pools[p].cpu,
-            free_mem: self.pools[p].mem,
+            free_cpu: size.0,
+            free_mem: size.1,
+            size,
+            instance_type,
             reserved: Vec::new(),
             ds_pods: Vec::new(),
             workload_pods: 0,
@@ -692,6 +710,29 @@ impl Sim {
         let id = self.nodes.len() - 1;
         self.pool_nodes[p].push(id);
         id
+    }
+
+    /// The size of a new node of pool `p` for a first pod that needs `need`.
+    fn node_size(&mut self, p: usize, need: Option<(i64, i64)>) -> ((i64, i64), Option<String>) {
+        let pool = &self.pools[p];
+        let first = (pool.cpu, pool.mem);
+        if pool.other_sizes.is_empty() {
+            return (first, None);
+        }
+        let first_type = pool.instance_type.clone();
+        let Some((pc, pm)) = need else {
+            return (first, Some(first_type));
+        };
+        let mut fitting: Vec<((i64, i64), String)> = vec![(first, first_type)];
+        fitting.extend(
+            pool.other_sizes
+                .iter()
+                .filter(|s| s.0 >= pc && s.1 >= pm)
+                .map(|s| ((s.0, s.1), s.2.clone())),
+        );
+        let k = self.rng.random_range(0..fitting.len());
+        let (size, t) = fitting.swap_remove(k);
+        (size, Some(t))
     }
 
     /// Schedules a fresh node's launch, registration and readiness.
@@ -1074,8 +1115,8 @@ impl Sim {
                 {
                     continue;
                 }
-                let score = ((node.free_cpu - cfg.cpu) as f64 / pool.cpu as f64)
-                    .min((node.free_mem - cfg.mem) as f64 / pool.mem as f64);
+                let score = ((node.free_cpu - cfg.cpu) as f64 / node.size.0 as f64)
+                    .min((node.free_mem - cfg.mem) as f64 / node.size.1 as f64);
                 let score = if pool.binpack { -score } else { score };
                 if best.is_none_or(|(s, _)| score > s) {
                     best = Some((score, n));
@@ -1127,7 +1168,7 @@ impl Sim {
                             self.summary.unplaceable_pods += 1;
                             continue;
                         }
-                        let id = self.new_node(p);
+                        let id = self.new_node(p, Some((pc, pm)));
                         new_nodes.push(id);
                         id
                     }
@@ -1318,19 +1359,31 @@ pub fn resolve(
     };
     let mut pools = Vec::new();
     for (i, p) in spec.pools.iter().enumerate() {
-        let (mut cpu, mut mem) = (p.node.cpu_millis, p.node.memory_mib);
-        for d in &spec.daemonsets {
-            if event::tolerates_all(&d.tolerations, &p.taints) {
-                cpu -= d.pod.cpu_millis;
-                mem -= d.pod.memory_mib;
+        // Each size's allocatable once the DaemonSets that run there are
+        // placed, and the instance-type label that names it.
+        let room = |r: &super::spec::Resources, field: String| {
+            let (mut cpu, mut mem) = (r.cpu_millis, r.memory_mib);
+            for d in &spec.daemonsets {
+                if event::tolerates_all(&d.tolerations, &p.taints) {
+                    cpu -= d.pod.cpu_millis;
+                    mem -= d.pod.memory_mib;
+                }
             }
-        }
-        if cpu <= 0 || mem <= 0 {
-            return Err(bad(
-                format!("pools[{i}].node"),
-                "DaemonSet requests leave no room on the node".into(),
-            ));
-        }
+            if cpu <= 0 || mem <= 0 {
+                return Err(bad(
+                    field,
+                    "DaemonSet requests leave no room on the node".into(),
+                ));
+            }
+            Ok((cpu, mem, format!("{}m-{}Mi", r.cpu_millis, r.memory_mib)))
+        };
+        let (cpu, mem, instance_type) = room(&p.node, format!("pools[{i}].node"))?;
+        let other_sizes = p
+            .other_node_sizes
+            .iter()
+            .enumerate()
+            .map(|(j, r)| room(r, format!("pools[{i}].other_node_sizes[{j}]")))
+            .collect::<super::Result<Vec<_>>>()?;
         pools.push(PoolCfg {
             name: p.name.clone(),
             provisioner: if p.autoscaler == "karpenter" {
@@ -1340,6 +1393,8 @@ pub fn resolve(
             },
             cpu,
             mem,
+            instance_type,
+            other_sizes,
             labels: p.labels.clone(),
             taints: p.taints.clone(),
             launch: p.launch_seconds,

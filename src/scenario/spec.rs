@@ -145,6 +145,11 @@ pub struct PoolSpec {
     pub autoscaler: String,
     /// Allocatable size of each node.
     pub node: Resources,
+    /// Further node sizes the pool launches (a Karpenter NodePool's several
+    /// instance types, a mixed-instances node group): a new node is `node`
+    /// or one of these, drawn by the seed among those its first pod fits.
+    #[serde(default)]
+    pub other_node_sizes: Vec<Resources>,
     /// Node labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -421,6 +426,18 @@ impl Spec {
             }
             positive(&bad, f("node.cpu_millis"), p.node.cpu_millis)?;
             positive(&bad, f("node.memory_mib"), p.node.memory_mib)?;
+            for (j, r) in p.other_node_sizes.iter().enumerate() {
+                positive(
+                    &bad,
+                    f(&format!("other_node_sizes[{j}].cpu_millis")),
+                    r.cpu_millis,
+                )?;
+                positive(
+                    &bad,
+                    f(&format!("other_node_sizes[{j}].memory_mib")),
+                    r.memory_mib,
+                )?;
+            }
             range(&bad, f("register_seconds"), p.register_seconds)?;
             range(&bad, f("ready_seconds"), p.ready_seconds)?;
             range(&bad, f("launch_seconds"), p.launch_seconds)?;
