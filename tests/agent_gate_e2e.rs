@@ -72,6 +72,16 @@ impl Running {
             .arg(format!("127.0.0.1:{}", support::free_port()))
             .arg("--cri-socket")
             .arg(&ctrd.socket)
+            .arg("--image-fs-path")
+            .arg(ctrd.root())
+            // The root is on the test machine's disk, which may be past the
+            // default 80% ceiling; tests/safety_containerd.rs tests the ceiling.
+            .args([
+                "--image-gc-high-percent",
+                "100",
+                "--disk-margin-percent",
+                "0",
+            ])
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info")
             .env_remove("POD_NAME")
