@@ -1,80 +1,20 @@
 //! The `pullahead agent` binary end to end: a real `kube::Client` built from
-//! a kubeconfig (plain HTTP to a small API server in this test, serving list
-//! and watch), a real containerd and a real registry. The agent must pull
-//! the NodePrefetch's images, report them present in the status subresource,
-//! and release the startup taint.
+//! a kubeconfig (plain HTTP to the project's one API double, answering as
+//! the node's API: its NodePrefetch and its Node), a real containerd and a
+//! real registry. The agent must pull the NodePrefetch's images, report them
+//! present in the status subresource, and release the startup taint.
 
+mod ops_common;
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::response::Response;
-use serde_json::{Value, json};
+use http::Method;
+use ops_common::agent::{AgentApi, is_status_patch};
+use ops_common::fake_api::handled;
+use ops_common::objects::kubeconfig;
+use serde_json::json;
 use support::{Containerd, Registry};
-
-#[derive(Clone, Default)]
-struct Api {
-    seen: Arc<Mutex<Vec<(String, String, Value)>>>,
-    spec: Arc<Mutex<Value>>,
-}
-
-async fn handle(State(api): State<Api>, req: Request) -> Response {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    api.seen
-        .lock()
-        .unwrap()
-        .push((method.clone(), format!("{path}?{query}"), body.clone()));
-    let npf = json!({"apiVersion": "pullahead.io/v1alpha1", "kind": "NodePrefetch",
-        "metadata": {"name": "n1", "uid": "npf-1", "resourceVersion": "5"},
-        "spec": api.spec.lock().unwrap().clone()});
-    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "resourceVersion": "3"},
-        "spec": {"taints": [{"key": "pullahead.io/prefetching", "effect": "NoSchedule"}]}});
-    let json_resp = |code: u16, v: Value| {
-        Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(Body::from(v.to_string()))
-            .unwrap()
-    };
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/apis/pullahead.io/v1alpha1/nodeprefetches") if query.contains("watch=true") => {
-            // A watch that stays open with no news.
-            let never = futures::stream::pending::<Result<Bytes, std::io::Error>>();
-            Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(Body::from_stream(never))
-                .unwrap()
-        }
-        ("GET", "/apis/pullahead.io/v1alpha1/nodeprefetches") => {
-            assert!(
-                query.contains("fieldSelector=metadata.name%3Dn1"),
-                "the agent watches only its own object: {query}"
-            );
-            json_resp(
-                200,
-                json!({"apiVersion": "pullahead.io/v1alpha1", "kind": "NodePrefetchList",
-                "metadata": {"resourceVersion": "5"}, "items": [npf]}),
-            )
-        }
-        ("PATCH", "/apis/pullahead.io/v1alpha1/nodeprefetches/n1/status") => json_resp(200, npf),
-        ("GET", "/api/v1/nodes/n1") => json_resp(200, node),
-        ("PUT", "/api/v1/nodes/n1") => json_resp(200, body),
-        _ => json_resp(
-            404,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "no route"}),
-        ),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_binary_pulls_its_nodeprefetch_reports_status_and_releases_the_taint() {
@@ -84,25 +24,19 @@ async fn agent_binary_pulls_its_nodeprefetch_reports_status_and_releases_the_tai
         .map(|i| reg.push_image(&format!("e2e/app{i}"), "v1", "amd64", 32 * 1024))
         .collect();
     let missing = format!("{}/e2e/nothing:v1", reg.addr);
-    let api = Api::default();
-    *api.spec.lock().unwrap() = json!({"images": [
+    let spec = json!({"images": [
         {"image": imgs[0].reference, "priority": 10, "reason": "nominated", "critical": true},
         {"image": imgs[1].reference, "priority": 5, "reason": "daemonset", "critical": true},
         {"image": imgs[2].reference, "priority": 1, "reason": "history"},
         {"image": missing, "priority": 0, "reason": "history"},
     ]});
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let app = axum::Router::new().fallback(handle).with_state(api.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "resourceVersion": "3"},
+        "spec": {"taints": [{"key": "pullahead.io/prefetching", "effect": "NoSchedule"}]}});
+    let api = handled(AgentApi::new("n1", spec, node).handler());
+    let addr = api.serve_http().await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n"
-    )).expect("kubeconfig");
+    let kubeconfig = kubeconfig(dir.path(), addr);
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_pullahead"))
         .args([
             "agent",
@@ -139,16 +73,11 @@ async fn agent_binary_pulls_its_nodeprefetch_reports_status_and_releases_the_tai
     let start = Instant::now();
     let final_status = loop {
         let last = api
-            .seen
-            .lock()
-            .unwrap()
+            .seen()
             .iter()
             .rev()
-            .find(|(m, p, _)| {
-                m == "PATCH"
-                    && p.starts_with("/apis/pullahead.io/v1alpha1/nodeprefetches/n1/status")
-            })
-            .map(|(_, _, b)| b["status"].clone());
+            .find(|s| is_status_patch(s, "n1"))
+            .map(|s| s.body["status"].clone());
         if let Some(s) = &last
             && s["present"] == json!(3)
             && s["failed"] == json!(1)
@@ -162,15 +91,15 @@ async fn agent_binary_pulls_its_nodeprefetch_reports_status_and_releases_the_tai
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let seen = api.seen.lock().unwrap().clone();
+    let seen = api.seen();
     let _ = agent.kill();
     let _ = agent.wait();
 
     assert_eq!(final_status["wanted"], json!(4));
     // No write before the spec was read: not even the first says wanted 0.
-    for (m, p, body) in &seen {
-        if m == "PATCH" && p.contains("/status") {
-            assert_eq!(body["status"]["wanted"], json!(4), "{body}");
+    for s in &seen {
+        if s.method == Method::PATCH && s.path.contains("/status") {
+            assert_eq!(s.body["status"]["wanted"], json!(4), "{}", s.body);
         }
     }
     let missing_status = final_status["images"]
@@ -191,11 +120,11 @@ async fn agent_binary_pulls_its_nodeprefetch_reports_status_and_releases_the_tai
     // The taint went once both critical images were present.
     let put = seen
         .iter()
-        .find(|(m, p, _)| m == "PUT" && p.starts_with("/api/v1/nodes/n1"))
+        .find(|s| s.method == Method::PUT && s.path.starts_with("/api/v1/nodes/n1"))
         .expect("node update");
-    assert_eq!(put.2["spec"]["taints"], json!([]));
+    assert_eq!(put.body["spec"]["taints"], json!([]));
     // Status writes are batched: far fewer than the per-image state changes.
-    let patches = seen.iter().filter(|(m, _, _)| m == "PATCH").count();
+    let patches = seen.iter().filter(|s| s.method == Method::PATCH).count();
     let secs = start.elapsed().as_secs_f64();
     assert!(
         patches as f64 <= secs / 1.0 + 2.0,

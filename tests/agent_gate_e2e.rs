@@ -1,7 +1,7 @@
 //! The readiness gate end to end: the `pullahead agent` binary with a real
 //! containerd and a real registry, a real `kube::Client` from a kubeconfig
-//! against a small stateful API server here (a Node with its taints and
-//! conditions, and the node's NodePrefetch).
+//! against the project's one API double answering as the node's API (a Node
+//! with its taints and conditions, and the node's NodePrefetch).
 //!
 //! - Node Readiness Controller mode (`--release-condition`): the Node
 //!   condition turns `True` once the critical images are in containerd, and
@@ -10,113 +10,21 @@
 //!   (`--startup-taint`), with a critical image that cannot be pulled: the
 //!   taint goes after `--release-after`, and not before.
 
+mod ops_common;
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::response::Response;
+use http::Method;
+use ops_common::agent::{AgentApi, is_status_patch};
+use ops_common::fake_api::{FakeApi, Seen, handled};
+use ops_common::objects::kubeconfig;
 use serde_json::{Value, json};
 use support::{Containerd, Registry};
 
 const RULE_TAINT: &str = "readiness.k8s.io/pullahead-images";
 const CONDITION: &str = "pullahead.io/ImagesReady";
-
-/// One call the API saw: when, method, `path?query content-type`, body.
-type Call = (Instant, String, String, Value);
-
-/// The API's state: the node and the NodePrefetch spec, and every call.
-#[derive(Clone, Default)]
-struct Api {
-    seen: Arc<Mutex<Vec<Call>>>,
-    spec: Arc<Mutex<Value>>,
-    node: Arc<Mutex<Value>>,
-}
-
-fn json_resp(code: u16, v: &Value) -> Response {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Body::from(v.to_string()))
-        .unwrap()
-}
-
-/// Merges a strategic-merge patch of `status.conditions` (keyed by `type`)
-/// into `node`, as the API server does for Node status.
-fn merge_conditions(node: &mut Value, patch: &Value) {
-    let Some(new) = patch["status"]["conditions"].as_array() else {
-        return;
-    };
-    let conds = node["status"]["conditions"].as_array_mut().unwrap();
-    for c in new {
-        match conds.iter_mut().find(|o| o["type"] == c["type"]) {
-            Some(o) => *o = c.clone(),
-            None => conds.push(c.clone()),
-        }
-    }
-}
-
-async fn handle(State(api): State<Api>, req: Request) -> Response {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    api.seen.lock().unwrap().push((
-        Instant::now(),
-        method.clone(),
-        format!("{path}?{query} {content_type}"),
-        body.clone(),
-    ));
-    let npf = json!({"apiVersion": "pullahead.io/v1alpha1", "kind": "NodePrefetch",
-        "metadata": {"name": "n1", "uid": "npf-1", "resourceVersion": "5"},
-        "spec": api.spec.lock().unwrap().clone()});
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/apis/pullahead.io/v1alpha1/nodeprefetches") if query.contains("watch=true") => {
-            let never = futures::stream::pending::<Result<Bytes, std::io::Error>>();
-            Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(Body::from_stream(never))
-                .unwrap()
-        }
-        ("GET", "/apis/pullahead.io/v1alpha1/nodeprefetches") => json_resp(
-            200,
-            &json!({"apiVersion": "pullahead.io/v1alpha1", "kind": "NodePrefetchList",
-                "metadata": {"resourceVersion": "5"}, "items": [npf]}),
-        ),
-        ("PATCH", "/apis/pullahead.io/v1alpha1/nodeprefetches/n1/status") => json_resp(200, &npf),
-        ("GET", "/api/v1/nodes/n1" | "/api/v1/nodes/n1/status") => {
-            json_resp(200, &api.node.lock().unwrap())
-        }
-        ("PUT", "/api/v1/nodes/n1") => {
-            *api.node.lock().unwrap() = body.clone();
-            json_resp(200, &body)
-        }
-        ("PATCH", "/api/v1/nodes/n1/status")
-            if content_type.starts_with("application/strategic-merge-patch+json") =>
-        {
-            let mut node = api.node.lock().unwrap();
-            merge_conditions(&mut node, &body);
-            json_resp(200, &node)
-        }
-        _ => json_resp(
-            404,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
-                    "reason": "NotFound", "message": "no route"}),
-        ),
-    }
-}
 
 /// A Node as the API returns it: registered with the rule's taint, kubelet
 /// reporting Ready.
@@ -134,7 +42,8 @@ fn node_json() -> Value {
 }
 
 struct Running {
-    api: Api,
+    api: Arc<FakeApi>,
+    node: AgentApi,
     agent: std::process::Child,
     dir: tempfile::TempDir,
     start: Instant,
@@ -142,20 +51,11 @@ struct Running {
 
 impl Running {
     async fn start(ctrd: &Containerd, spec: Value, gate: &[&str]) -> Self {
-        let api = Api::default();
-        *api.spec.lock().unwrap() = spec;
-        *api.node.lock().unwrap() = node_json();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let app = axum::Router::new().fallback(handle).with_state(api.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let node = AgentApi::new("n1", spec, node_json());
+        let api = handled(node.handler());
+        let addr = api.serve_http().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n"
-        )).expect("kubeconfig");
+        let kubeconfig = kubeconfig(dir.path(), addr);
         let agent = std::process::Command::new(env!("CARGO_BIN_EXE_pullahead"))
             .args([
                 "agent",
@@ -195,6 +95,7 @@ impl Running {
             .expect("start pullahead agent");
         Self {
             api,
+            node,
             agent,
             dir,
             start: Instant::now(),
@@ -202,9 +103,9 @@ impl Running {
     }
 
     /// Waits for `f` over the calls seen; panics with the agent's log.
-    async fn until<T>(&mut self, what: &str, f: impl Fn(&[Call]) -> Option<T>) -> T {
+    async fn until<T>(&mut self, what: &str, f: impl Fn(&[Seen]) -> Option<T>) -> T {
         loop {
-            if let Some(v) = f(&self.api.seen.lock().unwrap()) {
+            if let Some(v) = f(&self.api.seen()) {
                 return v;
             }
             let exited = self.agent.try_wait().ok().flatten().is_some();
@@ -227,14 +128,10 @@ impl Drop for Running {
 }
 
 /// When the status first reported `n` images present.
-fn present_at(seen: &[Call], n: u64) -> Option<Instant> {
+fn present_at(seen: &[Seen], n: u64) -> Option<Instant> {
     seen.iter()
-        .find(|(_, m, p, b)| {
-            m == "PATCH"
-                && p.starts_with("/apis/pullahead.io/v1alpha1/nodeprefetches/n1/status")
-                && b["status"]["present"].as_u64() >= Some(n)
-        })
-        .map(|(t, ..)| *t)
+        .find(|s| is_status_patch(s, "n1") && s.body["status"]["present"].as_u64() >= Some(n))
+        .map(|s| s.at)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,8 +149,10 @@ async fn the_condition_turns_true_when_the_critical_images_land() {
     let set_at = run
         .until("condition patch", |seen| {
             seen.iter()
-                .find(|(_, m, p, _)| m == "PATCH" && p.starts_with("/api/v1/nodes/n1/status"))
-                .map(|(t, ..)| *t)
+                .find(|s| {
+                    s.method == Method::PATCH && s.path.starts_with("/api/v1/nodes/n1/status")
+                })
+                .map(|s| s.at)
         })
         .await;
     // The images are in containerd by then.
@@ -282,7 +181,7 @@ async fn the_condition_turns_true_when_the_critical_images_land() {
         "condition set {:?} before the images were reported present",
         present.duration_since(set_at)
     );
-    let node = run.api.node.lock().unwrap().clone();
+    let node = run.node.node.lock().unwrap().clone();
     let conds = node["status"]["conditions"].as_array().unwrap();
     let ours = conds
         .iter()
@@ -298,11 +197,11 @@ async fn the_condition_turns_true_when_the_critical_images_land() {
     );
     // The rule's controller owns the taint: the agent never wrote the node.
     assert_eq!(node["spec"]["taints"][0]["key"], RULE_TAINT);
-    let seen = run.api.seen.lock().unwrap().clone();
+    let seen = run.api.seen();
     assert!(
         !seen
             .iter()
-            .any(|(_, m, p, _)| m == "PUT" && p.starts_with("/api/v1/nodes/")),
+            .any(|s| s.method == Method::PUT && s.path.starts_with("/api/v1/nodes/")),
         "the agent must not touch the taints in condition mode"
     );
 }
@@ -331,20 +230,19 @@ async fn the_readiness_taint_goes_after_the_timeout_when_an_image_cannot_be_pull
     let waiting_at = run
         .until("status waiting for the unreachable image", |seen| {
             seen.iter()
-                .find(|(_, m, p, b)| {
-                    m == "PATCH"
-                        && p.starts_with("/apis/pullahead.io/v1alpha1/nodeprefetches/n1/status")
-                        && b["status"]["present"] == json!(1)
-                        && b["status"]["startupTaint"]["released"] == json!(false)
+                .find(|s| {
+                    is_status_patch(s, "n1")
+                        && s.body["status"]["present"] == json!(1)
+                        && s.body["status"]["startupTaint"]["released"] == json!(false)
                 })
-                .map(|(t, ..)| *t)
+                .map(|s| s.at)
         })
         .await;
     let (put_at, body) = run
         .until("the node update", |seen| {
             seen.iter()
-                .find(|(_, m, p, _)| m == "PUT" && p.starts_with("/api/v1/nodes/n1"))
-                .map(|(t, _, _, b)| (*t, b.clone()))
+                .find(|s| s.method == Method::PUT && s.path.starts_with("/api/v1/nodes/n1"))
+                .map(|s| (s.at, s.body.clone()))
         })
         .await;
     assert!(
@@ -361,13 +259,12 @@ async fn the_readiness_taint_goes_after_the_timeout_when_an_image_cannot_be_pull
     let reason = run
         .until("status saying why the taint went", |seen| {
             seen.iter()
-                .filter(|(_, m, p, b)| {
-                    m == "PATCH"
-                        && p.starts_with("/apis/pullahead.io/v1alpha1/nodeprefetches/n1/status")
-                        && b["status"]["startupTaint"]["released"] == json!(true)
+                .filter(|s| {
+                    is_status_patch(s, "n1")
+                        && s.body["status"]["startupTaint"]["released"] == json!(true)
                 })
-                .find_map(|(.., b)| {
-                    b["status"]["startupTaint"]["reason"]
+                .find_map(|s| {
+                    s.body["status"]["startupTaint"]["reason"]
                         .as_str()
                         .map(String::from)
                 })

@@ -7,12 +7,11 @@
 mod ops_common;
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::response::Response;
+use ops_common::agent::{AgentApi, is_status_patch};
+use ops_common::fake_api::handled;
 use pullahead::clock::{Clock, SystemClock};
 use pullahead::dispatch::budget::{
     BudgetConfig, BudgetGuard, HostBudgets, LeaseSlots, SharedLeaseSlots,
@@ -21,73 +20,9 @@ use pullahead::dispatch::cleanup::{Cleanup, CleanupRecorder};
 use pullahead::dispatch::crd::PullState;
 use pullahead::dispatch::cri::{CriClient, ImageService};
 use pullahead::dispatch::puller::{Options, Order, Puller};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::safety::{CountingProxy, Tmpfs, is_mounted};
 use support::{Containerd, Registry, require_bin};
-
-#[derive(Clone, Default)]
-struct Api {
-    spec: Arc<Mutex<Value>>,
-    statuses: Arc<Mutex<Vec<Value>>>,
-}
-
-/// The API the agent needs: its NodePrefetch (list, a quiet watch, status
-/// patches) and its Node.
-async fn handle(State(api): State<Api>, req: Request) -> Response {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let npf = json!({"apiVersion": "pullahead.io/v1alpha1", "kind": "NodePrefetch",
-        "metadata": {"name": "n1", "uid": "npf-1", "resourceVersion": "5"},
-        "spec": api.spec.lock().unwrap().clone()});
-    let json_resp = |code: u16, v: Value| {
-        Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(Body::from(v.to_string()))
-            .unwrap()
-    };
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/apis/pullahead.io/v1alpha1/nodeprefetches") if query.contains("watch=true") => {
-            let never = futures::stream::pending::<Result<Bytes, std::io::Error>>();
-            Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(Body::from_stream(never))
-                .unwrap()
-        }
-        ("GET", "/apis/pullahead.io/v1alpha1/nodeprefetches") => json_resp(
-            200,
-            json!({"apiVersion": "pullahead.io/v1alpha1", "kind": "NodePrefetchList",
-                   "metadata": {"resourceVersion": "5"}, "items": [npf]}),
-        ),
-        ("PATCH", "/apis/pullahead.io/v1alpha1/nodeprefetches/n1/status") => {
-            api.statuses.lock().unwrap().push(body["status"].clone());
-            json_resp(200, npf)
-        }
-        ("GET", "/api/v1/nodes/n1") => json_resp(
-            200,
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "resourceVersion": "3"},
-                   "status": {"conditions": [{"type": "DiskPressure", "status": "False"}]}}),
-        ),
-        _ => json_resp(
-            404,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "no route"}),
-        ),
-    }
-}
-
-fn kubeconfig(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    let p = dir.join("kubeconfig");
-    std::fs::write(&p, format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n"
-    )).expect("kubeconfig");
-    p
-}
 
 /// 8 images of 40 MiB of incompressible data for a 320 MB image
 /// filesystem: each takes about 80 MiB there (compressed content plus the
@@ -102,18 +37,15 @@ async fn the_agent_stops_below_the_disk_ceiling_and_says_why() {
     let imgs: Vec<_> = (0..8)
         .map(|i| reg.push_image(&format!("disk/img{i}"), "v1", "amd64", 40 << 20))
         .collect();
-    let api = Api::default();
-    *api.spec.lock().unwrap() = json!({"images": imgs.iter().enumerate().map(|(i, m)| json!(
+    let spec = json!({"images": imgs.iter().enumerate().map(|(i, m)| json!(
         // The size as the controller gives it, from the images' earlier
         // pulls in the cluster (kubelet's Pulled events, agents' reports).
         {"image": m.reference, "priority": 100 - i, "reason": "nominated",
          "bytes": m.layer_size + m.manifest_size})).collect::<Vec<_>>()});
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let app = axum::Router::new().fallback(handle).with_state(api.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "resourceVersion": "3"},
+           "status": {"conditions": [{"type": "DiskPressure", "status": "False"}]}});
+    let api = handled(AgentApi::new("n1", spec, node).handler());
+    let addr = api.serve_http().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_pullahead"))
         .args([
@@ -135,7 +67,10 @@ async fn the_agent_stops_below_the_disk_ceiling_and_says_why() {
             "--registry-parallel-default",
             "0",
         ])
-        .env("KUBECONFIG", kubeconfig(dir.path(), port))
+        .env(
+            "KUBECONFIG",
+            ops_common::objects::kubeconfig(dir.path(), addr),
+        )
         .env("RUST_LOG", "info")
         .env_remove("POD_NAME")
         .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
@@ -143,7 +78,12 @@ async fn the_agent_stops_below_the_disk_ceiling_and_says_why() {
         .expect("start pullahead agent");
     let start = Instant::now();
     let status = loop {
-        let last = api.statuses.lock().unwrap().last().cloned();
+        let last = api
+            .seen()
+            .iter()
+            .rev()
+            .find(|s| is_status_patch(s, "n1"))
+            .map(|s| s.body["status"].clone());
         if let Some(s) = &last
             && s["present"].as_u64().unwrap_or(0) + s["skipped"].as_u64().unwrap_or(0) == 8
         {

@@ -11,8 +11,9 @@
 //! delete), for the deployed-chain tests; its HTTP server can be stopped
 //! and started again on the same port, as an API server that restarts.
 //!
-//! [`mock_api`] makes one that a test's handler answers, request by request
-//! in arrival order, recording each [`Seen`] request.
+//! [`mock_api`] and [`handled`] make one that a test's handler answers,
+//! request by request in arrival order, recording each [`Seen`] request;
+//! [`super::agent`] has the handler a node agent's tests share.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -51,6 +52,8 @@ pub struct Seen {
     pub content_type: String,
     /// Parsed JSON body (Null when none).
     pub body: Value,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Seen {
@@ -71,6 +74,15 @@ pub fn mock_api(handler: Handler) -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
     });
     let seen = api.seen.clone();
     (api.client(), seen)
+}
+
+/// A fake that `handler` answers, request by request in arrival order,
+/// over either front ([`FakeApi::client`] or [`FakeApi::serve_http`]).
+pub fn handled(handler: Handler) -> Arc<FakeApi> {
+    Arc::new(FakeApi {
+        handler: Some(Mutex::new(handler)),
+        ..FakeApi::default()
+    })
 }
 
 #[derive(Default)]
@@ -462,6 +474,11 @@ impl FakeApi {
         self
     }
 
+    /// What a handler-answered fake was asked so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
     /// Every request a scripted fake saw, as `METHOD path?query`.
     pub fn scripted_requests(&self) -> Vec<String> {
         self.script.requests()
@@ -483,6 +500,7 @@ impl FakeApi {
                 .unwrap_or("")
                 .to_string(),
             body: serde_json::from_slice(bytes).unwrap_or(Value::Null),
+            at: Instant::now(),
         };
         let reply = (handler.lock().unwrap())(&s);
         self.seen.lock().unwrap().push(s);
@@ -607,15 +625,19 @@ impl FakeApi {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("")
                                 .to_string();
-                            let reply = api
-                                .reply(
-                                    &parts.method,
-                                    parts.uri.path(),
-                                    parts.uri.query().unwrap_or(""),
-                                    &content_type,
-                                    &bytes,
-                                )
-                                .await;
+                            let reply = match &api.handler {
+                                Some(handler) => api.ask(handler, &parts, &bytes),
+                                None => {
+                                    api.reply(
+                                        &parts.method,
+                                        parts.uri.path(),
+                                        parts.uri.query().unwrap_or(""),
+                                        &content_type,
+                                        &bytes,
+                                    )
+                                    .await
+                                }
+                            };
                             let (code, body): (u16, Out) = match reply {
                                 Reply::Json(code, json) => {
                                     (code, Full::new(Bytes::from(wire(&json))).boxed_unsync())
