@@ -263,25 +263,24 @@ impl DiskGuard {
         }
     }
 
-    fn skip(&self, reason: String, bytes: Option<u64>) -> Admit {
+    fn skip(&self, reason: String, bytes: u64) -> Admit {
         if let Some(c) = &self.held_back_images {
             c.inc();
         }
-        if let (Some(c), Some(b)) = (&self.held_back_bytes, bytes) {
-            c.inc_by(b);
+        if let Some(c) = &self.held_back_bytes {
+            c.inc_by(bytes);
         }
         Admit::Skip {
             reason,
-            held_back_bytes: bytes,
+            held_back_bytes: Some(bytes),
         }
     }
 
-    /// The decision for one image of `bytes` compressed bytes (unknown:
-    /// only the current use is checked). An image that fits only once the
+    /// The decision for one image of `bytes` compressed bytes. An image that fits only once the
     /// pulls in flight end waits for them: their bytes are partly on disk
     /// already and partly reserved, so counting both would hold back images
     /// that fit. One that does not fit even then is held back.
-    pub async fn admit_bytes(self: &Arc<Self>, image: &str, bytes: Option<u64>) -> Admit {
+    pub async fn admit_bytes(self: &Arc<Self>, image: &str, bytes: u64) -> Admit {
         loop {
             if self.pressure.load(Ordering::Relaxed) {
                 return self.skip(
@@ -302,7 +301,7 @@ impl DiskGuard {
                     );
                 }
             };
-            let need = bytes.map_or(0, |b| (b as f64 * self.cfg.size_factor) as u64);
+            let need = (bytes as f64 * self.cfg.size_factor) as u64;
             // Registered before the check, so a release in between is seen.
             let released = self.released.notified();
             let alone = fs.used_bytes.saturating_add(need);
@@ -339,7 +338,7 @@ impl PullGuard for DiskCheck {
     fn admit<'a>(&'a self, order: &'a Order) -> BoxFuture<'a, Admit> {
         async move {
             let bytes = order.bytes.unwrap_or(UNKNOWN_IMAGE_BYTES);
-            self.0.admit_bytes(&order.image, Some(bytes)).await
+            self.0.admit_bytes(&order.image, bytes).await
         }
         .boxed()
     }
@@ -412,11 +411,11 @@ mod tests {
         let g = guard(100.0, 0.0);
         let fs = g.measure().await.unwrap();
         let free = fs.ceiling_bytes - fs.used_bytes;
-        match g.admit_bytes("big", Some(free)).await {
+        match g.admit_bytes("big", free).await {
             Admit::Skip { reason, .. } => assert!(reason.contains("disk space"), "{reason}"),
             Admit::Go(_) => panic!("an image of twice the free space was admitted"),
         }
-        let Admit::Go(t) = g.admit_bytes("small", Some(1024)).await else {
+        let Admit::Go(t) = g.admit_bytes("small", 1024).await else {
             panic!("a 1 KiB image was held back");
         };
         assert_eq!(*g.lock(), 2048, "the reservation counts the footprint");
@@ -435,12 +434,12 @@ mod tests {
         let free = fs.ceiling_bytes - fs.used_bytes;
         // Each takes 2 × 0.3 of the free space: the second would pass it.
         let third = free * 3 / 10;
-        let Admit::Go(a) = g.admit_bytes("a", Some(third)).await else {
+        let Admit::Go(a) = g.admit_bytes("a", third).await else {
             panic!("first admitted");
         };
         // The second fits alone but not beside the first: it waits for it.
         let g2 = g.clone();
-        let b = tokio::spawn(async move { g2.admit_bytes("b", Some(third)).await });
+        let b = tokio::spawn(async move { g2.admit_bytes("b", third).await });
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(
             !b.is_finished(),
@@ -458,7 +457,7 @@ mod tests {
     async fn disk_pressure_holds_everything_back() {
         let g = guard(85.0, 5.0);
         g.pressure().store(true, Ordering::Relaxed);
-        match g.admit_bytes("x", Some(1)).await {
+        match g.admit_bytes("x", 1).await {
             Admit::Skip { reason, .. } => assert!(reason.contains("DiskPressure")),
             Admit::Go(_) => panic!("pulled under DiskPressure"),
         }
